@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs everything pageless needs on a fresh Debian 12 (bookworm) machine, then builds it.
+#  - apt: bookworm-backports for QEMU 10 and libvirt 11, busybox-static, cpio, build tools
+#  - the 6.12 cloud kernel image, unpacked (not installed) under .cache/kernel/ for test guests,
+#    and its headers, against which driver/kmod builds
+#  - cargo build of the workspace
+# Idempotent: re-running skips what is already there.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache="$here/.cache"
+mkdir -p "$cache"
+
+log() { printf '\n==> %s\n' "$*"; }
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    log "adding the bookworm-backports apt suite"
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' |
+        $SUDO tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+fi
+
+log "apt-get update"
+$SUDO apt-get update -q
+
+log "installing packages (QEMU 10 and libvirt from backports)"
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    build-essential bc kmod cpio busybox-static e2fsprogs util-linux python3 ca-certificates curl \
+    pkg-config
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    -t bookworm-backports qemu-system-x86 qemu-utils qemu-block-extra ovmf seabios ipxe-qemu \
+    qemu-system-data
+
+# The 6.12 cloud kernel for test guests: the newest one the archive has. Its image, modules and
+# headers are only unpacked under .cache/kernel/<version>/ (never installed: the headers package
+# depends on an installed image). driver/kmod builds against
+# .cache/kernel/current/usr/src/linux-headers-<version>.
+kver=$(apt-cache depends linux-headers-6.12-cloud-amd64 | sed -n 's/.*Depends: linux-headers-//p' | head -n1)
+[ -n "$kver" ] || { echo "setup: cannot find the 6.12 cloud kernel in apt (is bookworm-backports enabled?)" >&2; exit 1; }
+kbase=${kver%-cloud-amd64}
+log "6.12 cloud kernel $kver: image, modules and headers unpacked under .cache/kernel/$kver"
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    gcc-12 pahole libelf1 libssl3 zlib1g
+kdir="$cache/kernel/$kver"
+if [ ! -f "$kdir/.unpacked" ]; then
+    tmp=$(mktemp -d) && chmod 755 "$tmp"
+    (cd "$tmp" && apt-get download -q "linux-image-$kver-unsigned" "linux-headers-$kver" \
+        "linux-headers-$kbase-common" "linux-kbuild-$kbase")
+    rm -rf "$kdir" && mkdir -p "$kdir"
+    for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$kdir"; done
+    rm -rf "$tmp"
+    # The headers' Makefile includes the common headers by absolute path: point it at our copy.
+    sed -i "s#^include /usr/src/#include $kdir/usr/src/#" "$kdir/usr/src/linux-headers-$kver/Makefile"
+    touch "$kdir/.unpacked"
+fi
+ln -sfn "$kver" "$cache/kernel/current"
