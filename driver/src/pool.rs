@@ -1,0 +1,386 @@
+//! Pools: where allocations come from.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use log::{debug, info, warn};
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+use serde::Serialize;
+
+use crate::allocation::Allocation;
+use crate::fs::{FsInfo, FsKind};
+use crate::size::{parse_size, round_up, Size};
+use crate::{Error, Result};
+
+/// A pool as named on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoolSpec {
+    /// `memfd`, `memfd:2M`, `memfd:1G`: anonymous shared memory, optionally hugetlb-backed.
+    Memfd { huge_page_size: Option<u64> },
+    /// `hugetlbfs:DIR`
+    Hugetlbfs(PathBuf),
+    /// `dir:DIR`: a directory on tmpfs (or any memory filesystem; pagelessfs is recognized).
+    Dir(PathBuf),
+    /// `pagelessfs:DIR`
+    Pagelessfs(PathBuf),
+}
+
+impl std::str::FromStr for PoolSpec {
+    type Err = Error;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let invalid = |why: &str| Error::InvalidPoolSpec { spec: spec.into(), why: why.into() };
+        let (kind, arg) = match spec.split_once(':') {
+            Some((kind, arg)) => (kind, Some(arg)),
+            None => (spec, None),
+        };
+        let dir = |arg: Option<&str>| match arg {
+            Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+            _ => Err(invalid("a directory is required after the ':'")),
+        };
+        match kind {
+            "memfd" => {
+                let huge_page_size = match arg {
+                    None => None,
+                    Some(size) => match parse_size(size) {
+                        Ok(size) if size == 2 << 20 || size == 1 << 30 => Some(size),
+                        _ => return Err(invalid("memfd hugetlb pages are 2M or 1G")),
+                    },
+                };
+                Ok(PoolSpec::Memfd { huge_page_size })
+            }
+            "hugetlbfs" => Ok(PoolSpec::Hugetlbfs(dir(arg)?)),
+            "dir" => Ok(PoolSpec::Dir(dir(arg)?)),
+            "pagelessfs" => Ok(PoolSpec::Pagelessfs(dir(arg)?)),
+            _ => Err(invalid("unknown pool kind")),
+        }
+    }
+}
+
+impl fmt::Display for PoolSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolSpec::Memfd { huge_page_size: None } => f.write_str("memfd"),
+            PoolSpec::Memfd { huge_page_size: Some(size) } => write!(f, "memfd:{}", Size(*size)),
+            PoolSpec::Hugetlbfs(dir) => write!(f, "hugetlbfs:{}", dir.display()),
+            PoolSpec::Dir(dir) => write!(f, "dir:{}", dir.display()),
+            PoolSpec::Pagelessfs(dir) => write!(f, "pagelessfs:{}", dir.display()),
+        }
+    }
+}
+
+/// What kind of memory a pool hands out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    Memfd,
+    /// A directory on the given filesystem.
+    Directory(FsKind),
+}
+
+/// A pool's size in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PoolStats {
+    pub page_size: u64,
+    pub total: u64,
+    pub free: u64,
+}
+
+/// A source of named allocations.
+#[derive(Debug)]
+pub struct Pool {
+    spec: PoolSpec,
+    kind: PoolKind,
+    page_size: u64,
+}
+
+impl Pool {
+    /// Opens a pool, checking that its directory exists and is on the expected filesystem.
+    pub fn open(spec: &PoolSpec) -> Result<Pool> {
+        let (kind, page_size) = match spec {
+            PoolSpec::Memfd { huge_page_size } => {
+                (PoolKind::Memfd, huge_page_size.unwrap_or_else(base_page_size))
+            }
+            PoolSpec::Hugetlbfs(dir) | PoolSpec::Dir(dir) | PoolSpec::Pagelessfs(dir) => {
+                if !dir.is_dir() {
+                    return Err(Error::MissingPoolDir { path: dir.clone() });
+                }
+                let info = FsInfo::of_path(dir)?;
+                let expected = match spec {
+                    PoolSpec::Hugetlbfs(_) => Some(FsKind::Hugetlbfs),
+                    PoolSpec::Pagelessfs(_) => Some(FsKind::Pagelessfs),
+                    _ => None,
+                };
+                if let Some(expected) = expected.filter(|&e| e != info.kind) {
+                    return Err(Error::WrongFilesystem {
+                        path: dir.clone(),
+                        expected: if expected == FsKind::Hugetlbfs { "hugetlbfs" } else { "pagelessfs" },
+                        found: info.kind.to_string(),
+                    });
+                }
+                if let FsKind::Other(_) = info.kind {
+                    warn!(
+                        "{} is on a {} filesystem: guest memory there is not RAM",
+                        dir.display(),
+                        info.kind
+                    );
+                }
+                let page_size = match info.kind {
+                    FsKind::Hugetlbfs | FsKind::Pagelessfs => info.block_size,
+                    FsKind::Tmpfs | FsKind::Other(_) => base_page_size(),
+                };
+                (PoolKind::Directory(info.kind), page_size)
+            }
+        };
+        debug!("opened pool {spec}: {kind:?}, page size {}", Size(page_size));
+        Ok(Pool { spec: spec.clone(), kind, page_size })
+    }
+
+    pub fn spec(&self) -> &PoolSpec {
+        &self.spec
+    }
+
+    pub fn kind(&self) -> PoolKind {
+        self.kind
+    }
+
+    /// The page size allocations are rounded to and mapped with.
+    pub fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    fn dir(&self) -> Option<&Path> {
+        match &self.spec {
+            PoolSpec::Memfd { .. } => None,
+            PoolSpec::Hugetlbfs(dir) | PoolSpec::Dir(dir) | PoolSpec::Pagelessfs(dir) => Some(dir),
+        }
+    }
+
+    fn is_hugetlb(&self) -> bool {
+        match self.kind {
+            PoolKind::Memfd => self.page_size != base_page_size(),
+            PoolKind::Directory(fs) => fs == FsKind::Hugetlbfs,
+        }
+    }
+
+    /// Total and free bytes: the filesystem's own limits where it has them, else the
+    /// hugetlb page counts or the host's memory.
+    pub fn stats(&self) -> Result<PoolStats> {
+        let limits = match self.dir() {
+            Some(dir) => {
+                let info = FsInfo::of_path(dir)?;
+                info.total.zip(info.free)
+            }
+            None => None,
+        };
+        let (total, free) = match limits {
+            Some(limits) => limits,
+            None if self.is_hugetlb() => hugetlb_pages(self.page_size)?,
+            None => host_memory()?,
+        };
+        Ok(PoolStats { page_size: self.page_size, total, free })
+    }
+
+    /// Checks `size` against the page size; returns it unchanged when it is a multiple.
+    pub fn check_size(&self, size: u64) -> Result<u64> {
+        let rounded = self.round_size(size)?;
+        if rounded != size {
+            return Err(Error::UnalignedSize { size, page_size: self.page_size, suggestion: rounded });
+        }
+        Ok(size)
+    }
+
+    /// Rounds `size` up to the pool's page size.
+    pub fn round_size(&self, size: u64) -> Result<u64> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        round_up(size, self.page_size).ok_or(Error::PoolTooSmall { needed: size, free: 0, total: 0 })
+    }
+
+    /// Makes a new allocation of at least `size` bytes (rounded up to the page size).
+    pub fn allocate(&self, name: &str, size: u64) -> Result<Allocation> {
+        check_name(name)?;
+        let size = self.round_size(size)?;
+        let stats = self.stats()?;
+        if stats.free < size {
+            return Err(Error::PoolTooSmall { needed: size, free: stats.free, total: stats.total });
+        }
+        let (file, path) = match self.dir() {
+            None => (self.memfd(name)?, None),
+            Some(dir) => {
+                let path = dir.join(name);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(&path)
+                    .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+                (file, Some(path))
+            }
+        };
+        if let Err(e) = file.set_len(size) {
+            if let Some(path) = &path {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::ENOMEM) => {
+                    Error::PoolTooSmall { needed: size, free: stats.free, total: stats.total }
+                }
+                _ => Error::io(format!("set the size of allocation {name:?} to {size}"), e),
+            });
+        }
+        if path.is_none() {
+            seal_size(&file)?;
+        }
+        info!("allocated {name:?}: {} from pool {}", Size(size), self.spec);
+        Allocation::new(file, name, path, self.kind, self.page_size)
+    }
+
+    /// Finds an existing allocation by name (directory pools only).
+    pub fn attach(&self, name: &str) -> Result<Allocation> {
+        check_name(name)?;
+        let Some(dir) = self.dir() else {
+            return Err(Error::NoReattach { name: name.into() });
+        };
+        let path = dir.join(name);
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::NotFound { name: name.into(), dir: dir.into() })
+            }
+            Err(e) => return Err(Error::io(format!("open {}", path.display()), e)),
+        };
+        let size = file.metadata().map_err(|e| Error::io(format!("stat {}", path.display()), e))?.len();
+        if size == 0 || size % self.page_size != 0 {
+            return Err(Error::CorruptAllocation { path, size, page_size: self.page_size });
+        }
+        info!("re-attached {name:?}: {} in pool {}", Size(size), self.spec);
+        Allocation::new(file, name, Some(path), self.kind, self.page_size)
+    }
+
+    /// Re-attaches to `name` if it exists (its size must be `size`), else allocates it.
+    /// Returns the allocation and whether it was re-attached.
+    pub fn attach_or_allocate(&self, name: &str, size: u64) -> Result<(Allocation, bool)> {
+        let size = self.check_size(size)?;
+        match self.attach(name) {
+            Ok(allocation) if allocation.size() == size => Ok((allocation, true)),
+            Ok(allocation) => Err(Error::SizeMismatch {
+                path: allocation.path().map(Path::to_path_buf).unwrap_or_default(),
+                found: allocation.size(),
+                requested: size,
+            }),
+            Err(Error::NotFound { .. }) | Err(Error::NoReattach { .. }) => {
+                self.allocate(name, size).map(|a| (a, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn memfd(&self, name: &str) -> Result<File> {
+        let mut flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING;
+        if self.is_hugetlb() {
+            flags |= MemFdCreateFlag::MFD_HUGETLB;
+            flags |= if self.page_size == 1 << 30 {
+                MemFdCreateFlag::MFD_HUGE_1GB
+            } else {
+                MemFdCreateFlag::MFD_HUGE_2MB
+            };
+        }
+        let memfd_name = std::ffi::CString::new(format!("pageless:{name}"))
+            .map_err(|_| Error::InvalidName { name: name.into() })?;
+        memfd_create(&memfd_name, flags)
+            .map(File::from)
+            .map_err(|e| Error::io(format!("memfd_create {memfd_name:?}"), e))
+    }
+}
+
+/// Seals a memfd's size so that no consumer can shrink it under the others (SIGBUS) or grow it.
+fn seal_size(file: &File) -> Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+    fcntl(std::os::fd::AsRawFd::as_raw_fd(file), FcntlArg::F_ADD_SEALS(seals))
+        .map(drop)
+        .map_err(|e| Error::io("seal the memfd's size", e))
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\0']) || name.len() > 200 {
+        return Err(Error::InvalidName { name: name.into() });
+    }
+    Ok(())
+}
+
+pub(crate) fn base_page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |size| size as u64)
+}
+
+/// Total and free bytes of hugetlb pages of `page_size`, from sysfs.
+fn hugetlb_pages(page_size: u64) -> Result<(u64, u64)> {
+    let dir = PathBuf::from(format!("/sys/kernel/mm/hugepages/hugepages-{}kB", page_size >> 10));
+    let read = |file: &str| -> Result<u64> {
+        let path = dir.join(file);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        text.trim()
+            .parse::<u64>()
+            .map_err(|e| Error::io(format!("parse {}", path.display()), std::io::Error::other(e)))
+    };
+    Ok((read("nr_hugepages")? * page_size, read("free_hugepages")? * page_size))
+}
+
+/// MemTotal and MemAvailable from /proc/meminfo.
+fn host_memory() -> Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").map_err(|e| Error::io("read /proc/meminfo", e))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .map(|kib| kib << 10)
+            .unwrap_or(0)
+    };
+    Ok((field("MemTotal:"), field("MemAvailable:")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        assert_eq!("memfd".parse::<PoolSpec>().unwrap(), PoolSpec::Memfd { huge_page_size: None });
+        assert_eq!(
+            "memfd:2M".parse::<PoolSpec>().unwrap(),
+            PoolSpec::Memfd { huge_page_size: Some(2 << 20) }
+        );
+        assert_eq!("dir:/dev/shm".parse::<PoolSpec>().unwrap(), PoolSpec::Dir("/dev/shm".into()));
+        assert_eq!("pagelessfs:/mnt/p".parse::<PoolSpec>().unwrap(), PoolSpec::Pagelessfs("/mnt/p".into()));
+        for bad in ["", "memfd:3M", "dir:", "dir", "hugetlbfs", "tmpfs:/x", "memfd:x"] {
+            assert!(bad.parse::<PoolSpec>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn spec_display_round_trips() {
+        for spec in ["memfd", "memfd:1G", "hugetlbfs:/a", "dir:/b", "pagelessfs:/c"] {
+            assert_eq!(spec.parse::<PoolSpec>().unwrap().to_string(), spec);
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["", ".", "..", ".hidden", "a/b", "a\0b"] {
+            assert!(check_name(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(check_name("vm-1_test.ram").is_ok());
+    }
+}

@@ -1,0 +1,95 @@
+//! Human-readable byte sizes: `4K`, `2M`, `1G`, `512MiB`, `1073741824`.
+
+use std::fmt;
+
+/// Parses a size: a decimal number of bytes with an optional binary unit suffix
+/// (`K`, `M`, `G`, `T`, optionally followed by `iB` or `B`; case-insensitive).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(format!("{text:?} is not a size: expected a number such as 512M, 1G or 4096"));
+    }
+    let number: u64 = digits.parse().map_err(|_| format!("{text:?} is too large"))?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("{text:?} has an unknown unit {unit:?}: use K, M, G or T")),
+    };
+    number.checked_mul(1u64 << shift).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Displays a byte count in the largest binary unit that divides it exactly (`2M`, `1536K`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+        for (shift, unit) in UNITS {
+            let scale = 1u64 << shift;
+            if self.0 >= scale && self.0.is_multiple_of(scale) {
+                return write!(f, "{}{unit}", self.0 / scale);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Rounds `value` up to a multiple of `align` (a power of two), or `None` on overflow.
+pub fn round_up(value: u64, align: u64) -> Option<u64> {
+    debug_assert!(align.is_power_of_two());
+    value.checked_add(align - 1).map(|v| v & !(align - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("2M"), Ok(2 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse_size("").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_size("16777216T").is_err());
+    }
+
+    #[test]
+    fn displays_exact_units() {
+        assert_eq!(Size(1 << 30).to_string(), "1G");
+        assert_eq!(Size(3 << 19).to_string(), "1536K");
+        assert_eq!(Size(1000).to_string(), "1000");
+    }
+
+    proptest! {
+        #[test]
+        fn display_round_trips(n in 0u64..(1 << 50)) {
+            prop_assert_eq!(parse_size(&Size(n).to_string()), Ok(n));
+        }
+
+        #[test]
+        fn round_up_is_aligned_and_minimal(v in 0u64..(1 << 60), shift in 12u32..31) {
+            let align = 1u64 << shift;
+            let r = round_up(v, align).unwrap();
+            prop_assert_eq!(r % align, 0);
+            prop_assert!(r >= v && r - v < align);
+        }
+    }
+}
