@@ -1,0 +1,295 @@
+//! The owner's control protocol, spoken on `<run-dir>/<vm>.sock`.
+//!
+//! Framing is vhost-user's ([`crate::frame`]). The client opens with HELLO (its protocol
+//! version and a role such as `qemu`); the owner answers with its own version or an error.
+//! Then:
+//!
+//! | request      | payload                 | reply                                            |
+//! |--------------|-------------------------|--------------------------------------------------|
+//! | `GET_MEMORY` | —                       | a SET_MEM_TABLE payload + one fd per region      |
+//! | `STATUS`     | —                       | [`VmStatus`] as JSON                             |
+//! | `FIND`       | bytes to look for       | JSON array of offsets in the VM's memory         |
+//! | `STOP`       | —                       | empty; the owner then shuts down                 |
+//!
+//! Replies carry [`FLAG_REPLY`]; a refused request is answered with [`FLAG_ERROR`] and a UTF-8
+//! reason, and the owner may close the connection after it.
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::frame::{
+    self, recv_message, send_message, FrameError, Limits, Message, FLAG_REPLY, FLAG_VERSION_1,
+};
+use crate::memory::{self, MemoryError, Region};
+
+/// The control protocol version this build speaks.
+pub const CONTROL_VERSION: u32 = 1;
+/// A reply that refuses the request; its payload says why.
+pub const FLAG_ERROR: u32 = 0x10;
+/// Longest role a client may give in HELLO.
+pub const MAX_ROLE_LEN: usize = 64;
+/// Longest pattern FIND looks for.
+pub const MAX_FIND_PATTERN: usize = 4096;
+/// Control messages are small, except STATUS replies with many consumers.
+pub const LIMITS: Limits = Limits { max_payload: 1 << 20, max_fds: memory::MAX_MEM_TABLE_REGIONS };
+
+/// Request codes.
+pub mod code {
+    pub const HELLO: u32 = 1;
+    pub const GET_MEMORY: u32 = 2;
+    pub const STATUS: u32 = 3;
+    pub const FIND: u32 = 4;
+    pub const STOP: u32 = 5;
+}
+
+/// What went wrong talking to an owner.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("cannot reach the owner at {path}: {source} (is `pageless serve` running for this VM?)")]
+    Connect { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("the owner closed the connection")]
+    Closed,
+    #[error("the owner refused: {0}")]
+    Refused(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("bad memory table from the owner: {0}")]
+    Memory(#[from] MemoryError),
+}
+
+/// A request as the owner sees it, checked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    Hello { version: u32, role: String },
+    GetMemory,
+    Status,
+    Find(Vec<u8>),
+    Stop,
+}
+
+impl Request {
+    /// Checks one message from a client. fds are never expected from clients.
+    pub fn parse(message: &Message) -> Result<Request, String> {
+        let header = message.header;
+        if header.flags & frame::FLAG_VERSION_MASK != FLAG_VERSION_1 || header.is_reply() {
+            return Err(format!("bad flags {:#x}", header.flags));
+        }
+        if !message.fds.is_empty() {
+            return Err(format!("{} unexpected fds", message.fds.len()));
+        }
+        let payload = &message.payload;
+        let empty =
+            |request| if payload.is_empty() { Ok(request) } else { Err("unexpected payload".to_string()) };
+        match header.request {
+            code::HELLO => {
+                let (version, role) = payload.split_first_chunk::<4>().ok_or("HELLO payload too short")?;
+                if role.len() > MAX_ROLE_LEN {
+                    return Err(format!("HELLO role longer than {MAX_ROLE_LEN} bytes"));
+                }
+                let role = std::str::from_utf8(role).map_err(|_| "HELLO role is not UTF-8")?;
+                if role.chars().any(char::is_control) {
+                    return Err("HELLO role has control characters".into());
+                }
+                Ok(Request::Hello { version: u32::from_ne_bytes(*version), role: role.into() })
+            }
+            code::GET_MEMORY => empty(Request::GetMemory),
+            code::STATUS => empty(Request::Status),
+            code::STOP => empty(Request::Stop),
+            code::FIND if payload.is_empty() || payload.len() > MAX_FIND_PATTERN => {
+                Err(format!("FIND pattern must be 1 to {MAX_FIND_PATTERN} bytes"))
+            }
+            code::FIND => Ok(Request::Find(payload.clone())),
+            other => Err(format!("unknown request code {other}")),
+        }
+    }
+}
+
+/// A successful reply to `request`.
+pub fn reply(request: u32, payload: Vec<u8>, fds: Vec<std::os::fd::OwnedFd>) -> Message {
+    Message::new(request, FLAG_VERSION_1 | FLAG_REPLY, payload, fds)
+}
+
+/// A refusal of `request`, with its reason.
+pub fn error_reply(request: u32, reason: &str) -> Message {
+    Message::new(request, FLAG_VERSION_1 | FLAG_REPLY | FLAG_ERROR, reason.as_bytes().to_vec(), vec![])
+}
+
+/// What `pageless status` shows of one VM.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub vm: String,
+    /// The owner's process id.
+    pub pid: u32,
+    pub size: u64,
+    /// The pool as given to `serve` (`memfd`, `dir:/…`, `pagelessfs:/…`).
+    pub pool: String,
+    /// The filesystem the memory is on (`memfd`, `tmpfs`, `hugetlbfs`, `pagelessfs`).
+    pub memory: String,
+    pub page_size: u64,
+    pub path: Option<String>,
+    pub dev: u64,
+    pub inode: u64,
+    /// Whether the owner found the allocation from an earlier run.
+    pub reattached: bool,
+    /// Unix time the owner started serving.
+    pub started: u64,
+    pub pool_total: u64,
+    pub pool_free: u64,
+    pub extents: Vec<ExtentStatus>,
+    pub clients: Vec<ClientStatus>,
+    pub consumers: Vec<ConsumerStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtentStatus {
+    pub logical: u64,
+    pub physical: Option<u64>,
+    pub length: u64,
+}
+
+/// A client connected to the control socket (e.g. QEMU, which keeps its connection).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    pub id: u64,
+    pub role: String,
+    pub pid: u32,
+    pub uid: u32,
+    pub since: u64,
+    /// Whether it received the memory's fd.
+    pub has_memory: bool,
+}
+
+/// A vhost-user device backend that maps the VM's memory through the relay.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerStatus {
+    pub device: String,
+    pub backend_socket: String,
+    pub backend_pid: Option<u32>,
+    pub frontend_pid: Option<u32>,
+    pub since: u64,
+    pub regions: Vec<RegionStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionStatus {
+    pub guest_phys_addr: u64,
+    pub size: u64,
+    pub offset: u64,
+    pub since: u64,
+}
+
+/// A connection to an owner.
+#[derive(Debug)]
+pub struct ControlClient {
+    sock: UnixStream,
+}
+
+impl ControlClient {
+    /// Connects to the owner's socket and introduces itself as `role`.
+    pub fn connect(path: &Path, role: &str) -> Result<ControlClient, ControlError> {
+        let sock = UnixStream::connect(path)
+            .map_err(|source| ControlError::Connect { path: path.display().to_string(), source })?;
+        let client = ControlClient { sock };
+        let mut hello = CONTROL_VERSION.to_ne_bytes().to_vec();
+        hello.extend_from_slice(role.as_bytes());
+        let answer = client.call(code::HELLO, hello)?;
+        let version = answer
+            .payload
+            .first_chunk::<4>()
+            .map(|v| u32::from_ne_bytes(*v))
+            .ok_or_else(|| ControlError::Protocol("HELLO reply without a version".into()))?;
+        if version != CONTROL_VERSION {
+            return Err(ControlError::Protocol(format!(
+                "the owner speaks control protocol version {version}, this client {CONTROL_VERSION}: use the same pageless build"
+            )));
+        }
+        Ok(client)
+    }
+
+    /// The VM's memory as a vhost-user memory table, with its fds.
+    pub fn get_memory(&self) -> Result<Vec<Region>, ControlError> {
+        let answer = self.call(code::GET_MEMORY, vec![])?;
+        Ok(memory::parse_mem_table(&answer.payload, answer.fds)?)
+    }
+
+    pub fn status(&self) -> Result<VmStatus, ControlError> {
+        let answer = self.call(code::STATUS, vec![])?;
+        serde_json::from_slice(&answer.payload).map_err(|e| ControlError::Protocol(format!("status: {e}")))
+    }
+
+    /// Offsets of `pattern` in the VM's memory, as the owner sees it through its own mapping.
+    pub fn find(&self, pattern: &[u8]) -> Result<Vec<u64>, ControlError> {
+        let answer = self.call(code::FIND, pattern.to_vec())?;
+        serde_json::from_slice(&answer.payload).map_err(|e| ControlError::Protocol(format!("find: {e}")))
+    }
+
+    /// Asks the owner to shut down.
+    pub fn stop(&self) -> Result<(), ControlError> {
+        self.call(code::STOP, vec![]).map(drop)
+    }
+
+    /// The connection, e.g. to keep it open in an exec'd QEMU so the owner sees its consumer.
+    pub fn into_stream(self) -> UnixStream {
+        self.sock
+    }
+
+    fn call(&self, request: u32, payload: Vec<u8>) -> Result<Message, ControlError> {
+        send_message(&self.sock, &Message::new(request, FLAG_VERSION_1, payload, vec![]))?;
+        let answer = recv_message(&self.sock, LIMITS)?.ok_or(ControlError::Closed)?;
+        if answer.header.request != request || !answer.header.is_reply() {
+            return Err(ControlError::Protocol(format!(
+                "reply {:?} does not answer request {request}",
+                answer.header
+            )));
+        }
+        if answer.header.flags & FLAG_ERROR != 0 {
+            return Err(ControlError::Refused(String::from_utf8_lossy(&answer.payload).into_owned()));
+        }
+        Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(code: u32, payload: &[u8]) -> Result<Request, String> {
+        Request::parse(&Message::new(code, FLAG_VERSION_1, payload.to_vec(), vec![]))
+    }
+
+    #[test]
+    fn parses_requests() {
+        let mut hello = 1u32.to_ne_bytes().to_vec();
+        hello.extend_from_slice(b"qemu");
+        assert_eq!(request(code::HELLO, &hello), Ok(Request::Hello { version: 1, role: "qemu".into() }));
+        assert_eq!(request(code::GET_MEMORY, b""), Ok(Request::GetMemory));
+        assert_eq!(request(code::FIND, b"tok"), Ok(Request::Find(b"tok".to_vec())));
+    }
+
+    #[test]
+    fn refuses_bad_requests() {
+        assert!(request(code::HELLO, b"ab").is_err());
+        assert!(request(code::HELLO, &[1, 0, 0, 0, 0xff]).is_err(), "role must be UTF-8");
+        assert!(request(code::HELLO, &[1, 0, 0, 0, b'\n']).is_err());
+        assert!(request(code::GET_MEMORY, b"x").is_err());
+        assert!(request(code::FIND, b"").is_err());
+        assert!(request(code::FIND, &[0; MAX_FIND_PATTERN + 1]).is_err());
+        assert!(request(99, b"").is_err());
+        let reply = Message::new(code::STATUS, FLAG_VERSION_1 | FLAG_REPLY, vec![], vec![]);
+        assert!(Request::parse(&reply).is_err());
+        let unversioned = Message::new(code::STATUS, 0, vec![], vec![]);
+        assert!(Request::parse(&unversioned).is_err());
+        let with_fd = Message::new(
+            code::STATUS,
+            FLAG_VERSION_1,
+            vec![],
+            vec![std::fs::File::open("/dev/null").unwrap().into()],
+        );
+        assert!(Request::parse(&with_fd).is_err());
+    }
+}
