@@ -1,0 +1,138 @@
+//! The `pageless` command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use driver::size::parse_size;
+use driver::PoolSpec;
+use protocol::control::ControlClient;
+
+use crate::qemu::{self, QemuOptions};
+use crate::serve::{self, ServeOptions};
+use crate::{control_socket_path, status, DEFAULT_RUN_DIR};
+
+/// pageless: guest RAM owned by one process per VM, shared with QEMU and device backends.
+#[derive(Debug, Parser)]
+#[command(name = "pageless", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct RunDir {
+    /// Directory of the owners' sockets and lock files.
+    #[arg(long, env = "PAGELESS_RUN_DIR", default_value = DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Own a VM's memory: create (or re-attach to) it and serve it on <run-dir>/<vm>.sock until
+    /// SIGTERM or `pageless stop`.
+    Serve {
+        /// The VM's name (also the allocation's file name in directory pools).
+        #[arg(long)]
+        vm: String,
+        /// Memory size, a multiple of the pool's page size: 512M, 4G, 1073741824.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Where the memory comes from: memfd, memfd:2M, memfd:1G, hugetlbfs:DIR, dir:DIR
+        /// (tmpfs) or pagelessfs:DIR. Directory pools survive the owner's restart.
+        #[arg(long, default_value = "memfd")]
+        pool: PoolSpec,
+        #[command(flatten)]
+        run_dir: RunDir,
+        /// Allocate every page before serving, so that the guest cannot run short later.
+        #[arg(long)]
+        prefault: bool,
+        /// Also let this user id use the socket (repeatable). Root and the owner's own user
+        /// always may.
+        #[arg(long = "allow-uid", value_name = "UID")]
+        allow_uids: Vec<u32>,
+        /// Remove a directory pool's file when stopping (by default it is kept for the next
+        /// owner to re-attach).
+        #[arg(long)]
+        remove_on_exit: bool,
+    },
+    /// Run QEMU with the VM's RAM from its owner: `pageless qemu --vm NAME -- qemu-system-x86_64 ARGS…`.
+    /// Without --vm the name comes from QEMU's `-name guest=NAME`.
+    Qemu {
+        #[arg(long)]
+        vm: Option<String>,
+        #[command(flatten)]
+        run_dir: RunDir,
+        /// The QEMU binary and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "QEMU")]
+        command: Vec<String>,
+    },
+    /// Show the VMs served under the run dir: size, pool, page size, extents, clients.
+    Status {
+        /// Only this VM.
+        #[arg(long)]
+        vm: Option<String>,
+        #[command(flatten)]
+        run_dir: RunDir,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find a string in a VM's memory, through the owner's own mapping; prints the offsets.
+    Find {
+        #[arg(long)]
+        vm: String,
+        #[command(flatten)]
+        run_dir: RunDir,
+        /// The text to look for.
+        pattern: String,
+    },
+    /// Ask a VM's owner to stop.
+    Stop {
+        #[arg(long)]
+        vm: String,
+        #[command(flatten)]
+        run_dir: RunDir,
+    },
+}
+
+/// Runs the command; the error is printed by `main`.
+pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Serve { vm, size, pool, run_dir, prefault, allow_uids, remove_on_exit } => {
+            serve::serve(ServeOptions {
+                vm,
+                size,
+                pool,
+                run_dir: run_dir.run_dir,
+                prefault,
+                allow_uids,
+                remove_on_exit,
+            })?;
+        }
+        Command::Qemu { vm, run_dir, command } => {
+            qemu::run(QemuOptions { vm, run_dir: run_dir.run_dir, command })?;
+        }
+        Command::Status { vm, run_dir, json } => {
+            let entries = status::collect(&run_dir.run_dir, vm.as_deref())?;
+            if json {
+                let statuses: Vec<_> = entries.iter().filter_map(|e| e.status.as_ref().ok()).collect();
+                println!("{}", serde_json::to_string_pretty(&statuses)?);
+            } else {
+                print!("{}", status::render(&entries));
+            }
+            if let Some(entry) = entries.iter().find(|e| e.status.is_err()).filter(|_| vm.is_some()) {
+                return Err(format!("VM {:?}: {}", entry.vm, entry.status.as_ref().unwrap_err()).into());
+            }
+        }
+        Command::Find { vm, run_dir, pattern } => {
+            let client = ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "find")?;
+            for offset in client.find(pattern.as_bytes())? {
+                println!("{offset:#x}");
+            }
+        }
+        Command::Stop { vm, run_dir } => {
+            ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "stop")?.stop()?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! `pageless`: the per-VM owner of guest memory.
+//!
+//! * [`serve`]: the owner process — holds the VM's allocation for the VM's life and serves it
+//!   to QEMU and device backends over its control socket.
+//! * [`qemu`]: fetches the memory from the owner and execs QEMU with it as the VM's RAM.
+//! * [`status`]: what every owner under a run dir serves, and to whom.
+
+pub mod cli;
+pub mod qemu;
+pub mod qemu_args;
+pub mod serve;
+pub mod status;
+
+mod clock;
+mod control_server;
+mod peer;
+
+use std::path::{Path, PathBuf};
+
+/// Where owners put their sockets unless told otherwise.
+pub const DEFAULT_RUN_DIR: &str = "/run/pageless";
+
+/// `<run-dir>/<vm>.sock`: the owner's control socket.
+pub fn control_socket_path(run_dir: &Path, vm: &str) -> PathBuf {
+    run_dir.join(format!("{vm}.sock"))
+}
+
+/// `<run-dir>/<vm>.lock`: held by the one owner of a VM.
+pub fn lock_path(run_dir: &Path, vm: &str) -> PathBuf {
+    run_dir.join(format!("{vm}.lock"))
+}

@@ -1,0 +1,94 @@
+//! `pageless qemu`: starts QEMU with the owner's memory as the VM's RAM.
+//!
+//! Fetches the memory fd from the VM's owner, makes it inheritable, rewrites the command line
+//! (see [`crate::qemu_args`]) and execs QEMU. QEMU also inherits the control connection, so the
+//! owner lists it as a client for as long as it runs. Without a VM name (no `--vm`, no
+//! `-name`), e.g. when libvirt probes the emulator's capabilities, QEMU is exec'd unchanged.
+
+use std::convert::Infallible;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use driver::size::Size;
+use log::info;
+use protocol::control::{ControlClient, ControlError};
+use thiserror::Error;
+
+use crate::control_socket_path;
+use crate::qemu_args::{self, ArgError, OwnerRam};
+
+#[derive(Clone, Debug)]
+pub struct QemuOptions {
+    pub vm: Option<String>,
+    pub run_dir: PathBuf,
+    /// The QEMU binary and its arguments.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Error)]
+pub enum QemuError {
+    #[error("no QEMU command given: use `pageless qemu --vm NAME -- qemu-system-x86_64 ARGS…`")]
+    NoCommand,
+    #[error("VM {vm:?}: {source}")]
+    Owner { vm: String, source: ControlError },
+    #[error("the owner of VM {0:?} sent no memory region")]
+    NoMemory(String),
+    #[error("VM {vm:?}: {source}")]
+    Args { vm: String, source: ArgError },
+    #[error("make fd {fd} inheritable: {source}")]
+    Inherit { fd: RawFd, source: nix::Error },
+    #[error("cannot run {program}: {source}")]
+    Exec { program: String, source: std::io::Error },
+}
+
+/// Replaces this process with QEMU; returns only on failure.
+pub fn run(options: QemuOptions) -> Result<Infallible, QemuError> {
+    let (program, args) = options.command.split_first().ok_or(QemuError::NoCommand)?;
+    let Some(vm) = options.vm.clone().or_else(|| qemu_args::guest_name(args)) else {
+        info!("no VM name: running {program} unchanged");
+        return Err(exec(program, args));
+    };
+    let socket = control_socket_path(&options.run_dir, &vm);
+    let owner_error = |source| QemuError::Owner { vm: vm.clone(), source };
+    let client = ControlClient::connect(&socket, "qemu").map_err(owner_error)?;
+    let status = client.status().map_err(owner_error)?;
+    let region = client
+        .get_memory()
+        .map_err(owner_error)?
+        .into_iter()
+        .next()
+        .ok_or(QemuError::NoMemory(vm.clone()))?;
+
+    let memory_fd = region.fd.into_raw_fd();
+    let control_fd = client.into_stream().into_raw_fd();
+    for fd in [memory_fd, control_fd] {
+        inheritable(fd)?;
+    }
+    let ram = OwnerRam {
+        mem_path: format!("/proc/self/fd/{memory_fd}"),
+        size: status.size,
+        page_size: status.page_size,
+    };
+    let args = qemu_args::rewrite(args, &ram).map_err(|source| QemuError::Args { vm: vm.clone(), source })?;
+    info!(
+        "VM {vm:?}: RAM is {} of {} from the owner (pid {}), fd {memory_fd}",
+        Size(status.size),
+        status.memory,
+        status.pid
+    );
+    Err(exec(program, &args))
+}
+
+fn inheritable(fd: RawFd) -> Result<(), QemuError> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))
+        .map(drop)
+        .map_err(|source| QemuError::Inherit { fd, source })
+}
+
+fn exec(program: &str, args: &[String]) -> QemuError {
+    let source = Command::new(program).args(args).exec();
+    QemuError::Exec { program: program.into(), source }
+}

@@ -1,0 +1,457 @@
+//! Rewrites a QEMU command line so that the VM's RAM is the owner's memory.
+//!
+//! The RAM backends are the objects named by `-machine memory-backend=ID` and by
+//! `-numa node,memdev=ID` (libvirt's `pc.ram` / `ram-node<N>`). Each is replaced, keeping its id,
+//! size and generic properties, by a `memory-backend-file` on `/proc/self/fd/N` (the owner's
+//! inherited fd) at consecutive offsets of the allocation. Without any, pageless adds its own
+//! `pageless-ram` object and `-machine memory-backend=pageless-ram`. `-m` is kept, but must
+//! agree with the owner's size: a mismatch is an error, never silently overridden.
+
+use driver::size::{parse_size, Size};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+/// The id of the RAM object pageless adds when the command line names none.
+pub const PAGELESS_RAM_ID: &str = "pageless-ram";
+
+/// The owner's memory as QEMU will see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerRam {
+    /// `/proc/self/fd/N`.
+    pub mem_path: String,
+    pub size: u64,
+    pub page_size: u64,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ArgError {
+    #[error("`{option}` needs a value")]
+    MissingValue { option: String },
+    #[error("cannot parse `{option} {value}`: {why}")]
+    Unparsable { option: String, value: String, why: String },
+    #[error("the VM's RAM is {} (`{source_arg}`) but its owner serves {}: make them equal (`pageless serve --size` or the VM's memory size)", Size(*qemu), Size(*owner))]
+    SizeMismatch { qemu: u64, owner: u64, source_arg: String },
+    #[error("`-machine memory-backend={0}` or `-numa memdev={0}` names no -object with that id")]
+    MissingBackend(String),
+    #[error("`{0}` conflicts with pageless, which provides the VM's RAM: remove it")]
+    Conflict(String),
+    #[error("`-machine` names two RAM backends, {0} and {1}")]
+    TwoMachineBackends(String, String),
+}
+
+/// Options that take a value, so that the value is not mistaken for an option.
+fn takes_value(option: &str) -> bool {
+    // Every QEMU option but these flags takes exactly one value; the flags are the ones a
+    // VM command line commonly carries. Unknown flags would shift values, so be exhaustive.
+    const FLAGS: &[&str] = &[
+        "-S",
+        "-nographic",
+        "-no-reboot",
+        "-no-shutdown",
+        "-no-user-config",
+        "-nodefaults",
+        "-daemonize",
+        "-snapshot",
+        "-enable-kvm",
+        "-no-hpet",
+        "-no-acpi",
+        "-version",
+        "-help",
+        "-h",
+        "-full-screen",
+        "-s",
+        "-preconfig",
+        "-mem-prealloc",
+        "-no-fd-bootchk",
+        "-win2k-hack",
+        "-old-param",
+        "-only-migratable",
+        "-enable-fips",
+        "-semihosting",
+        "-no-quit",
+    ];
+    let normalized = option.strip_prefix('-').filter(|o| o.starts_with('-')).unwrap_or(option);
+    !FLAGS.contains(&normalized)
+}
+
+/// One `-object` argument, in either of QEMU's syntaxes.
+#[derive(Clone, Debug)]
+enum ObjectArg {
+    Keyval(Vec<(String, String)>),
+    Json(Map<String, Value>),
+}
+
+impl ObjectArg {
+    fn parse(value: &str) -> Result<ObjectArg, ArgError> {
+        let unparsable =
+            |why: String| ArgError::Unparsable { option: "-object".into(), value: value.into(), why };
+        if value.trim_start().starts_with('{') {
+            match serde_json::from_str::<Value>(value) {
+                Ok(Value::Object(map)) => Ok(ObjectArg::Json(map)),
+                Ok(_) => Err(unparsable("not a JSON object".into())),
+                Err(e) => Err(unparsable(e.to_string())),
+            }
+        } else {
+            let mut pairs = split_keyval(value);
+            // The first element is the type: `memory-backend-ram,id=…` or `qom-type=…,id=…`.
+            if let Some(first) = pairs.first_mut() {
+                if first.1.is_empty() && !first.0.contains('=') {
+                    *first = ("qom-type".into(), std::mem::take(&mut first.0));
+                }
+            }
+            Ok(ObjectArg::Keyval(pairs))
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        match self {
+            ObjectArg::Keyval(pairs) => pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()),
+            ObjectArg::Json(map) => map.get(key).map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+        }
+    }
+
+    fn size(&self) -> Result<Option<u64>, ArgError> {
+        let Some(text) = self.get("size") else { return Ok(None) };
+        parse_size(&text).map(Some).map_err(|why| ArgError::Unparsable {
+            option: "-object size".into(),
+            value: text,
+            why,
+        })
+    }
+
+    /// This RAM backend rebuilt as a `memory-backend-file` on the owner's fd, in the same syntax.
+    fn into_owner_file(self, ram: &OwnerRam, offset: u64, size: u64) -> String {
+        // Properties of the memfd/ram/file backends that do not apply, or that fail on
+        // PFN-only memory (prealloc uses MADV_POPULATE_WRITE).
+        const DROPPED: &[&str] = &[
+            "qom-type",
+            "size",
+            "share",
+            "mem-path",
+            "offset",
+            "align",
+            "hugetlb",
+            "hugetlbsize",
+            "seal",
+            "prealloc",
+            "prealloc-threads",
+            "prealloc-context",
+            "discard-data",
+            "pmem",
+            "readonly",
+            "rom",
+        ];
+        let align = (ram.page_size > 4096).then_some(ram.page_size);
+        match self {
+            ObjectArg::Json(map) => {
+                let mut out = Map::new();
+                out.insert("qom-type".into(), "memory-backend-file".into());
+                for (key, value) in map {
+                    if !DROPPED.contains(&key.as_str()) {
+                        out.insert(key, value);
+                    }
+                }
+                out.insert("mem-path".into(), ram.mem_path.clone().into());
+                out.insert("size".into(), size.into());
+                out.insert("offset".into(), offset.into());
+                out.insert("share".into(), true.into());
+                if let Some(align) = align {
+                    out.insert("align".into(), align.into());
+                }
+                Value::Object(out).to_string()
+            }
+            ObjectArg::Keyval(pairs) => {
+                let mut out = vec!["memory-backend-file".to_string()];
+                for (key, value) in pairs {
+                    if !DROPPED.contains(&key.as_str()) {
+                        out.push(format!("{key}={value}"));
+                    }
+                }
+                out.push(format!("mem-path={}", ram.mem_path.replace(',', ",,")));
+                out.push(format!("size={size}"));
+                out.push(format!("offset={offset}"));
+                out.push("share=on".into());
+                if let Some(align) = align {
+                    out.push(format!("align={align}"));
+                }
+                out.join(",")
+            }
+        }
+    }
+}
+
+/// Splits `a=b,c=d` into pairs, honouring QEMU's `,,` escape for a literal comma.
+fn split_keyval(text: &str) -> Vec<(String, String)> {
+    let mut items = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                current.push_str(",,");
+            } else {
+                items.push(std::mem::take(&mut current));
+            }
+        } else {
+            current.push(c);
+        }
+    }
+    items.push(current);
+    items
+        .into_iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (item, String::new()),
+        })
+        .collect()
+}
+
+/// `-m 1G`, `-m 1024` (MiB), `-m size=4G,slots=2,maxmem=8G`.
+fn parse_memory_size(value: &str) -> Result<u64, ArgError> {
+    let size = split_keyval(value).into_iter().enumerate().find_map(|(i, (k, v))| {
+        match (i, k.as_str(), v.is_empty()) {
+            (0, k, true) => Some(k.to_string()),
+            (_, "size", false) => Some(v),
+            _ => None,
+        }
+    });
+    let Some(size) = size else {
+        return Err(ArgError::Unparsable { option: "-m".into(), value: value.into(), why: "no size".into() });
+    };
+    // QEMU reads a bare number as MiB.
+    let text = if size.chars().all(|c| c.is_ascii_digit()) { format!("{size}M") } else { size };
+    parse_size(&text).map_err(|why| ArgError::Unparsable { option: "-m".into(), value: value.into(), why })
+}
+
+/// The VM name from `-name guest=NAME,…` or `-name NAME`.
+pub fn guest_name(args: &[String]) -> Option<String> {
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "-name" || arg == "--name" {
+            let value = iter.next()?;
+            let pairs = split_keyval(value);
+            return pairs
+                .iter()
+                .find(|(k, _)| k == "guest")
+                .map(|(_, v)| v.clone())
+                .or_else(|| pairs.first().filter(|(_, v)| v.is_empty()).map(|(k, _)| k.clone()))
+                .map(|name| name.replace(",,", ","));
+        } else if takes_value(arg) && arg.starts_with('-') {
+            iter.next();
+        }
+    }
+    None
+}
+
+/// Rewrites `args` (without the QEMU binary) so that the VM's RAM is `ram`.
+pub fn rewrite(args: &[String], ram: &OwnerRam) -> Result<Vec<String>, ArgError> {
+    // First pass: find -m, the RAM backend ids, and every -object by id.
+    let mut memory_arg: Option<(String, u64)> = None;
+    let mut machine_backend: Option<String> = None;
+    let mut numa_backends: Vec<String> = Vec::new();
+    let mut objects: Vec<(usize, ObjectArg)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let option = args[i].as_str();
+        let normalized = option.strip_prefix('-').filter(|o| o.starts_with('-')).unwrap_or(option);
+        if !option.starts_with('-') || !takes_value(option) {
+            if normalized == "-mem-prealloc" {
+                return Err(ArgError::Conflict(option.into()));
+            }
+            i += 1;
+            continue;
+        }
+        let value = args.get(i + 1).ok_or_else(|| ArgError::MissingValue { option: option.into() })?.as_str();
+        match normalized {
+            "-m" => memory_arg = Some((format!("-m {value}"), parse_memory_size(value)?)),
+            "-machine" | "-M" => {
+                if let Some((_, id)) = split_keyval(value).into_iter().find(|(k, _)| k == "memory-backend") {
+                    if let Some(previous) = machine_backend.replace(id.clone()).filter(|p| *p != id) {
+                        return Err(ArgError::TwoMachineBackends(previous, id));
+                    }
+                }
+            }
+            "-numa" => {
+                let pairs = split_keyval(value);
+                if pairs.first().is_some_and(|(k, _)| k == "node") {
+                    if let Some((_, id)) = pairs.into_iter().find(|(k, _)| k == "memdev") {
+                        numa_backends.push(id);
+                    }
+                }
+            }
+            "-object" => objects.push((i + 1, ObjectArg::parse(value)?)),
+            "-mem-path" => return Err(ArgError::Conflict(format!("{option} {value}"))),
+            _ => {}
+        }
+        i += 2;
+    }
+
+    // The RAM backends, in guest order: NUMA nodes when there are any, else the machine's.
+    let backend_ids: Vec<String> =
+        if numa_backends.is_empty() { machine_backend.into_iter().collect() } else { numa_backends };
+
+    let mut out = args.to_vec();
+    let mut offset = 0u64;
+    for id in &backend_ids {
+        let (index, object) = objects
+            .iter()
+            .find(|(_, o)| o.get("id").as_deref() == Some(id.as_str()))
+            .cloned()
+            .ok_or_else(|| ArgError::MissingBackend(id.clone()))?;
+        let size = object.size()?.ok_or_else(|| ArgError::Unparsable {
+            option: "-object".into(),
+            value: args[index].clone(),
+            why: "a RAM backend needs a size".into(),
+        })?;
+        out[index] = object.into_owner_file(ram, offset, size);
+        offset += size;
+    }
+
+    if backend_ids.is_empty() {
+        let size = memory_arg.as_ref().map_or(ram.size, |(_, size)| *size);
+        if size != ram.size {
+            let (source_arg, qemu) = memory_arg.expect("a size differing from the owner's comes from -m");
+            return Err(ArgError::SizeMismatch { qemu, owner: ram.size, source_arg });
+        }
+        let object = ObjectArg::Keyval(vec![("id".into(), PAGELESS_RAM_ID.into())]);
+        out.push("-object".into());
+        out.push(object.into_owner_file(ram, 0, ram.size));
+        out.push("-machine".into());
+        out.push(format!("memory-backend={PAGELESS_RAM_ID}"));
+    } else if offset != ram.size {
+        return Err(ArgError::SizeMismatch {
+            qemu: offset,
+            owner: ram.size,
+            source_arg: format!("RAM backend(s) {}", backend_ids.join(", ")),
+        });
+    } else if let Some((source_arg, qemu)) = memory_arg.filter(|(_, size)| *size != ram.size) {
+        return Err(ArgError::SizeMismatch { qemu, owner: ram.size, source_arg });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn ram(size: u64) -> OwnerRam {
+        OwnerRam { mem_path: "/proc/self/fd/7".into(), size, page_size: 4096 }
+    }
+
+    fn args(text: &[&str]) -> Vec<String> {
+        text.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn adds_its_own_backend_when_none_is_named() {
+        let out = rewrite(&args(&["-nographic", "-kernel", "bzImage"]), &ram(GIB)).unwrap();
+        assert_eq!(
+            out[3..],
+            args(&[
+                "-object",
+                "memory-backend-file,id=pageless-ram,mem-path=/proc/self/fd/7,size=1073741824,offset=0,share=on",
+                "-machine",
+                "memory-backend=pageless-ram",
+            ])
+        );
+    }
+
+    #[test]
+    fn keeps_a_matching_dash_m_and_refuses_a_different_one() {
+        assert!(rewrite(&args(&["-m", "1G"]), &ram(GIB)).is_ok());
+        assert!(rewrite(&args(&["-m", "1024"]), &ram(GIB)).is_ok(), "bare numbers are MiB");
+        assert!(rewrite(&args(&["-m", "size=1G,slots=2,maxmem=4G"]), &ram(GIB)).is_ok());
+        let err = rewrite(&args(&["-m", "2G"]), &ram(GIB)).unwrap_err();
+        assert_eq!(err, ArgError::SizeMismatch { qemu: 2 * GIB, owner: GIB, source_arg: "-m 2G".into() });
+        assert!(err.to_string().contains("2G") && err.to_string().contains("1G"), "{err}");
+    }
+
+    #[test]
+    fn takes_over_libvirts_json_memfd_object() {
+        let input = args(&[
+            "-name",
+            "guest=vm1,debug-threads=on",
+            "-machine",
+            "pc-q35-10.0,usb=off,dump-guest-core=off,memory-backend=pc.ram,acpi=on",
+            "-m",
+            "size=1048576k",
+            "-object",
+            r#"{"qom-type":"memory-backend-memfd","id":"pc.ram","share":true,"x-use-canonical-path-for-ramblock-id":false,"prealloc":true,"size":1073741824}"#,
+            "-smp",
+            "1",
+        ]);
+        let out = rewrite(&input, &OwnerRam { page_size: 2 << 20, ..ram(GIB) }).unwrap();
+        assert_eq!(out.len(), input.len(), "nothing added: the machine already names its backend");
+        let object: Value = serde_json::from_str(&out[7]).unwrap();
+        assert_eq!(
+            object,
+            serde_json::json!({
+                "qom-type": "memory-backend-file", "id": "pc.ram", "mem-path": "/proc/self/fd/7",
+                "share": true, "size": GIB, "offset": 0, "align": 2 << 20,
+                "x-use-canonical-path-for-ramblock-id": false,
+            })
+        );
+        assert_eq!(out[..7], input[..7]);
+        assert_eq!(guest_name(&input).as_deref(), Some("vm1"));
+    }
+
+    #[test]
+    fn numa_nodes_get_consecutive_offsets() {
+        let input = args(&[
+            "-object",
+            "memory-backend-ram,id=ram-node0,size=512M",
+            "-numa",
+            "node,nodeid=0,cpus=0,memdev=ram-node0",
+            "-object",
+            "memory-backend-ram,id=ram-node1,size=512M,policy=bind,host-nodes=0",
+            "-numa",
+            "node,nodeid=1,cpus=1,memdev=ram-node1",
+            "-m",
+            "1G",
+        ]);
+        let out = rewrite(&input, &ram(GIB)).unwrap();
+        assert_eq!(
+            out[1],
+            "memory-backend-file,id=ram-node0,mem-path=/proc/self/fd/7,size=536870912,offset=0,share=on"
+        );
+        assert_eq!(
+            out[5],
+            "memory-backend-file,id=ram-node1,policy=bind,host-nodes=0,mem-path=/proc/self/fd/7,size=536870912,offset=536870912,share=on"
+        );
+        assert!(!out.contains(&"memory-backend=pageless-ram".to_string()));
+    }
+
+    #[test]
+    fn refuses_what_cannot_work() {
+        assert_eq!(
+            rewrite(&args(&["-machine", "q35,memory-backend=nope"]), &ram(GIB)),
+            Err(ArgError::MissingBackend("nope".into()))
+        );
+        assert!(matches!(
+            rewrite(&args(&["-mem-path", "/dev/hugepages"]), &ram(GIB)),
+            Err(ArgError::Conflict(_))
+        ));
+        assert!(matches!(rewrite(&args(&["-mem-prealloc"]), &ram(GIB)), Err(ArgError::Conflict(_))));
+        assert!(matches!(rewrite(&args(&["-m"]), &ram(GIB)), Err(ArgError::MissingValue { .. })));
+        let small = args(&["-object", "memory-backend-ram,id=r,size=512M", "-machine", "memory-backend=r"]);
+        assert!(matches!(rewrite(&small, &ram(GIB)), Err(ArgError::SizeMismatch { .. })));
+        let no_size = args(&["-object", "memory-backend-ram,id=r", "-machine", "memory-backend=r"]);
+        assert!(matches!(rewrite(&no_size, &ram(GIB)), Err(ArgError::Unparsable { .. })));
+    }
+
+    #[test]
+    fn values_are_not_mistaken_for_options() {
+        // `-append` takes a value that itself looks like options.
+        let input = args(&["-append", "-m 8G console=ttyS0", "-name", "plain"]);
+        assert!(rewrite(&input, &ram(GIB)).is_ok());
+        assert_eq!(guest_name(&input).as_deref(), Some("plain"));
+        assert_eq!(guest_name(&args(&["-S", "-name", "guest=a,,b"])).as_deref(), Some("a,b"));
+        assert_eq!(guest_name(&args(&["-machine", "none"])), None);
+    }
+}

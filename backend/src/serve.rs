@@ -1,0 +1,296 @@
+//! `pageless serve`: the per-VM owner process.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use driver::size::Size;
+use driver::{Allocation, Mapping, Pool, PoolKind, PoolSpec};
+use log::{error, info, warn};
+use nix::fcntl::{Flock, FlockArg};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use protocol::control::{ClientStatus, ExtentStatus, VmStatus};
+use thiserror::Error;
+
+use crate::clock::unix_now;
+use crate::control_server;
+use crate::peer::{AccessPolicy, Peer};
+use crate::{control_socket_path, lock_path};
+
+/// What `pageless serve` was asked to do.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub vm: String,
+    pub size: u64,
+    pub pool: PoolSpec,
+    pub run_dir: PathBuf,
+    pub prefault: bool,
+    pub allow_uids: Vec<u32>,
+    pub remove_on_exit: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Pool(#[from] driver::Error),
+    #[error("VM {vm:?} is already served by pageless (pid {pid}, lock {path}): stop that owner first")]
+    AlreadyServed { vm: String, pid: String, path: PathBuf },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let what = what.into();
+    move |source| ServeError::Io { what, source }
+}
+
+/// The state every connection thread shares.
+pub(crate) struct Owner {
+    pub vm: String,
+    pub pool: Pool,
+    pub allocation: Allocation,
+    pub mapping: Mapping,
+    pub reattached: bool,
+    pub started: u64,
+    pub policy: AccessPolicy,
+    clients: Mutex<BTreeMap<u64, ClientStatus>>,
+    next_client: AtomicU64,
+    stop_request: File,
+}
+
+impl Owner {
+    /// Registers a connected client; it is listed by STATUS until [`Owner::forget_client`].
+    pub fn add_client(&self, peer: Peer) -> u64 {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let client =
+            ClientStatus { id, pid: peer.pid, uid: peer.uid, since: unix_now(), ..Default::default() };
+        self.clients.lock().expect("clients lock").insert(id, client);
+        id
+    }
+
+    pub fn update_client(&self, id: u64, update: impl FnOnce(&mut ClientStatus)) {
+        if let Some(client) = self.clients.lock().expect("clients lock").get_mut(&id) {
+            update(client);
+        }
+    }
+
+    pub fn forget_client(&self, id: u64) {
+        self.clients.lock().expect("clients lock").remove(&id);
+    }
+
+    /// Wakes the main loop to shut down (the STOP request).
+    pub fn request_stop(&self) {
+        if let Err(e) = (&self.stop_request).write_all(&[1]) {
+            error!("cannot signal the main loop to stop: {e}");
+        }
+    }
+
+    pub fn status(&self) -> VmStatus {
+        let stats = self.pool.stats().map_err(|e| warn!("pool statistics: {e}")).ok();
+        let extents = self.allocation.extents().map_err(|e| warn!("extents: {e}")).unwrap_or_default();
+        let id = self.allocation.id();
+        VmStatus {
+            vm: self.vm.clone(),
+            pid: std::process::id(),
+            size: self.allocation.size(),
+            pool: self.pool.spec().to_string(),
+            memory: match self.allocation.kind() {
+                PoolKind::Memfd if self.pool.page_size() > 4096 => "memfd-hugetlb".into(),
+                PoolKind::Memfd => "memfd".into(),
+                PoolKind::Directory(fs) => fs.to_string(),
+            },
+            page_size: self.allocation.page_size(),
+            path: self.allocation.path().map(|p| p.display().to_string()),
+            dev: id.dev,
+            inode: id.ino,
+            reattached: self.reattached,
+            started: self.started,
+            pool_total: stats.map_or(0, |s| s.total),
+            pool_free: stats.map_or(0, |s| s.free),
+            extents: extents
+                .into_iter()
+                .map(|e| ExtentStatus { logical: e.logical, physical: e.physical, length: e.length })
+                .collect(),
+            clients: self.clients.lock().expect("clients lock").values().cloned().collect(),
+            consumers: Vec::new(),
+        }
+    }
+}
+
+/// Runs the owner until SIGTERM/SIGINT/SIGHUP or a STOP request.
+pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    // Block the stop signals before any thread exists, so that every thread inherits the mask
+    // and they are only ever read from the signalfd.
+    let mut stop_signals = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        stop_signals.add(signal);
+    }
+    stop_signals.thread_block().map_err(|e| io_error("block the stop signals")(e.into()))?;
+    let signal_fd = SignalFd::new(&stop_signals).map_err(|e| io_error("create a signalfd")(e.into()))?;
+
+    std::fs::create_dir_all(&options.run_dir)
+        .map_err(io_error(format!("create the run directory {}", options.run_dir.display())))?;
+    let lock = lock_vm(&options)?;
+
+    let pool = Pool::open(&options.pool)?;
+    let size = pool.check_size(options.size)?;
+    let (allocation, reattached) = pool.attach_or_allocate(&options.vm, size)?;
+    if options.prefault {
+        allocation.prefault()?;
+    }
+    let mapping = allocation.map()?;
+
+    let socket_path = control_socket_path(&options.run_dir, &options.vm);
+    let listener = listen(&socket_path, &options.allow_uids)?;
+    let (stop_wait, stop_request) = nix::unistd::pipe().map_err(|e| io_error("create a pipe")(e.into()))?;
+    let owner = Arc::new(Owner {
+        vm: options.vm.clone(),
+        pool,
+        allocation,
+        mapping,
+        reattached,
+        started: unix_now(),
+        policy: AccessPolicy {
+            owner_uid: nix::unistd::geteuid().as_raw(),
+            allowed_uids: options.allow_uids.clone(),
+        },
+        clients: Mutex::new(BTreeMap::new()),
+        next_client: AtomicU64::new(1),
+        stop_request: File::from(stop_request),
+    });
+    info!(
+        "serving VM {:?}: {} of {} memory (page size {}){} on {}",
+        owner.vm,
+        Size(owner.allocation.size()),
+        owner.pool.spec(),
+        Size(owner.allocation.page_size()),
+        if reattached { ", re-attached" } else { "" },
+        socket_path.display()
+    );
+
+    let reason = accept_until_stopped(&owner, &listener, &signal_fd, stop_wait);
+    info!("stopping ({reason})");
+    drop(listener);
+    if let Err(e) = std::fs::remove_file(&socket_path) {
+        warn!("cannot remove {}: {e}", socket_path.display());
+    }
+    if options.remove_on_exit {
+        owner.allocation.remove()?;
+    } else if let Some(path) = owner.allocation.path() {
+        info!("keeping {} for the next owner (pass --remove-on-exit to remove it)", path.display());
+    }
+    let _ = std::fs::remove_file(lock_path(&options.run_dir, &options.vm));
+    drop(lock);
+    Ok(())
+}
+
+/// Takes the VM's lock file so that no two owners serve one VM. Separate from the memory file,
+/// so that the lock dies with this process even while QEMU keeps the memory's fd.
+fn lock_vm(options: &ServeOptions) -> Result<Flock<File>, ServeError> {
+    let path = lock_path(&options.run_dir, &options.vm);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(io_error(format!("open the lock file {}", path.display())))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0).map_err(io_error("truncate the lock file"))?;
+            writeln!(lock, "{}", std::process::id()).map_err(io_error("write the lock file"))?;
+            Ok(lock)
+        }
+        Err((mut unlocked, _)) => {
+            let mut pid = String::new();
+            let _ = unlocked.read_to_string(&mut pid);
+            file = unlocked;
+            drop(file);
+            Err(ServeError::AlreadyServed { vm: options.vm.clone(), pid: pid.trim().into(), path })
+        }
+    }
+}
+
+/// Binds the control socket, mode 0600. With `--allow-uid`, root hands the socket to the
+/// first allowed user, who could not connect otherwise; peer credentials are checked anyway.
+fn listen(path: &std::path::Path, allow_uids: &[u32]) -> Result<UnixListener, ServeError> {
+    // We hold the VM's lock: a socket left here is a dead owner's.
+    match std::fs::remove_file(path) {
+        Ok(()) => info!("removed the stale socket {}", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(format!("remove the stale socket {}", path.display()))(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io_error(format!("listen on {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_error(format!("chmod {}", path.display())))?;
+    if let Some(&uid) = allow_uids.first() {
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::chown(path, Some(uid.into()), None)
+                .map_err(|e| io_error(format!("chown {} to uid {uid}", path.display()))(e.into()))?;
+        }
+    }
+    Ok(listener)
+}
+
+/// Accepts control connections until a stop signal or STOP request; returns why it stopped.
+fn accept_until_stopped(
+    owner: &Arc<Owner>,
+    listener: &UnixListener,
+    signals: &SignalFd,
+    stop: OwnedFd,
+) -> String {
+    loop {
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return format!("poll failed: {e}"),
+        }
+        let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+        if ready(1) {
+            return match signals.read_signal() {
+                Ok(Some(info)) => {
+                    format!("signal {}", Signal::try_from(info.ssi_signo as i32).map_or("?", |s| s.as_str()))
+                }
+                _ => "signal".into(),
+            };
+        }
+        if ready(2) {
+            return "STOP request".into();
+        }
+        if ready(0) {
+            match listener.accept() {
+                Ok((sock, _)) => spawn_client(owner, sock),
+                Err(e) => warn!("accept on the control socket: {e}"),
+            }
+        }
+    }
+}
+
+fn spawn_client(owner: &Arc<Owner>, sock: UnixStream) {
+    let owner = Arc::clone(owner);
+    let spawned = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || control_server::handle(&owner, sock));
+    if let Err(e) = spawned {
+        error!("cannot start a thread for a control client: {e}");
+    }
+}

@@ -1,0 +1,131 @@
+//! `pageless status`: what every owner under a run dir serves, and to whom.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use driver::size::Size;
+use protocol::control::{ControlClient, VmStatus};
+
+/// One owner socket and what it answered.
+#[derive(Debug)]
+pub struct Entry {
+    pub vm: String,
+    pub status: Result<VmStatus, String>,
+}
+
+/// Asks every owner socket in `run_dir` (or only `vm`'s) for its status.
+pub fn collect(run_dir: &Path, vm: Option<&str>) -> std::io::Result<Vec<Entry>> {
+    let mut names: Vec<String> = match vm {
+        Some(vm) => vec![vm.to_string()],
+        None => match std::fs::read_dir(run_dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".sock").map(str::to_string))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        },
+    };
+    names.sort();
+    Ok(names
+        .into_iter()
+        .map(|vm| {
+            let socket = crate::control_socket_path(run_dir, &vm);
+            let status = ControlClient::connect(&socket, "status")
+                .and_then(|client| client.status())
+                .map_err(|e| e.to_string());
+            Entry { vm, status }
+        })
+        .collect())
+}
+
+/// The human-readable table.
+pub fn render(entries: &[Entry]) -> String {
+    let mut out = String::new();
+    if entries.is_empty() {
+        out.push_str("no VMs are served here\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<20} {:>8} {:<28} {:>6} {:>8} {:>8} {:>10} {:>8}",
+        "VM", "SIZE", "POOL", "PAGE", "EXTENTS", "CLIENTS", "CONSUMERS", "PID"
+    );
+    for entry in entries {
+        match &entry.status {
+            Ok(s) => {
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:>8} {:<28} {:>6} {:>8} {:>8} {:>10} {:>8}",
+                    s.vm,
+                    Size(s.size).to_string(),
+                    s.pool,
+                    Size(s.page_size).to_string(),
+                    s.extents.len(),
+                    s.clients.len(),
+                    s.consumers.len(),
+                    s.pid
+                );
+            }
+            Err(why) => {
+                let _ = writeln!(out, "{:<20} not answering: {why}", entry.vm);
+            }
+        }
+    }
+    for s in entries.iter().filter_map(|e| e.status.as_ref().ok()) {
+        let _ = writeln!(
+            out,
+            "\n{}: {} on {}{}",
+            s.vm,
+            Size(s.size),
+            s.memory,
+            s.path.as_deref().map(|p| format!(" ({p})")).unwrap_or_default()
+        );
+        let _ = writeln!(
+            out,
+            "  inode {}:{}{}",
+            s.dev,
+            s.inode,
+            if s.reattached { ", re-attached after a restart" } else { "" }
+        );
+        for e in &s.extents {
+            let physical = e.physical.map_or("-".to_string(), |p| format!("{p:#x}"));
+            let _ = writeln!(
+                out,
+                "  extent  offset {:#x} length {} physical {physical}",
+                e.logical,
+                Size(e.length)
+            );
+        }
+        for c in &s.clients {
+            let _ = writeln!(
+                out,
+                "  client  {:<10} pid {:<8} uid {:<6} {}",
+                c.role,
+                c.pid,
+                c.uid,
+                if c.has_memory { "maps the memory" } else { "" }
+            );
+        }
+        for c in &s.consumers {
+            let pid = c.backend_pid.map_or("?".into(), |p| p.to_string());
+            let _ = writeln!(
+                out,
+                "  device  {:<10} backend pid {pid} via {} ({} regions)",
+                c.device,
+                c.backend_socket,
+                c.regions.len()
+            );
+            for r in &c.regions {
+                let _ = writeln!(
+                    out,
+                    "          guest {:#x} size {} offset {:#x}",
+                    r.guest_phys_addr,
+                    Size(r.size),
+                    r.offset
+                );
+            }
+        }
+    }
+    out
+}
