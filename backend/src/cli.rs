@@ -113,6 +113,9 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             qemu::run(QemuOptions { vm, run_dir: run_dir.run_dir, command })?;
         }
         Command::Status { vm, run_dir, json } => {
+            if let Some(vm) = &vm {
+                driver::check_name(vm)?;
+            }
             let entries = status::collect(&run_dir.run_dir, vm.as_deref())?;
             if json {
                 let statuses: Vec<_> = entries.iter().filter_map(|e| e.status.as_ref().ok()).collect();
@@ -125,12 +128,14 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Find { vm, run_dir, pattern } => {
+            driver::check_name(&vm)?;
             let client = ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "find")?;
             for offset in client.find(pattern.as_bytes())? {
                 println!("{offset:#x}");
             }
         }
         Command::Stop { vm, run_dir } => {
+            driver::check_name(&vm)?;
             ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "stop")?.stop()?;
         }
     }

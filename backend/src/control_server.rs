@@ -77,6 +77,15 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64) -> Result<(), String>
                 let offsets = owner.mapping.find(&pattern, FIND_LIMIT);
                 reply(code, serde_json::to_vec(&offsets).expect("offsets serialize"), vec![])
             }
+            Request::Write { offset, data } => {
+                let written = usize::try_from(offset)
+                    .map_err(|e| e.to_string())
+                    .and_then(|offset| owner.mapping.write(offset, &data).map_err(|e| e.to_string()));
+                match written {
+                    Ok(()) => reply(code, vec![], vec![]),
+                    Err(why) => error_reply(code, &why),
+                }
+            }
             Request::Stop => {
                 info!("control client {id} asked the owner to stop");
                 send_message(sock, &reply(code, vec![], vec![])).map_err(|e| e.to_string())?;

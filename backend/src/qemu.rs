@@ -31,6 +31,8 @@ pub struct QemuOptions {
 pub enum QemuError {
     #[error("no QEMU command given: use `pageless qemu --vm NAME -- qemu-system-x86_64 ARGS…`")]
     NoCommand,
+    #[error("VM name: {0}")]
+    BadName(String),
     #[error("VM {vm:?}: {source}")]
     Owner { vm: String, source: ControlError },
     #[error("the owner of VM {0:?} sent no memory region")]
@@ -50,6 +52,7 @@ pub fn run(options: QemuOptions) -> Result<Infallible, QemuError> {
         info!("no VM name: running {program} unchanged");
         return Err(exec(program, args));
     };
+    driver::check_name(&vm).map_err(|e| QemuError::BadName(e.to_string()))?;
     let socket = control_socket_path(&options.run_dir, &vm);
     let owner_error = |source| QemuError::Owner { vm: vm.clone(), source };
     let client = ControlClient::connect(&socket, "qemu").map_err(owner_error)?;

@@ -131,6 +131,7 @@ impl Owner {
 
 /// Runs the owner until SIGTERM/SIGINT/SIGHUP or a STOP request.
 pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    driver::check_name(&options.vm)?;
     // Block the stop signals before any thread exists, so that every thread inherits the mask
     // and they are only ever read from the signalfd.
     let mut stop_signals = SigSet::empty();

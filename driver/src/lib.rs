@@ -26,4 +26,4 @@ pub use error::{Error, Result};
 pub use fiemap::Extent;
 pub use fs::FsKind;
 pub use mapping::Mapping;
-pub use pool::{Pool, PoolKind, PoolSpec, PoolStats};
+pub use pool::{check_name, Pool, PoolKind, PoolSpec, PoolStats};

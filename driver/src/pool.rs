@@ -314,7 +314,9 @@ fn seal_size(file: &File) -> Result<()> {
         .map_err(|e| Error::io("seal the memfd's size", e))
 }
 
-fn check_name(name: &str) -> Result<()> {
+/// Checks that `name` can name an allocation (and a socket): non-empty, no `/` or NUL, not
+/// starting with `.`, at most 200 bytes.
+pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.starts_with('.') || name.contains(['/', '\0']) || name.len() > 200 {
         return Err(Error::InvalidName { name: name.into() });
     }

@@ -74,7 +74,9 @@ fn directory_allocation_survives_and_is_found_again() {
     assert_eq!(&buf, b"persist");
 
     match pool.attach_or_allocate("vm", 4 << 20) {
-        Err(Error::SizeMismatch { found, requested, .. }) => assert_eq!((found, requested), (2 << 20, 4 << 20)),
+        Err(Error::SizeMismatch { found, requested, .. }) => {
+            assert_eq!((found, requested), (2 << 20, 4 << 20))
+        }
         other => panic!("expected a size mismatch, got {other:?}"),
     }
     again.remove().unwrap();

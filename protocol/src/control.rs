@@ -9,6 +9,8 @@
 //! | `GET_MEMORY` | —                       | a SET_MEM_TABLE payload + one fd per region      |
 //! | `STATUS`     | —                       | [`VmStatus`] as JSON                             |
 //! | `FIND`       | bytes to look for       | JSON array of offsets in the VM's memory         |
+//! | `WRITE`      | u64 offset + ≤ 4 KiB    | empty (a debugging aid: grants nothing beyond    |
+//! |              |                         | what GET_MEMORY gives the same peers)            |
 //! | `STOP`       | —                       | empty; the owner then shuts down                 |
 //!
 //! Replies carry [`FLAG_REPLY`]; a refused request is answered with [`FLAG_ERROR`] and a UTF-8
@@ -33,6 +35,8 @@ pub const FLAG_ERROR: u32 = 0x10;
 pub const MAX_ROLE_LEN: usize = 64;
 /// Longest pattern FIND looks for.
 pub const MAX_FIND_PATTERN: usize = 4096;
+/// Most bytes one WRITE stores.
+pub const MAX_WRITE: usize = 4096;
 /// Control messages are small, except STATUS replies with many consumers.
 pub const LIMITS: Limits = Limits { max_payload: 1 << 20, max_fds: memory::MAX_MEM_TABLE_REGIONS };
 
@@ -43,6 +47,7 @@ pub mod code {
     pub const STATUS: u32 = 3;
     pub const FIND: u32 = 4;
     pub const STOP: u32 = 5;
+    pub const WRITE: u32 = 6;
 }
 
 /// What went wrong talking to an owner.
@@ -69,6 +74,7 @@ pub enum Request {
     GetMemory,
     Status,
     Find(Vec<u8>),
+    Write { offset: u64, data: Vec<u8> },
     Stop,
 }
 
@@ -104,6 +110,13 @@ impl Request {
                 Err(format!("FIND pattern must be 1 to {MAX_FIND_PATTERN} bytes"))
             }
             code::FIND => Ok(Request::Find(payload.clone())),
+            code::WRITE => {
+                let (offset, data) = payload.split_first_chunk::<8>().ok_or("WRITE payload too short")?;
+                if data.is_empty() || data.len() > MAX_WRITE {
+                    return Err(format!("WRITE data must be 1 to {MAX_WRITE} bytes"));
+                }
+                Ok(Request::Write { offset: u64::from_ne_bytes(*offset), data: data.to_vec() })
+            }
             other => Err(format!("unknown request code {other}")),
         }
     }
@@ -228,6 +241,13 @@ impl ControlClient {
         serde_json::from_slice(&answer.payload).map_err(|e| ControlError::Protocol(format!("find: {e}")))
     }
 
+    /// Stores `data` at `offset` of the VM's memory through the owner's own mapping.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), ControlError> {
+        let mut payload = offset.to_ne_bytes().to_vec();
+        payload.extend_from_slice(data);
+        self.call(code::WRITE, payload).map(drop)
+    }
+
     /// Asks the owner to shut down.
     pub fn stop(&self) -> Result<(), ControlError> {
         self.call(code::STOP, vec![]).map(drop)
@@ -269,6 +289,9 @@ mod tests {
         assert_eq!(request(code::HELLO, &hello), Ok(Request::Hello { version: 1, role: "qemu".into() }));
         assert_eq!(request(code::GET_MEMORY, b""), Ok(Request::GetMemory));
         assert_eq!(request(code::FIND, b"tok"), Ok(Request::Find(b"tok".to_vec())));
+        let mut write = 4096u64.to_ne_bytes().to_vec();
+        write.extend_from_slice(b"data");
+        assert_eq!(request(code::WRITE, &write), Ok(Request::Write { offset: 4096, data: b"data".to_vec() }));
     }
 
     #[test]
@@ -279,6 +302,8 @@ mod tests {
         assert!(request(code::GET_MEMORY, b"x").is_err());
         assert!(request(code::FIND, b"").is_err());
         assert!(request(code::FIND, &[0; MAX_FIND_PATTERN + 1]).is_err());
+        assert!(request(code::WRITE, &[0; 8]).is_err(), "WRITE needs data");
+        assert!(request(code::WRITE, &[0; 8 + MAX_WRITE + 1]).is_err());
         assert!(request(99, b"").is_err());
         let reply = Message::new(code::STATUS, FLAG_VERSION_1 | FLAG_REPLY, vec![], vec![]);
         assert!(Request::parse(&reply).is_err());

@@ -1,0 +1,32 @@
+//! The pageless test bed: everything the integration tests share.
+//!
+//! * [`bins`]: builds and finds the workspace's binaries (`pageless`, `pageless-guest`).
+//! * [`kernel`]: the 6.12 cloud kernel unpacked by `scripts/setup.sh`.
+//! * [`initramfs`]: busybox initramfs images with binaries (and their shared libraries),
+//!   kernel modules and an /init script.
+//! * [`vm`]: QEMU guests (TCG) whose serial console is read line by line.
+//! * [`owner`]: `pageless serve` processes.
+//! * [`checks`]: the `CHECK <name> ok|FAIL <detail>` lines guests print.
+
+pub mod bins;
+pub mod checks;
+pub mod guests;
+pub mod initramfs;
+pub mod kernel;
+pub mod owner;
+pub mod vm;
+
+use std::path::PathBuf;
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repository").to_path_buf()
+}
+
+/// A random hex token (from the kernel's RNG).
+pub fn random_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 12];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("random bytes");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

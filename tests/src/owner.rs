@@ -1,0 +1,124 @@
+//! `pageless serve` processes for tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol::control::{ControlClient, VmStatus};
+
+use crate::bins;
+
+/// A running owner. Sent SIGKILL when dropped, unless it already stopped.
+pub struct Owner {
+    pub vm: String,
+    pub run_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Child,
+}
+
+impl Owner {
+    /// Starts `pageless serve --vm VM --run-dir RUN_DIR ARGS…` and waits until it answers.
+    pub fn start(run_dir: &Path, vm: &str, args: &[&str]) -> Owner {
+        Owner::try_start(run_dir, vm, args)
+            .unwrap_or_else(|log| panic!("pageless serve failed to start:\n{log}"))
+    }
+
+    /// Like [`Owner::start`]; on failure returns the owner's log.
+    pub fn try_start(run_dir: &Path, vm: &str, args: &[&str]) -> Result<Owner, String> {
+        std::fs::create_dir_all(run_dir).expect("create the run dir");
+        let log_path = run_dir.with_file_name(format!(
+            "{}-{vm}-owner.log",
+            run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("owner log");
+        let child = Command::new(bins::pageless())
+            .args(["serve", "--vm", vm, "--run-dir"])
+            .arg(run_dir)
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start pageless serve");
+        let mut owner = Owner { vm: vm.into(), run_dir: run_dir.into(), log_path, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if owner.connect().is_ok() {
+                return Ok(owner);
+            }
+            if let Ok(Some(status)) = owner.child.try_wait() {
+                return Err(format!("exited with {status}:\n{}", owner.log()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not answering after 30 s:\n{}", owner.log()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join(format!("{}.sock", self.vm))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn connect(&self) -> Result<ControlClient, protocol::control::ControlError> {
+        ControlClient::connect(&self.socket(), "test")
+    }
+
+    pub fn status(&self) -> VmStatus {
+        self.connect().and_then(|c| c.status()).expect("owner status")
+    }
+
+    /// Offsets of `pattern` in the VM's memory, through the owner's own mapping.
+    pub fn find(&self, pattern: &str) -> Vec<u64> {
+        self.connect().and_then(|c| c.find(pattern.as_bytes())).expect("owner find")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Open file descriptors of the owner process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("send SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "owner did not stop on SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill();
+        }
+    }
+}

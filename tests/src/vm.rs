@@ -1,0 +1,233 @@
+//! QEMU guests under TCG, their serial console read line by line.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::kernel::Kernel;
+
+/// How to start a guest.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// A label for log lines.
+    pub name: String,
+    pub memory: String,
+    pub smp: u32,
+    pub machine: Option<String>,
+    /// Kernel command line after `console=ttyS0 panic=-1`.
+    pub append: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// More QEMU arguments.
+    pub extra: Vec<String>,
+    /// A command QEMU is run through, e.g. `pageless qemu --vm NAME --`.
+    pub wrapper: Vec<String>,
+    pub qemu: String,
+}
+
+impl VmConfig {
+    pub fn new(name: &str, initrd: PathBuf) -> VmConfig {
+        VmConfig {
+            name: name.into(),
+            memory: "512M".into(),
+            smp: 1,
+            machine: None,
+            append: String::new(),
+            kernel: Kernel::get().vmlinuz(),
+            initrd,
+            extra: Vec::new(),
+            wrapper: Vec::new(),
+            qemu: "qemu-system-x86_64".into(),
+        }
+    }
+
+    /// The whole command line.
+    pub fn command_line(&self) -> Vec<String> {
+        let mut args: Vec<String> = self.wrapper.clone();
+        args.push(self.qemu.clone());
+        let append = format!("console=ttyS0 panic=-1 quiet {}", self.append);
+        for arg in [
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            &self.memory,
+            "-smp",
+            &self.smp.to_string(),
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-kernel",
+        ] {
+            args.push(arg.into());
+        }
+        args.push(self.kernel.display().to_string());
+        args.push("-initrd".into());
+        args.push(self.initrd.display().to_string());
+        args.push("-append".into());
+        args.push(append);
+        if let Some(machine) = &self.machine {
+            args.push("-machine".into());
+            args.push(machine.clone());
+        }
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+}
+
+type Console = Arc<(Mutex<Vec<String>>, Condvar)>;
+
+/// A running guest. Killed when dropped.
+pub struct Vm {
+    pub name: String,
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    console: Console,
+    exited: Option<ExitStatus>,
+}
+
+impl Vm {
+    pub fn start(config: &VmConfig) -> Vm {
+        let args = config.command_line();
+        eprintln!("[{}] starting: {}", config.name, shell_words(&args));
+        let mut child = Command::new(&args[0])
+            .args(&args[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", args[0]));
+        let console: Console = Arc::default();
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let console = Arc::clone(&console);
+            let name = config.name.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).split(b'\n') {
+                    let Ok(line) = line else { break };
+                    let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                    eprintln!("[{name}] {line}");
+                    let (lines, changed) = &*console;
+                    lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                    changed.notify_all();
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        Vm { name: config.name.clone(), child, stdin, console, exited: None }
+    }
+
+    /// Types a line on the guest's serial console (its /init reads it from stdin).
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("write to the console");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the guest (and QEMU) printed so far.
+    pub fn console(&self) -> String {
+        self.console.0.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+    }
+
+    /// Waits for a console line containing `needle`; returns that line.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        self.wait_for_nth(needle, 1, timeout)
+    }
+
+    /// Waits for the `n`th console line containing `needle`.
+    pub fn wait_for_nth(&mut self, needle: &str, n: usize, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        let (lines, changed) = &*Arc::clone(&self.console);
+        let mut guard = lines.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(line) = guard.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return Ok(line.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!(
+                    "[{}] no console line with {needle:?} (#{n}) within {timeout:?}",
+                    self.name
+                ));
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exited = Some(status);
+                drop(guard);
+                // Let the reader threads drain what is left.
+                std::thread::sleep(Duration::from_millis(200));
+                let lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+                return lines.iter().filter(|l| l.contains(needle)).nth(n - 1).cloned().ok_or_else(|| {
+                    format!("[{}] QEMU exited ({status}) before printing {needle:?} (#{n})", self.name)
+                });
+            }
+            let wait = (deadline - now).min(Duration::from_millis(250));
+            guard = changed.wait_timeout(guard, wait).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Waits for QEMU to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        if let Some(status) = self.exited {
+            return Ok(status);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                self.exited = Some(status);
+                std::thread::sleep(Duration::from_millis(200));
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!("[{}] QEMU still running after {timeout:?}", self.name))
+    }
+
+    /// Whether QEMU is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            self.kill();
+        }
+    }
+}
+
+/// A command line as one could paste it into a shell.
+pub fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
