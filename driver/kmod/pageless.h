@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * pageless: boot-reserved memory (memmap=SIZE$START) without struct page,
+ * exposed as files of the filesystem "pagelessfs".
+ *
+ * Objects and their locks (outermost first):
+ *
+ *   inode->i_rwsem (VFS inode lock)
+ *	Serialises size changes (setattr) and write_iter on one file.
+ *   pl_inode->lock (rw_semaphore)
+ *	Protects pl_inode->layout (the extent table) and i_size changes.
+ *	Readers: page faults (under mmap_lock or the per-VMA lock), the extent
+ *	look-ups of read_iter/write_iter and FIEMAP; it is never held while
+ *	copying to or from user memory, so a fault on a mapping of the same
+ *	file during read()/write() cannot deadlock.  Writer: truncate, which
+ *	also zaps the user mappings of a freed tail under it, so no fault can
+ *	map a freed extent again.
+ *   pl_io_srcu
+ *	read_iter/write_iter copy through the kernel mapping inside an SRCU
+ *	read section after dropping pl_inode->lock; truncate waits for them
+ *	(synchronize_srcu) before it hands freed extents to the scrubber.
+ *   pl_pool.lock (mutex)
+ *	Protects the pool's free list, scrub queue and counters.  Leaf lock:
+ *	nothing else is taken under it (memory allocation aside).
+ */
+#ifndef PAGELESS_H
+#define PAGELESS_H
+
+#include <linux/fs.h>
+#include <linux/list.h>
+#include <linux/rwsem.h>
+#include <linux/srcu.h>
+#include <linux/types.h>
+
+/* statfs f_type of pagelessfs: "PGLS" */
+#define PAGELESSFS_MAGIC	0x50474c53
+
+/* One physically contiguous piece of a file. */
+struct pl_extent {
+	u64 off;	/* file offset */
+	u64 phys;	/* physical address */
+	u64 len;	/* bytes */
+};
+
+/*
+ * A list of extents: an inode's layout (sorted by file offset, covering
+ * [0, i_size) without holes), a fresh allocation, or extents queued for
+ * scrubbing (then owned by the pool).
+ */
+struct pl_extents {
+	struct list_head node;	/* pl_pool scrub queue */
+	unsigned int nr;	/* extents in use */
+	unsigned int cap;	/* extents allocated */
+	unsigned int pos;	/* scrub cursor: index into ext[] */
+	u64 done;		/* scrub cursor: bytes done in ext[pos] */
+	struct pl_extent ext[] __counted_by(cap);
+};
+
+struct pl_extents *pl_extents_alloc(unsigned int cap);
+void pl_extents_free(struct pl_extents *ex);
+
+/* pool.c */
+int pl_pool_init(void);
+void pl_pool_exit(bool drain);
+int pl_pool_add_range(u64 start, u64 size, void *virt);
+void *pl_pool_virt(u64 phys);
+int pl_pool_alloc(u64 bytes, u64 align, struct pl_extents **res);
+void pl_pool_release(struct pl_extents *ex);
+void pl_pool_release_clean(struct pl_extents *ex);
+void pl_pool_stat(u64 align, u64 *blocks, u64 *bfree);
+
+/* super.c */
+int pl_fs_register(void);
+void pl_fs_unregister(void);
+
+/* Per-mount information. */
+struct pl_sb_info {
+	u64 psize;		/* mount page size: 4K, 2M or 1G */
+	kuid_t uid;		/* root directory owner */
+	kgid_t gid;
+	umode_t mode;		/* root directory mode */
+};
+
+struct pl_inode {
+	struct rw_semaphore lock;	/* see the top of this file */
+	struct pl_extents *layout;	/* NULL while empty */
+	struct inode vfs_inode;
+};
+
+static inline struct pl_inode *PL_I(struct inode *inode)
+{
+	return container_of(inode, struct pl_inode, vfs_inode);
+}
+
+static inline struct pl_sb_info *PL_SB(struct super_block *sb)
+{
+	return sb->s_fs_info;
+}
+
+extern struct srcu_struct pl_io_srcu;
+extern bool pl_pud_ok;
+
+/* file.c */
+extern const struct file_operations pl_file_fops;
+extern const struct inode_operations pl_file_iops;
+int pl_setsize(struct inode *inode, loff_t newsize);
+const struct pl_extent *pl_lookup(const struct pl_extents *ex, u64 off);
+
+#endif /* PAGELESS_H */

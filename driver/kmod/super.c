@@ -1,0 +1,400 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * pagelessfs: superblock, mount options (fs_context), directories, inodes.
+ *
+ * Directories are the libfs "simple" ones (dentries pin their inodes, as in
+ * ramfs).  Every mount is its own superblock with its own page size; all
+ * mounts share the one pool.  An inode's extents go back to the pool, through
+ * the scrubber, when it is evicted: after the last link, fd and mapping are
+ * gone (mappings hold a file reference).
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/fs.h>
+#include <linux/fs_context.h>
+#include <linux/fs_parser.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/pagemap.h>
+#include <linux/security.h>
+#include <linux/seq_file.h>
+#include <linux/slab.h>
+#include <linux/statfs.h>
+#include <linux/string.h>
+
+#include "pageless.h"
+
+#define PL_DEFAULT_MODE	0755
+
+static const struct super_operations pl_sops;
+static const struct inode_operations pl_dir_iops;
+static struct kmem_cache *pl_inode_cachep;
+
+static struct inode *pl_get_inode(struct super_block *sb,
+				  const struct inode *dir, umode_t mode)
+{
+	struct inode *inode = new_inode(sb);
+
+	if (!inode)
+		return NULL;
+	inode->i_ino = get_next_ino();
+	inode_init_owner(&nop_mnt_idmap, inode, dir, mode);
+	simple_inode_init_ts(inode);
+	switch (mode & S_IFMT) {
+	case S_IFREG:
+		inode->i_op = &pl_file_iops;
+		inode->i_fop = &pl_file_fops;
+		/*
+		 * S_DAX makes vma_is_dax() true, which is what lets
+		 * __thp_vma_allowable_orders() call ->huge_fault whatever the
+		 * THP sysfs policy on kernels before 6.12.115 (later ones also
+		 * exempt huge VM_PFNMAP mappings from the policy).  The file
+		 * never uses fs/dax.c nor the page cache; the other effects of
+		 * S_DAX in 6.12 are harmless here: splice reads go through
+		 * copy_splice_read() (our read_iter), fadvise/MADV_WILLNEED
+		 * are no-ops, MAP_SYNC stays refused (no FOP_MMAP_SYNC),
+		 * FOLL_LONGTERM/mlock/mbind/KSM/khugepaged skip the VMA (they
+		 * already do for VM_PFNMAP|VM_IO), truncate's dax branches see
+		 * an empty mapping, and statx reports STATX_ATTR_DAX.
+		 */
+		inode->i_flags |= S_DAX;
+		break;
+	case S_IFDIR:
+		inode->i_op = &pl_dir_iops;
+		inode->i_fop = &simple_dir_operations;
+		/* "." */
+		inc_nlink(inode);
+		break;
+	default:
+		iput(inode);
+		return NULL;
+	}
+	return inode;
+}
+
+/* Directory operations.  The VFS holds the parent's i_rwsem. */
+static int pl_mknod(struct inode *dir, struct dentry *dentry, umode_t mode)
+{
+	struct inode *inode = pl_get_inode(dir->i_sb, dir, mode);
+	int ret;
+
+	if (!inode)
+		return -ENOSPC;
+	ret = security_inode_init_security(inode, dir, &dentry->d_name,
+					   NULL, NULL);
+	if (ret) {
+		iput(inode);
+		return ret;
+	}
+	d_instantiate(dentry, inode);
+	dget(dentry);	/* pinned until unlink, as in ramfs */
+	inode_set_mtime_to_ts(dir, inode_set_ctime_current(dir));
+	return 0;
+}
+
+static int pl_create(struct mnt_idmap *idmap, struct inode *dir,
+		     struct dentry *dentry, umode_t mode, bool excl)
+{
+	return pl_mknod(dir, dentry, (mode & ~S_IFMT) | S_IFREG);
+}
+
+static int pl_mkdir(struct mnt_idmap *idmap, struct inode *dir,
+		    struct dentry *dentry, umode_t mode)
+{
+	int ret = pl_mknod(dir, dentry, (mode & ~S_IFMT) | S_IFDIR);
+
+	if (!ret)
+		inc_nlink(dir);
+	return ret;
+}
+
+static int pl_tmpfile(struct mnt_idmap *idmap, struct inode *dir,
+		      struct file *file, umode_t mode)
+{
+	struct inode *inode;
+	int ret;
+
+	inode = pl_get_inode(dir->i_sb, dir, (mode & ~S_IFMT) | S_IFREG);
+	if (!inode)
+		return -ENOSPC;
+	ret = security_inode_init_security(inode, dir,
+					   &file_dentry(file)->d_name,
+					   NULL, NULL);
+	if (ret) {
+		iput(inode);
+		return finish_open_simple(file, ret);
+	}
+	d_tmpfile(file, inode);
+	return finish_open_simple(file, 0);
+}
+
+static const struct inode_operations pl_dir_iops = {
+	.create		= pl_create,
+	.lookup		= simple_lookup,
+	.link		= simple_link,
+	.unlink		= simple_unlink,
+	.mkdir		= pl_mkdir,
+	.rmdir		= simple_rmdir,
+	.rename		= simple_rename,
+	.tmpfile	= pl_tmpfile,
+	.getattr	= simple_getattr,
+	.setattr	= simple_setattr,
+};
+
+/* Inodes */
+static struct inode *pl_alloc_inode(struct super_block *sb)
+{
+	struct pl_inode *pi = alloc_inode_sb(sb, pl_inode_cachep, GFP_KERNEL);
+
+	if (!pi)
+		return NULL;
+	pi->layout = NULL;
+	return &pi->vfs_inode;
+}
+
+static void pl_free_inode(struct inode *inode)
+{
+	kmem_cache_free(pl_inode_cachep, PL_I(inode));
+}
+
+static void pl_inode_init_once(void *p)
+{
+	struct pl_inode *pi = p;
+
+	init_rwsem(&pi->lock);
+	inode_init_once(&pi->vfs_inode);
+}
+
+/*
+ * The last reference is gone: no fd, no mapping, no link.  Nothing can
+ * reach the extents any more; scrub and free them.
+ */
+static void pl_evict_inode(struct inode *inode)
+{
+	struct pl_inode *pi = PL_I(inode);
+
+	truncate_inode_pages_final(&inode->i_data);
+	clear_inode(inode);
+	pl_pool_release(pi->layout);
+	pi->layout = NULL;
+}
+
+static int pl_statfs(struct dentry *dentry, struct kstatfs *buf)
+{
+	struct pl_sb_info *sbi = PL_SB(dentry->d_sb);
+	u64 blocks, bfree;
+	int ret;
+
+	ret = simple_statfs(dentry, buf);
+	if (ret)
+		return ret;
+	pl_pool_stat(sbi->psize, &blocks, &bfree);
+	buf->f_bsize = sbi->psize;
+	buf->f_frsize = sbi->psize;
+	buf->f_blocks = blocks;
+	buf->f_bfree = bfree;
+	buf->f_bavail = bfree;
+	return 0;
+}
+
+static void pl_show_size(struct seq_file *m, u64 size)
+{
+	if (size >= SZ_1G)
+		seq_printf(m, ",pagesize=%lluG", size >> 30);
+	else if (size >= SZ_1M)
+		seq_printf(m, ",pagesize=%lluM", size >> 20);
+	else
+		seq_printf(m, ",pagesize=%lluK", size >> 10);
+}
+
+static int pl_show_options(struct seq_file *m, struct dentry *root)
+{
+	struct pl_sb_info *sbi = PL_SB(root->d_sb);
+
+	pl_show_size(m, sbi->psize);
+	if (!uid_eq(sbi->uid, GLOBAL_ROOT_UID))
+		seq_printf(m, ",uid=%u",
+			   from_kuid_munged(&init_user_ns, sbi->uid));
+	if (!gid_eq(sbi->gid, GLOBAL_ROOT_GID))
+		seq_printf(m, ",gid=%u",
+			   from_kgid_munged(&init_user_ns, sbi->gid));
+	if (sbi->mode != PL_DEFAULT_MODE)
+		seq_printf(m, ",mode=%o", sbi->mode);
+	return 0;
+}
+
+static const struct super_operations pl_sops = {
+	.alloc_inode	= pl_alloc_inode,
+	.free_inode	= pl_free_inode,
+	.evict_inode	= pl_evict_inode,
+	.drop_inode	= generic_delete_inode,
+	.statfs		= pl_statfs,
+	.show_options	= pl_show_options,
+};
+
+/* Mount options */
+enum { PL_OPT_PAGESIZE, PL_OPT_UID, PL_OPT_GID, PL_OPT_MODE };
+
+static const struct fs_parameter_spec pl_fs_parameters[] = {
+	fsparam_string("pagesize", PL_OPT_PAGESIZE),
+	fsparam_uid("uid", PL_OPT_UID),
+	fsparam_gid("gid", PL_OPT_GID),
+	fsparam_u32oct("mode", PL_OPT_MODE),
+	{}
+};
+
+struct pl_fs_context {
+	struct pl_sb_info opts;
+	bool pagesize_set;	/* given explicitly (default 2M) */
+};
+
+static int pl_parse_param(struct fs_context *fc, struct fs_parameter *param)
+{
+	struct pl_fs_context *ctx = fc->fs_private;
+	struct fs_parse_result result;
+	unsigned long long size;
+	char *end;
+	int opt;
+
+	opt = fs_parse(fc, pl_fs_parameters, param, &result);
+	if (opt < 0)
+		return opt;	/* the VFS reports unknown parameters */
+
+	switch (opt) {
+	case PL_OPT_PAGESIZE:
+		size = memparse(param->string, &end);
+		if (end == param->string || *end)
+			return invalfc(fc, "pagesize=%s: not a size (use 4K, 2M or 1G)",
+				       param->string);
+		if (size != SZ_4K && size != SZ_2M && size != SZ_1G)
+			return invalfc(fc, "pagesize=%s: unsupported (use 4K, 2M or 1G)",
+				       param->string);
+		ctx->opts.psize = size;
+		ctx->pagesize_set = true;
+		break;
+	case PL_OPT_UID:
+		ctx->opts.uid = result.uid;
+		break;
+	case PL_OPT_GID:
+		ctx->opts.gid = result.gid;
+		break;
+	case PL_OPT_MODE:
+		ctx->opts.mode = result.uint_32 & S_IALLUGO;
+		break;
+	}
+	return 0;
+}
+
+static int pl_fill_super(struct super_block *sb, struct fs_context *fc)
+{
+	struct pl_fs_context *ctx = fc->fs_private;
+	struct pl_sb_info *sbi;
+	struct inode *root;
+
+	sbi = kmemdup(&ctx->opts, sizeof(*sbi), GFP_KERNEL);
+	if (!sbi)
+		return -ENOMEM;
+	sb->s_fs_info = sbi;
+	sb->s_maxbytes = MAX_LFS_FILESIZE;
+	/* st_blksize: the I/O size tools use, not the mapping page size */
+	sb->s_blocksize = PAGE_SIZE;
+	sb->s_blocksize_bits = PAGE_SHIFT;
+	sb->s_magic = PAGELESSFS_MAGIC;
+	sb->s_op = &pl_sops;
+	sb->s_time_gran = 1;
+
+	root = pl_get_inode(sb, NULL, S_IFDIR | sbi->mode);
+	if (!root)
+		return -ENOMEM;
+	root->i_uid = sbi->uid;
+	root->i_gid = sbi->gid;
+	sb->s_root = d_make_root(root);
+	if (!sb->s_root)
+		return -ENOMEM;
+	return 0;
+}
+
+static int pl_get_tree(struct fs_context *fc)
+{
+	struct pl_fs_context *ctx = fc->fs_private;
+
+	if (ctx->opts.psize == SZ_1G && !pl_pud_ok)
+		pr_info_once("pagesize=1G: no 1 GiB page table entries here, mapping with 2 MiB ones\n");
+	return get_tree_nodev(fc, pl_fill_super);
+}
+
+static int pl_reconfigure(struct fs_context *fc)
+{
+	struct pl_fs_context *ctx = fc->fs_private;
+	struct pl_sb_info *sbi = PL_SB(fc->root->d_sb);
+
+	if (ctx->pagesize_set && ctx->opts.psize != sbi->psize)
+		return invalfc(fc, "pagesize cannot be changed by remount");
+	return 0;
+}
+
+static void pl_free_fc(struct fs_context *fc)
+{
+	kfree(fc->fs_private);
+}
+
+static const struct fs_context_operations pl_context_ops = {
+	.free		= pl_free_fc,
+	.parse_param	= pl_parse_param,
+	.get_tree	= pl_get_tree,
+	.reconfigure	= pl_reconfigure,
+};
+
+static int pl_init_fs_context(struct fs_context *fc)
+{
+	struct pl_fs_context *ctx;
+
+	ctx = kzalloc(sizeof(*ctx), GFP_KERNEL);
+	if (!ctx)
+		return -ENOMEM;
+	ctx->opts.psize = SZ_2M;
+	ctx->opts.uid = current_fsuid();
+	ctx->opts.gid = current_fsgid();
+	ctx->opts.mode = PL_DEFAULT_MODE;
+	fc->fs_private = ctx;
+	fc->ops = &pl_context_ops;
+	return 0;
+}
+
+static void pl_kill_sb(struct super_block *sb)
+{
+	kill_litter_super(sb);	/* evicts every inode: extents are scrubbed */
+	kfree(sb->s_fs_info);
+}
+
+static struct file_system_type pl_fs_type = {
+	.owner			= THIS_MODULE,
+	.name			= "pagelessfs",
+	.init_fs_context	= pl_init_fs_context,
+	.parameters		= pl_fs_parameters,
+	.kill_sb		= pl_kill_sb,
+};
+
+int pl_fs_register(void)
+{
+	int ret;
+
+	pl_inode_cachep = kmem_cache_create("pageless_inode",
+					    sizeof(struct pl_inode), 0,
+					    SLAB_RECLAIM_ACCOUNT | SLAB_ACCOUNT,
+					    pl_inode_init_once);
+	if (!pl_inode_cachep)
+		return -ENOMEM;
+	ret = register_filesystem(&pl_fs_type);
+	if (ret)
+		kmem_cache_destroy(pl_inode_cachep);
+	return ret;
+}
+
+void pl_fs_unregister(void)
+{
+	unregister_filesystem(&pl_fs_type);
+	/* Inodes are freed after an RCU grace period. */
+	rcu_barrier();
+	kmem_cache_destroy(pl_inode_cachep);
+}
