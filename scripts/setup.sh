@@ -4,8 +4,17 @@
 #  - the 6.12 cloud kernel image, unpacked (not installed) under .cache/kernel/ for test guests,
 #    and its headers, against which driver/kmod builds
 #  - cargo build of the workspace
+#  - then runs the demo (scripts/demo.sh), unless given --no-demo
 # Idempotent: re-running skips what is already there.
 set -euo pipefail
+run_demo=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-demo) run_demo=0 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) echo "setup: unknown argument $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache="$here/.cache"
 mkdir -p "$cache"
@@ -25,8 +34,8 @@ $SUDO apt-get update -q
 
 log "installing packages (QEMU 10 and libvirt from backports)"
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    build-essential bc kmod cpio busybox-static e2fsprogs util-linux python3 ca-certificates curl \
-    pkg-config
+    build-essential bc kmod cpio busybox-static xz-utils zstd e2fsprogs util-linux python3 \
+    ca-certificates curl pkg-config
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     -t bookworm-backports qemu-system-x86 qemu-utils qemu-block-extra ovmf seabios ipxe-qemu \
     qemu-system-data
@@ -54,3 +63,21 @@ if [ ! -f "$kdir/.unpacked" ]; then
     touch "$kdir/.unpacked"
 fi
 ln -sfn "$kver" "$cache/kernel/current"
+
+# Rust: the machine's toolchain if there is one, else rustup (Debian's cargo is too old).
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    log "installing Rust with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+log "building pageless ($(cargo --version))"
+(cd "$here" && cargo build --workspace --all-targets)
+
+if [ "$run_demo" = 1 ]; then
+    log "demo: a guest booted on memory served by pageless"
+    "$here/scripts/demo.sh"
+fi

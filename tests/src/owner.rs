@@ -53,7 +53,7 @@ impl Owner {
             if Instant::now() > deadline {
                 return Err(format!("not answering after 30 s:\n{}", owner.log()));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
