@@ -1,0 +1,726 @@
+//! The in-VM checks of pagelessfs. Each prints `CHECK <name> ok|FAIL <detail>` lines.
+
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
+    SockType,
+};
+use nix::sys::wait::{waitpid, WaitStatus};
+
+use crate::util::*;
+
+/// Pattern word for file offset `off` written by test `tag`.
+fn pattern(tag: u64, off: u64) -> u64 {
+    (tag << 48) ^ off ^ 0x5a5a_0000_0000_a5a5
+}
+
+pub fn memmap_save(r: &mut Report, file: &Path) -> io::Result<()> {
+    let (pages, total) = memmap_pages();
+    std::fs::write(file, format!("{pages} {total}\n"))?;
+    r.result("memmap_pages", pages);
+    r.result("memtotal_kb", total);
+    Ok(())
+}
+
+fn memmap_load(file: &Path) -> io::Result<(u64, u64)> {
+    let s = std::fs::read_to_string(file)?;
+    let mut it = s.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+    Ok((it.next().unwrap_or(0), it.next().unwrap_or(0)))
+}
+
+pub fn memmap_check(r: &mut Report, file: &Path, name: &str) -> io::Result<()> {
+    let (p0, t0) = memmap_load(file)?;
+    let (p1, t1) = memmap_pages();
+    r.check(
+        name,
+        p0 == p1 && t0 == t1 && p0 > 0,
+        format!("memmap pages {p0} -> {p1}, MemTotal {t0} kB -> {t1} kB"),
+    );
+    Ok(())
+}
+
+/// Pool ranges show as write-back in the PAT memtype list, with nothing else overlapping.
+pub fn pat(r: &mut Report, ranges: &str, name: &str) -> io::Result<()> {
+    let list = std::fs::read_to_string("/sys/kernel/debug/x86/pat_memtype_list")?;
+    let mut entries = Vec::new();
+    for l in list.lines() {
+        // PAT: [mem 0x0000000100000000-0x0000000140000000] write-back
+        let Some(rest) = l.split("[mem ").nth(1) else { continue };
+        let Some((span, kind)) = rest.split_once(']') else { continue };
+        let Some((a, b)) = span.split_once('-') else { continue };
+        let parse = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0);
+        entries.push((parse(a), parse(b), kind.trim().to_string()));
+    }
+    for item in ranges.split(',') {
+        let (size, start) = item.split_once('@').ok_or_else(|| io::Error::other("bad range"))?;
+        let (size, start) =
+            (parse_size(size).map_err(io::Error::other)?, parse_size(start).map_err(io::Error::other)?);
+        let end = start + size;
+        let wb = entries.iter().any(|(a, b, k)| *a <= start && *b >= end && k == "write-back");
+        let other: Vec<_> = entries
+            .iter()
+            .filter(|(a, b, k)| *a < end && *b > start && k != "write-back")
+            .map(|(a, b, k)| format!("[{a:#x}-{b:#x}] {k}"))
+            .collect();
+        r.check(
+            name,
+            wb && other.is_empty(),
+            format!(
+                "[{start:#x}-{end:#x}] write-back entry {}; other types overlapping: {}",
+                if wb { "present" } else { "MISSING" },
+                if other.is_empty() { "none".into() } else { other.join(" ") }
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Create `file` with `size` bytes, map it without a hint and touch every 4 KiB page.
+pub fn faults(
+    r: &mut Report,
+    file: &Path,
+    size: u64,
+    min: i64,
+    max: i64,
+    name: &str,
+    keep: bool,
+) -> io::Result<()> {
+    let f = create(file)?;
+    f.set_len(size)?;
+    let st = statfs(file.parent().unwrap_or(Path::new("/")))?;
+    let m = Map::shared(&f, size as usize, 0)?;
+    let align = st.bsize.min(GIB) as usize;
+    let (n, ms) = timed_touch(&m);
+    let thp = thp_mode();
+    r.result(&format!("{name}_minflt"), n);
+    r.result(&format!("{name}_ms"), format!("{ms:.1}"));
+    r.check(
+        name,
+        (min..=max).contains(&n) && m.addr() % align == 0,
+        format!(
+            "{} file on {} mount, THP {thp}: {n} minor faults (expected {min}..={max}), {ms:.0} ms, address {:#x} {}aligned to {}",
+            human(size),
+            human(st.bsize),
+            m.addr(),
+            if m.addr() % align == 0 { "" } else { "NOT " },
+            human(align as u64)
+        ),
+    );
+    drop(m);
+    drop(f);
+    if !keep {
+        std::fs::remove_file(file)?;
+    }
+    Ok(())
+}
+
+/// Mappings that are 4 KiB aligned but not huge-page aligned work and see the right data.
+pub fn odd_maps(r: &mut Report, dir: &Path) -> io::Result<()> {
+    let st = statfs(dir)?;
+    let size = st.bsize.max(4 * MIB);
+    let path = dir.join("odd");
+    let f = create(&path)?;
+    f.set_len(size)?;
+    // Stamp every page through write(): word 0 of each page = pattern(offset).
+    let mut page = vec![0u8; PAGE];
+    for off in (0..size).step_by(PAGE) {
+        page[..8].copy_from_slice(&pattern(1, off).to_ne_bytes());
+        f.write_all_at(&page, off)?;
+    }
+    let cases: [(u64, usize, &str); 4] = [
+        (PAGE as u64, 2 * MIB as usize, "offset 4K length 2M"),
+        (0, 0xc0000, "offset 0 length 0xc0000"),
+        (PAGE as u64, 0xc0000, "offset 4K length 0xc0000"),
+        (MIB + 3 * PAGE as u64, MIB as usize + PAGE, "offset 1M+12K length 1M+4K"),
+    ];
+    for (off, len, what) in cases {
+        let name = format!("odd-map-{}", human(st.bsize));
+        let m = match Map::shared(&f, len, off) {
+            Ok(m) => m,
+            Err(e) => {
+                r.check(&name, false, format!("{what}: mmap failed: {e}"));
+                continue;
+            }
+        };
+        let f0 = minflt();
+        let mut bad = 0;
+        for p in (0..len).step_by(PAGE) {
+            if m.read_u64(p) != pattern(1, off + p as u64) {
+                bad += 1;
+            }
+        }
+        // Write through the mapping, read back with pread.
+        m.write_u64(8, 0xfeed_0000 + off);
+        let mut w = [0u8; 8];
+        f.read_exact_at(&mut w, off + 8)?;
+        let back = u64::from_ne_bytes(w) == 0xfeed_0000 + off;
+        let n = minflt() - f0;
+        r.check(
+            &name,
+            bad == 0 && back,
+            format!(
+                "{what} on {} mount at {:#x}: {} pages, {bad} wrong, write visible to pread: {back}, {n} faults",
+                human(st.bsize),
+                m.addr(),
+                len / PAGE
+            ),
+        );
+    }
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(())
+}
+
+fn send_fd(sock: RawFd, fd: RawFd) -> nix::Result<usize> {
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(sock, &[IoSlice::new(b"F")], &cmsg, MsgFlags::empty(), None)
+}
+
+fn recv_fd(sock: RawFd) -> nix::Result<Option<RawFd>> {
+    let mut buf = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::empty())?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            return Ok(fds.first().copied());
+        }
+    }
+    Ok(None)
+}
+
+/// Two processes, one given the fd over a unix socket (SCM_RIGHTS), see each other's writes.
+pub fn share(r: &mut Report, dir: &Path) -> io::Result<()> {
+    let st = statfs(dir)?;
+    let size = st.bsize;
+    let path = dir.join("shared");
+    let f = create(&path)?;
+    f.set_len(size)?;
+    let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)?;
+    let (a_fd, b_fd) = (a.as_raw_fd(), b.as_raw_fd());
+    let off = (size as usize) / 2 + 8 * PAGE;
+    let child = fork_child(move || {
+        // Child: get the fd, map, check the parent's word, write ours.
+        let Ok(Some(fd)) = recv_fd(b_fd) else { return 10 };
+        // SAFETY: fd was just received over SCM_RIGHTS and is owned by nobody else here.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let Ok(m) = Map::shared(&file, size as usize, 0) else { return 11 };
+        let mut sock = {
+            // SAFETY: b_fd stays open in the child (inherited); ManuallyDrop avoids a double
+            // close with the OwnedFd the parent side owns.
+            std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(b_fd) })
+        };
+        let mut go = [0u8; 1];
+        if sock.read_exact(&mut go).is_err() {
+            return 12;
+        }
+        if m.read_u64(off) != 0x1111_2222_3333_4444 {
+            return 13;
+        }
+        m.write_u64(off + 8, 0x5555_6666_7777_8888);
+        if sock.write_all(b"D").is_err() {
+            return 14;
+        }
+        0
+    });
+    let m = Map::shared(&f, size as usize, 0)?;
+    let flags = m.vmflags().unwrap_or_default();
+    send_fd(a_fd, f.as_raw_fd())?;
+    m.write_u64(off, 0x1111_2222_3333_4444);
+    // SAFETY: a_fd is the parent's socket end, kept open by `a`; ManuallyDrop prevents
+    // closing it twice.
+    let mut sock = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(a_fd) });
+    sock.write_all(b"G")?;
+    let mut done = [0u8; 1];
+    let got = sock.read_exact(&mut done).is_ok();
+    let status = waitpid(child, None)?;
+    let seen = m.read_u64(off + 8) == 0x5555_6666_7777_8888;
+    r.check(
+        "share-scm-rights",
+        got && seen && matches!(status, WaitStatus::Exited(_, 0)),
+        format!(
+            "child (fd via SCM_RIGHTS) saw parent's write and parent saw child's: {seen}, child {status:?}"
+        ),
+    );
+    // ptrace-style access (generic_access_phys) through /proc/self/mem.
+    let mut w = [0u8; 8];
+    let pm = File::open("/proc/self/mem").and_then(|f| f.read_exact_at(&mut w, (m.addr() + off) as u64));
+    r.check(
+        "proc-pid-mem",
+        pm.is_ok() && u64::from_ne_bytes(w) == 0x1111_2222_3333_4444,
+        format!("read of the mapping via /proc/self/mem: {:?}, value {:#x}", pm, u64::from_ne_bytes(w)),
+    );
+    let vm: Vec<&str> = flags.split_whitespace().collect();
+    r.check(
+        "smaps-pfnmap",
+        vm.contains(&"pf") && vm.contains(&"io") && vm.contains(&"dd"),
+        format!("VmFlags: {flags}"),
+    );
+    drop(m);
+    drop(f);
+    drop((a, b));
+    std::fs::remove_file(&path)?;
+    Ok(())
+}
+
+/// Wait until the mount reports `want` free blocks (scrubbing finished), up to `secs`.
+fn wait_free(dir: &Path, want: u64, secs: u64) -> io::Result<u64> {
+    let t0 = Instant::now();
+    loop {
+        let s = statfs(dir)?;
+        if s.bfree == want || t0.elapsed() > Duration::from_secs(secs) {
+            return Ok(s.bfree);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fill every page of a mapping with the pattern of `tag` (first and last word of each
+/// page) and the first 2 MiB completely (the last word of each page keeps the pattern).
+fn stamp(m: &Map, tag: u64, base: u64) {
+    for p in (0..m.len).step_by(PAGE) {
+        m.write_u64(p, pattern(tag, base + p as u64));
+        m.write_u64(p + PAGE - 8, pattern(tag, base + p as u64));
+    }
+    for w in (0..(2 * MIB as usize).min(m.len)).step_by(8) {
+        if w % PAGE != PAGE - 8 {
+            m.write_u64(w, pattern(tag, base + w as u64) | 1);
+        }
+    }
+}
+
+/// Stamp the whole pool through one file, unlink it, allocate it again: zeros only.
+pub fn scrub_unlink(r: &mut Report, dir: &Path) -> io::Result<()> {
+    let st = statfs(dir)?;
+    let size = st.bfree * st.bsize;
+    let pa = dir.join("scrub-a");
+    let fa = create(&pa)?;
+    fa.set_len(size)?;
+    let ea = fiemap(&fa)?;
+    let m = Map::shared(&fa, size as usize, 0)?;
+    stamp(&m, 2, 0);
+    drop(m);
+    drop(fa);
+    std::fs::remove_file(&pa)?;
+
+    let t0 = Instant::now();
+    let pb = dir.join("scrub-b");
+    let fb = create(&pb)?;
+    fb.set_len(size)?; // waits for the scrubber if needed
+    let wait = t0.elapsed().as_millis();
+    let eb = fiemap(&fb)?;
+    let overlap = phys_overlap(&ea, &eb);
+    let m = Map::shared(&fb, size as usize, 0)?;
+    let t1 = Instant::now();
+    let nz = m.count_nonzero(0, size as usize);
+    let scan = t1.elapsed().as_millis();
+    let mut buf = vec![0u8; 2 * MIB as usize];
+    fb.read_exact_at(&mut buf, size - 2 * MIB)?;
+    let rnz = buf.iter().filter(|b| **b != 0).count();
+    print_fiemap("scrub-a (before unlink)", &ea);
+    print_fiemap("scrub-b (after)", &eb);
+    r.check(
+        "scrub-unlink",
+        overlap == size && nz == 0 && rnz == 0,
+        format!(
+            "{} (whole pool) stamped, unlinked, reallocated in {wait} ms: {} MiB of the same physical memory, {nz} non-zero words in the mapping (scan {scan} ms), {rnz} non-zero bytes via read()",
+            human(size),
+            overlap >> 20
+        ),
+    );
+    drop(m);
+    drop(fb);
+    std::fs::remove_file(&pb)?;
+    let free = wait_free(dir, st.bfree, 60)?;
+    r.check(
+        "scrub-free-accounting",
+        free == st.bfree,
+        format!("free blocks {} before, {free} after unlink", st.bfree),
+    );
+    Ok(())
+}
+
+/// Stamp the pool through one file, shrink it to half, grow it back: the tail reads zeros,
+/// the head keeps its data.
+pub fn scrub_truncate(r: &mut Report, dir: &Path) -> io::Result<()> {
+    let st = statfs(dir)?;
+    let size = st.bfree * st.bsize;
+    let half = (st.bfree / 2) * st.bsize;
+    let p = dir.join("scrub-t");
+    let f = create(&p)?;
+    f.set_len(size)?;
+    let e0 = fiemap(&f)?;
+    {
+        let m = Map::shared(&f, size as usize, 0)?;
+        stamp(&m, 3, 0);
+    }
+    // A mapping alive across the shrink must lose the tail (SIGBUS there, not old data).
+    let keep = Map::shared(&f, size as usize, 0)?;
+    f.set_len(half)?;
+    f.set_len(size)?; // reuses the tail extents once scrubbed
+    let e1 = fiemap(&f)?;
+    let old_tail = phys_of_range(&e0, half, size - half);
+    let new_tail = phys_of_range(&e1, half, size - half);
+    let overlap = phys_overlap(&old_tail, &new_tail);
+    let tail_nz = keep.count_nonzero(half as usize, (size - half) as usize);
+    let mut head_bad = 0;
+    for p in (0..half as usize).step_by(PAGE) {
+        if keep.read_u64(p + PAGE - 8) != pattern(3, p as u64) {
+            head_bad += 1;
+        }
+    }
+    r.check(
+        "scrub-truncate",
+        overlap == size - half && tail_nz == 0 && head_bad == 0,
+        format!(
+            "{} stamped, shrunk to {}, grown back: new tail reuses {} MiB of the old tail, {tail_nz} non-zero words in it, {head_bad} head pages lost their data",
+            human(size),
+            human(half),
+            overlap >> 20
+        ),
+    );
+    drop(keep);
+    drop(f);
+    std::fs::remove_file(&p)?;
+    wait_free(dir, st.bfree, 60)?;
+    Ok(())
+}
+
+/// Wait for a child and describe how it ended.
+fn child_signal(pid: nix::unistd::Pid) -> io::Result<Option<Signal>> {
+    Ok(match waitpid(pid, None)? {
+        WaitStatus::Signaled(_, s, _) => Some(s),
+        _ => None,
+    })
+}
+
+/// ENOSPC, EINVAL (size, MAP_PRIVATE), SIGBUS past EOF, EFBIG past EOF, statfs magic.
+pub fn errors(r: &mut Report, dir: &Path) -> io::Result<()> {
+    let st = statfs(dir)?;
+    let ps = st.bsize;
+    r.check(
+        "statfs-magic",
+        st.ftype == PAGELESSFS_MAGIC,
+        format!(
+            "f_type {:#x}, f_bsize {}, f_blocks {}, f_bfree {}",
+            st.ftype,
+            human(ps),
+            st.blocks,
+            st.bfree
+        ),
+    );
+
+    // ENOSPC: one page more than free; nothing allocated, free unchanged.
+    let p = dir.join("big");
+    let f = create(&p)?;
+    let res = f.set_len((st.bfree + 1) * ps);
+    let after = statfs(dir)?;
+    let len = f.metadata()?.len();
+    r.check(
+        &format!("enospc-{}", human(ps)),
+        matches!(&res, Err(e) if e.raw_os_error() == Some(libc::ENOSPC))
+            && after.bfree == st.bfree
+            && len == 0,
+        format!(
+            "truncate to {} free+1 pages: {}; free blocks {} -> {}, size {len}",
+            st.bfree + 1,
+            res.as_ref().map(|_| "succeeded".to_string()).unwrap_or_else(errno_name),
+            st.bfree,
+            after.bfree
+        ),
+    );
+
+    // EINVAL: size not a multiple of the page size.
+    if ps > PAGE as u64 {
+        let res = f.set_len(ps + PAGE as u64);
+        r.check(
+            &format!("einval-size-{}", human(ps)),
+            matches!(&res, Err(e) if e.raw_os_error() == Some(libc::EINVAL)),
+            format!(
+                "truncate to {} on a {} mount: {}",
+                human(ps + PAGE as u64),
+                human(ps),
+                res.as_ref().map(|_| "succeeded".to_string()).unwrap_or_else(errno_name)
+            ),
+        );
+    }
+
+    f.set_len(ps)?;
+    // EINVAL for MAP_PRIVATE.
+    let res = Map::new(f.as_raw_fd(), ps as usize, 0, libc::MAP_PRIVATE);
+    r.check(
+        "einval-map-private",
+        matches!(&res, Err(e) if e.raw_os_error() == Some(libc::EINVAL)),
+        format!(
+            "mmap MAP_PRIVATE: {}",
+            res.as_ref().map(|_| "succeeded".to_string()).unwrap_or_else(errno_name)
+        ),
+    );
+    drop(res);
+
+    // SIGBUS past EOF (mapping longer than the file), in a child.
+    let m = Map::shared(&f, 2 * ps as usize, 0)?;
+    let inside = fork_child(|| {
+        m.write_u64(ps as usize - 8, 7);
+        0
+    });
+    let past = fork_child(|| {
+        m.write_u64(ps as usize, 7);
+        0
+    });
+    let s_in = waitpid(inside, None)?;
+    let s_past = child_signal(past)?;
+    r.check(
+        "sigbus-past-eof",
+        s_past == Some(Signal::SIGBUS) && matches!(s_in, WaitStatus::Exited(_, 0)),
+        format!("touch below EOF: {s_in:?}; touch past EOF: {s_past:?}"),
+    );
+    drop(m);
+
+    // write() never extends: EFBIG at EOF, short across it.
+    let at = f.write_at(b"x", ps);
+    let across = f.write_at(&[1u8; 16], ps - 8);
+    r.check(
+        "write-past-eof",
+        matches!(&at, Err(e) if e.raw_os_error() == Some(libc::EFBIG))
+            && matches!(across, Ok(8))
+            && f.metadata()?.len() == ps,
+        format!(
+            "write at EOF: {}; 16 bytes across EOF: {:?}; size stays {}",
+            at.as_ref().map(|n| format!("{n} bytes")).unwrap_or_else(errno_name),
+            across.as_ref().map_err(errno_name),
+            human(f.metadata()?.len())
+        ),
+    );
+    drop(f);
+    std::fs::remove_file(&p)?;
+    Ok(())
+}
+
+/// Print FIEMAP of files like `filefrag -v`, and check the extents are sane.
+pub fn fiemap_cmd(r: &mut Report, files: &[PathBuf]) -> io::Result<()> {
+    for p in files {
+        let f = File::open(p)?;
+        let size = f.metadata()?.len();
+        let st = statfs(p.parent().unwrap_or(Path::new("/")))?;
+        let ext = fiemap(&f)?;
+        print_fiemap(&p.display().to_string(), &ext);
+        let covered: u64 = ext.iter().map(|e| e.length).sum();
+        let aligned = ext
+            .iter()
+            .all(|e| e.physical % st.bsize == 0 && e.length % st.bsize == 0 && e.logical % st.bsize == 0);
+        let last = ext.last().map(|e| e.flags & FIEMAP_EXTENT_LAST != 0).unwrap_or(size == 0);
+        let contiguous = ext.windows(2).all(|w| w[0].logical + w[0].length == w[1].logical);
+        r.check(
+            "fiemap",
+            covered == size
+                && aligned
+                && last
+                && contiguous
+                && ext.iter().all(|e| e.flags & FIEMAP_EXTENT_UNKNOWN == 0),
+            format!(
+                "{}: {} extent(s) cover {} of {}, aligned to {}: {aligned}, last flagged: {last}",
+                p.display(),
+                ext.len(),
+                human(covered),
+                human(size),
+                human(st.bsize)
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Allocate and map the whole pool (all free space of `dir`), then compare memmap counts.
+pub fn hold_pool(r: &mut Report, dir: &Path, base: &Path) -> io::Result<()> {
+    let st = statfs(dir)?;
+    let size = st.bfree * st.bsize;
+    let p = dir.join("hold");
+    let f = create(&p)?;
+    f.set_len(size)?;
+    let m = Map::shared(&f, size as usize, 0)?;
+    m.touch();
+    let left = statfs(dir)?.bfree;
+    r.check("pool-full", left == 0, format!("{} allocated and mapped, {left} blocks left", human(size)));
+    memmap_check(r, base, "struct-page-pool-allocated")?;
+    drop(m);
+    drop(f);
+    std::fs::remove_file(&p)?;
+    wait_free(dir, st.bfree, 60)?;
+    Ok(())
+}
+
+/// delete_module() while mounted must fail and leave the module loaded.
+pub fn rmmod_busy(r: &mut Report, module: &str) -> io::Result<()> {
+    let name = std::ffi::CString::new(module).map_err(io::Error::other)?;
+    // SAFETY: delete_module takes a NUL-terminated module name and flags.
+    let rc = unsafe { libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK) };
+    let err = io::Error::last_os_error();
+    let loaded = std::fs::read_to_string("/proc/modules")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(module));
+    let refcnt = std::fs::read_to_string(format!("/sys/module/{module}/refcnt")).unwrap_or_default();
+    let e = err.raw_os_error();
+    r.check(
+        "rmmod-busy",
+        rc != 0 && loaded && (e == Some(libc::EBUSY) || e == Some(libc::EWOULDBLOCK)),
+        format!(
+            "delete_module({module}) while mounted: {}; still loaded: {loaded}, refcnt {}",
+            if rc == 0 { "succeeded".into() } else { errno_name(&err) },
+            refcnt.trim()
+        ),
+    );
+    Ok(())
+}
+
+static SIGBUS_SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// SIGBUS handler of the stress workers: a shrink took the page away under the mapping.
+/// Put an anonymous page there so the faulting access completes, and count it.
+extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t; si_addr is the fault address.
+    let addr = unsafe { (*info).si_addr() } as usize & !(PAGE - 1);
+    // SAFETY: mmap is async-signal-safe; MAP_FIXED replaces one page of the worker's own
+    // pagelessfs mapping (the page that faulted), which the worker unmaps as a whole later.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        // SAFETY: restoring the default action is async-signal-safe; the retried access
+        // then kills the worker, which the parent reports.
+        unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+    }
+    SIGBUS_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn install_sigbus_handler() {
+    // SAFETY: a zeroed sigaction is a valid starting point; we set the handler and flags.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = on_sigbus as *const () as usize;
+    sa.sa_flags = libc::SA_SIGINFO;
+    // SAFETY: sa is fully initialised; the handler only uses async-signal-safe calls.
+    unsafe { libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut()) };
+}
+
+fn lcg(seed: &mut u64) -> u64 {
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed >> 16
+}
+
+/// Faulting processes race a truncating/unlinking one for `secs` seconds. The workers map
+/// files (sometimes past EOF, sometimes at an odd offset), write random pages and read();
+/// a SIGBUS after a concurrent shrink is expected and absorbed. At the end every file is
+/// removed and the free space must come back completely.
+pub fn stress(r: &mut Report, dirs: &[PathBuf], secs: u64, workers: usize) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let files: Vec<PathBuf> =
+        dirs.iter().flat_map(|d| (0..3).map(move |i| d.join(format!("stress{i}")))).collect();
+    let pages: Vec<u64> = dirs.iter().map(|d| statfs(d).map(|s| s.bsize)).collect::<io::Result<_>>()?;
+    let free0: Vec<u64> = dirs.iter().map(|d| statfs(d).map(|s| s.bfree)).collect::<io::Result<_>>()?;
+    // Per-worker counters, shared with the children: [touches, sigbus] per worker.
+    let counters = Map::new(-1, PAGE, 0, libc::MAP_SHARED | libc::MAP_ANONYMOUS)?;
+    let workers = workers.min(PAGE / 16 - 1);
+
+    let truncater = {
+        let (files, pages, counters) = (files.clone(), pages.clone(), &counters);
+        fork_child(move || {
+            let mut seed = 0x1234_5678u64;
+            let mut ops = 0u64;
+            while Instant::now() < deadline {
+                let x = lcg(&mut seed);
+                let i = x as usize % files.len();
+                let ps = pages[i / 3];
+                let unit = if ps >= 2 * MIB { ps } else { 256 * 1024 };
+                if (x >> 8) & 7 == 0 {
+                    let _ = std::fs::remove_file(&files[i]);
+                } else if let Ok(f) = create(&files[i]) {
+                    let _ = f.set_len(((x >> 12) % 9) * unit);
+                }
+                ops += 1;
+            }
+            counters.write_u64(PAGE - 8, ops);
+            0
+        })
+    };
+
+    let spawn = |k: usize| {
+        let (files, counters) = (files.clone(), &counters);
+        fork_child(move || {
+            install_sigbus_handler();
+            let mut seed = 0x9e37_79b9u64 ^ ((k as u64) << 17);
+            let mut touches = 0u64;
+            while Instant::now() < deadline {
+                let x = lcg(&mut seed);
+                let Ok(f) = open_rw(&files[x as usize % files.len()]) else { continue };
+                let Ok(len) = f.metadata().map(|m| m.len()) else { continue };
+                if len < 2 * PAGE as u64 {
+                    continue;
+                }
+                let off = if x & 4 == 0 { 0 } else { PAGE as u64 };
+                let maplen = (len - off + if x & 8 == 0 { 0 } else { 2 * MIB }) as usize;
+                let Ok(m) = Map::shared(&f, maplen, off) else { continue };
+                for _ in 0..256 {
+                    let p = (lcg(&mut seed) as usize % (maplen / PAGE)) * PAGE;
+                    m.write_u64(p, seed);
+                    touches += 1;
+                }
+                let mut b = [0u8; 4096];
+                let _ = f.read_at(&mut b, lcg(&mut seed) % len);
+            }
+            counters.write_u64(16 * k, touches);
+            counters.write_u64(16 * k + 8, SIGBUS_SEEN.load(std::sync::atomic::Ordering::Relaxed));
+            0
+        })
+    };
+    let pids: Vec<nix::unistd::Pid> = (0..workers).map(spawn).collect();
+    let mut bad = Vec::new();
+    for pid in pids {
+        match waitpid(pid, None)? {
+            WaitStatus::Exited(_, 0) => {}
+            s => bad.push(format!("{s:?}")),
+        }
+    }
+    let tstatus = waitpid(truncater, None)?;
+    let touches: u64 = (0..workers).map(|k| counters.read_u64(16 * k)).sum();
+    let sigbus: u64 = (0..workers).map(|k| counters.read_u64(16 * k + 8)).sum();
+    let ops = counters.read_u64(PAGE - 8);
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    let mut free_ok = true;
+    let mut frees = Vec::new();
+    for (d, want) in dirs.iter().zip(&free0) {
+        let got = wait_free(d, *want, 60)?;
+        free_ok &= got == *want;
+        frees.push(format!("{}: {want}->{got}", d.display()));
+    }
+    r.result("stress_touches", touches);
+    r.result("stress_sigbus", sigbus);
+    r.result("stress_size_changes", ops);
+    r.check(
+        "stress",
+        bad.is_empty() && matches!(tstatus, WaitStatus::Exited(_, 0)) && free_ok && touches > 0 && ops > 0,
+        format!(
+            "{secs} s: {workers} faulting processes wrote {touches} random pages ({sigbus} SIGBUS after concurrent shrinks, absorbed), {ops} truncates/unlinks; abnormal exits: {}; free blocks back after removal: {}",
+            if bad.is_empty() { "none".into() } else { bad.join(",") },
+            frees.join(" ")
+        ),
+    );
+    Ok(())
+}

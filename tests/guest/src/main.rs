@@ -1,0 +1,117 @@
+//! `pageless-guest`: in-VM checks and benchmark for the pagelessfs kernel module.
+//!
+//! Every subcommand prints `CHECK <name> ok|FAIL <detail>` per check and
+//! `RESULT <key>=<value>` per measurement; lines starting with `#` are commentary. The exit
+//! status is 0 when every check passed. `tests/guest/kmod-checks.sh` runs the whole sequence.
+
+mod bench;
+mod checks;
+mod util;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "pageless-guest", about = "In-VM checks for pagelessfs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Save struct page counters (/proc/vmstat nr_memmap*, MemTotal) to FILE.
+    MemmapSave { file: PathBuf },
+    /// Compare struct page counters with those saved in FILE.
+    MemmapCheck { file: PathBuf, name: String },
+    /// Check that RANGES (SIZE@START,...) are write-back in the PAT memtype list.
+    Pat {
+        ranges: String,
+        #[arg(long, default_value = "pat-write-back")]
+        name: String,
+    },
+    /// Create FILE of SIZE, map it and count the minor faults of touching every page.
+    Faults {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, value_parser = util::parse_size)]
+        size: u64,
+        #[arg(long, default_value_t = 0)]
+        min: i64,
+        #[arg(long)]
+        max: i64,
+        #[arg(long)]
+        name: String,
+        /// Keep the file afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Mappings at 4K-aligned but not huge-aligned offsets/lengths.
+    OddMaps { dir: PathBuf },
+    /// Two processes share a file, the fd passed over SCM_RIGHTS; smaps shows pf.
+    Share { dir: PathBuf },
+    /// Unlinked files are scrubbed before their memory is reused.
+    ScrubUnlink { dir: PathBuf },
+    /// A shrunk tail is scrubbed before it is reused.
+    ScrubTruncate { dir: PathBuf },
+    /// ENOSPC, EINVAL, MAP_PRIVATE, SIGBUS and EFBIG past EOF, statfs magic.
+    Errors { dir: PathBuf },
+    /// Print FIEMAP extents (like filefrag -v) and check them.
+    Fiemap { files: Vec<PathBuf> },
+    /// Allocate and map the whole pool via DIR, compare struct page counters with BASE.
+    HoldPool { dir: PathBuf, base: PathBuf },
+    /// delete_module(MODULE) must fail while a pagelessfs is mounted.
+    RmmodBusy {
+        #[arg(default_value = "pageless")]
+        module: String,
+    },
+    /// Faulting processes race truncate/unlink for SECS seconds.
+    Stress {
+        #[arg(long, default_value_t = 15)]
+        secs: u64,
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        dirs: Vec<PathBuf>,
+    },
+    /// Benchmark: faults and time to first-touch SIZE, and struct page bytes per GiB.
+    BenchFaults {
+        /// pagelessfs mounts (1G, 2M, 4K ...).
+        #[arg(long = "pageless")]
+        pageless: Vec<PathBuf>,
+        /// hugetlbfs mounts.
+        #[arg(long = "hugetlbfs")]
+        hugetlbfs: Vec<PathBuf>,
+        #[arg(long, default_value = "1G", value_parser = util::parse_size)]
+        size: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let mut r = util::Report::default();
+    let res = match cli.cmd {
+        Cmd::MemmapSave { file } => checks::memmap_save(&mut r, &file),
+        Cmd::MemmapCheck { file, name } => checks::memmap_check(&mut r, &file, &name),
+        Cmd::Pat { ranges, name } => checks::pat(&mut r, &ranges, &name),
+        Cmd::Faults { file, size, min, max, name, keep } => {
+            checks::faults(&mut r, &file, size, min, max, &name, keep)
+        }
+        Cmd::OddMaps { dir } => checks::odd_maps(&mut r, &dir),
+        Cmd::Share { dir } => checks::share(&mut r, &dir),
+        Cmd::ScrubUnlink { dir } => checks::scrub_unlink(&mut r, &dir),
+        Cmd::ScrubTruncate { dir } => checks::scrub_truncate(&mut r, &dir),
+        Cmd::Errors { dir } => checks::errors(&mut r, &dir),
+        Cmd::Fiemap { files } => checks::fiemap_cmd(&mut r, &files),
+        Cmd::HoldPool { dir, base } => checks::hold_pool(&mut r, &dir, &base),
+        Cmd::RmmodBusy { module } => checks::rmmod_busy(&mut r, &module),
+        Cmd::Stress { secs, workers, dirs } => checks::stress(&mut r, &dirs, secs, workers),
+        Cmd::BenchFaults { pageless, hugetlbfs, size } => {
+            bench::bench_faults(&mut r, &pageless, &hugetlbfs, size)
+        }
+    };
+    if let Err(e) = res {
+        r.check("pageless-guest", false, format!("error: {e}"));
+    }
+    std::process::exit(if r.failed == 0 { 0 } else { 1 });
+}
