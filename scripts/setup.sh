@@ -60,6 +60,8 @@ if [ ! -f "$kdir/.unpacked" ]; then
     rm -rf "$tmp"
     # The headers' Makefile includes the common headers by absolute path: point it at our copy.
     sed -i "s#^include /usr/src/#include $kdir/usr/src/#" "$kdir/usr/src/linux-headers-$kver/Makefile"
+    # modules.dep, which depmod writes at install time, tells the test bed module dependencies.
+    depmod -b "$kdir" "$kver"
     touch "$kdir/.unpacked"
 fi
 ln -sfn "$kver" "$cache/kernel/current"
@@ -72,6 +74,12 @@ if ! command -v cargo >/dev/null 2>&1; then
     log "installing Rust with rustup"
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
     export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+# vhost-device-rng (rust-vmm, from crates.io): the second vhost-user device of the tests.
+if [ ! -x "$cache/tools/bin/vhost-device-rng" ]; then
+    log "building vhost-device-rng from crates.io into .cache/tools"
+    cargo install --quiet --root "$cache/tools" vhost-device-rng@0.1.0
 fi
 
 log "building pageless ($(cargo --version))"

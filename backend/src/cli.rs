@@ -8,6 +8,7 @@ use driver::PoolSpec;
 use protocol::control::ControlClient;
 
 use crate::qemu::{self, QemuOptions};
+use crate::relay::RelaySpec;
 use crate::serve::{self, ServeOptions};
 use crate::{control_socket_path, status, DEFAULT_RUN_DIR};
 
@@ -54,6 +55,14 @@ pub enum Command {
         /// owner to re-attach).
         #[arg(long)]
         remove_on_exit: bool,
+        /// Relay a vhost-user device (repeatable): QEMU connects to <run-dir>/<vm>/<NAME>.sock
+        /// (`-chardev socket,path=…,reconnect-ms=…`), the owner relays to BACKEND_SOCKET and
+        /// hands the backend the owner's own fd for the VM's memory.
+        #[arg(long = "vhost-user", value_name = "NAME=BACKEND_SOCKET")]
+        vhost_user: Vec<RelaySpec>,
+        /// Seconds a stopping owner waits for the memory's consumers (device backends, QEMU) to go.
+        #[arg(long, default_value_t = 30)]
+        consumer_timeout: u64,
     },
     /// Run QEMU with the VM's RAM from its owner: `pageless qemu --vm NAME -- qemu-system-x86_64 ARGS…`.
     /// Without --vm the name comes from QEMU's `-name guest=NAME`.
@@ -98,7 +107,17 @@ pub enum Command {
 /// Runs the command; the error is printed by `main`.
 pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Serve { vm, size, pool, run_dir, prefault, allow_uids, remove_on_exit } => {
+        Command::Serve {
+            vm,
+            size,
+            pool,
+            run_dir,
+            prefault,
+            allow_uids,
+            remove_on_exit,
+            vhost_user,
+            consumer_timeout,
+        } => {
             serve::serve(ServeOptions {
                 vm,
                 size,
@@ -107,6 +126,8 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 prefault,
                 allow_uids,
                 remove_on_exit,
+                vhost_user,
+                consumer_timeout: std::time::Duration::from_secs(consumer_timeout),
             })?;
         }
         Command::Qemu { vm, run_dir, command } => {

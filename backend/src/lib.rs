@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod qemu;
 pub mod qemu_args;
+pub mod relay;
 pub mod serve;
 pub mod status;
 
@@ -23,6 +24,11 @@ pub const DEFAULT_RUN_DIR: &str = "/run/pageless";
 /// `<run-dir>/<vm>.sock`: the owner's control socket.
 pub fn control_socket_path(run_dir: &Path, vm: &str) -> PathBuf {
     run_dir.join(format!("{vm}.sock"))
+}
+
+/// `<run-dir>/<vm>/`: the VM's vhost-user relay sockets.
+pub fn relay_dir(run_dir: &Path, vm: &str) -> PathBuf {
+    run_dir.join(vm)
 }
 
 /// `<run-dir>/<vm>.lock`: held by the one owner of a VM.

@@ -1,14 +1,15 @@
 //! `pageless serve`: the per-VM owner process.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use driver::size::Size;
 use driver::{Allocation, Mapping, Pool, PoolKind, PoolSpec};
@@ -17,13 +18,14 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
-use protocol::control::{ClientStatus, ExtentStatus, VmStatus};
+use protocol::control::{ClientStatus, ConsumerStatus, ExtentStatus, RegionStatus, VmStatus};
 use thiserror::Error;
 
 use crate::clock::unix_now;
 use crate::control_server;
 use crate::peer::{AccessPolicy, Peer};
-use crate::{control_socket_path, lock_path};
+use crate::relay::{self, RelaySpec};
+use crate::{control_socket_path, lock_path, relay_dir};
 
 /// What `pageless serve` was asked to do.
 #[derive(Clone, Debug)]
@@ -35,6 +37,10 @@ pub struct ServeOptions {
     pub prefault: bool,
     pub allow_uids: Vec<u32>,
     pub remove_on_exit: bool,
+    /// vhost-user devices to relay: `<run-dir>/<vm>/<name>.sock` → the backend's socket.
+    pub vhost_user: Vec<RelaySpec>,
+    /// How long a stopping owner waits for the memory's consumers to go.
+    pub consumer_timeout: Duration,
 }
 
 #[derive(Debug, Error)]
@@ -66,6 +72,9 @@ pub(crate) struct Owner {
     pub started: u64,
     pub policy: AccessPolicy,
     clients: Mutex<BTreeMap<u64, ClientStatus>>,
+    consumers: Mutex<BTreeMap<u64, ConsumerStatus>>,
+    /// Processes that were given the memory (clients, device backends), to wait for at exit.
+    mappers: Mutex<BTreeSet<u32>>,
     next_client: AtomicU64,
     stop_request: File,
 }
@@ -83,7 +92,42 @@ impl Owner {
     pub fn update_client(&self, id: u64, update: impl FnOnce(&mut ClientStatus)) {
         if let Some(client) = self.clients.lock().expect("clients lock").get_mut(&id) {
             update(client);
+            if client.has_memory {
+                self.mappers.lock().expect("mappers lock").insert(client.pid);
+            }
         }
+    }
+
+    /// Registers a relayed device backend; listed by STATUS until [`Owner::forget_consumer`].
+    pub fn add_consumer(&self, consumer: ConsumerStatus) -> u64 {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        if let Some(pid) = consumer.backend_pid {
+            self.mappers.lock().expect("mappers lock").insert(pid);
+        }
+        self.consumers.lock().expect("consumers lock").insert(id, consumer);
+        id
+    }
+
+    pub fn set_consumer_regions(&self, id: u64, regions: Vec<RegionStatus>) {
+        if let Some(consumer) = self.consumers.lock().expect("consumers lock").get_mut(&id) {
+            consumer.regions = regions;
+        }
+    }
+
+    pub fn add_consumer_region(&self, id: u64, region: RegionStatus) {
+        if let Some(consumer) = self.consumers.lock().expect("consumers lock").get_mut(&id) {
+            consumer.regions.push(region);
+        }
+    }
+
+    pub fn remove_consumer_region(&self, id: u64, guest_phys_addr: u64, size: u64) {
+        if let Some(consumer) = self.consumers.lock().expect("consumers lock").get_mut(&id) {
+            consumer.regions.retain(|r| (r.guest_phys_addr, r.size) != (guest_phys_addr, size));
+        }
+    }
+
+    pub fn forget_consumer(&self, id: u64) {
+        self.consumers.lock().expect("consumers lock").remove(&id);
     }
 
     pub fn forget_client(&self, id: u64) {
@@ -124,9 +168,72 @@ impl Owner {
                 .map(|e| ExtentStatus { logical: e.logical, physical: e.physical, length: e.length })
                 .collect(),
             clients: self.clients.lock().expect("clients lock").values().cloned().collect(),
-            consumers: Vec::new(),
+            consumers: self.consumers.lock().expect("consumers lock").values().cloned().collect(),
         }
     }
+
+    /// Who still uses the memory: relayed devices, and processes that still map the file.
+    fn remaining_consumers(&self) -> Vec<String> {
+        let mut remaining: Vec<String> = self
+            .consumers
+            .lock()
+            .expect("consumers lock")
+            .values()
+            .map(|c| {
+                format!(
+                    "device {} (backend pid {})",
+                    c.device,
+                    c.backend_pid.map_or("?".into(), |p| p.to_string())
+                )
+            })
+            .collect();
+        let id = self.allocation.id();
+        for &pid in self.mappers.lock().expect("mappers lock").iter() {
+            if pid != std::process::id() && process_maps_file(pid, id) {
+                remaining.push(format!("pid {pid} maps the memory"));
+            }
+        }
+        remaining
+    }
+
+    /// Waits until nobody uses the memory any more, at most `timeout`.
+    fn wait_for_consumers(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut reported = false;
+        loop {
+            let remaining = self.remaining_consumers();
+            if remaining.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    "consumers still use VM {:?}'s memory after {timeout:?}: {}; releasing it anyway (the memory lives on while they hold it)",
+                    self.vm,
+                    remaining.join(", ")
+                );
+                return;
+            }
+            if !reported {
+                info!("waiting up to {timeout:?} for the memory's consumers to go: {}", remaining.join(", "));
+                reported = true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Whether process `pid` maps the file `id` (from /proc/<pid>/maps: `major:minor inode`).
+fn process_maps_file(pid: u32, id: driver::FileId) -> bool {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return false };
+    let (major, minor) = (libc::major(id.dev), libc::minor(id.dev));
+    maps.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(3);
+        let (Some(dev), Some(inode)) = (fields.next(), fields.next()) else { return false };
+        let Some((maj, min)) = dev.split_once(':') else { return false };
+        inode.parse() == Ok(id.ino)
+            && u32::from_str_radix(maj, 16) == Ok(major)
+            && u32::from_str_radix(min, 16) == Ok(minor)
+    })
 }
 
 /// Runs the owner until SIGTERM/SIGINT/SIGHUP or a STOP request.
@@ -155,6 +262,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
 
     let socket_path = control_socket_path(&options.run_dir, &options.vm);
     let listener = listen(&socket_path, &options.allow_uids)?;
+    let relays = listen_relays(&options)?;
     let (stop_wait, stop_request) = nix::unistd::pipe().map_err(|e| io_error("create a pipe")(e.into()))?;
     let owner = Arc::new(Owner {
         vm: options.vm.clone(),
@@ -168,6 +276,8 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
             allowed_uids: options.allow_uids.clone(),
         },
         clients: Mutex::new(BTreeMap::new()),
+        consumers: Mutex::new(BTreeMap::new()),
+        mappers: Mutex::new(BTreeSet::new()),
         next_client: AtomicU64::new(1),
         stop_request: File::from(stop_request),
     });
@@ -181,12 +291,26 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
         socket_path.display()
     );
 
-    let reason = accept_until_stopped(&owner, &listener, &signal_fd, stop_wait);
+    for (spec, _) in &relays {
+        info!(
+            "relaying vhost-user device {} on {} to {}",
+            spec.name,
+            relay_socket(&options, spec).display(),
+            spec.backend.display()
+        );
+    }
+    let reason = accept_until_stopped(&owner, &listener, &relays, &signal_fd, stop_wait);
     info!("stopping ({reason})");
     drop(listener);
     if let Err(e) = std::fs::remove_file(&socket_path) {
         warn!("cannot remove {}: {e}", socket_path.display());
     }
+    for (spec, listener) in relays {
+        drop(listener);
+        let _ = std::fs::remove_file(relay_socket(&options, &spec));
+    }
+    let _ = std::fs::remove_dir(relay_dir(&options.run_dir, &options.vm));
+    owner.wait_for_consumers(options.consumer_timeout);
     if options.remove_on_exit {
         owner.allocation.remove()?;
     } else if let Some(path) = owner.allocation.path() {
@@ -247,19 +371,47 @@ fn listen(path: &std::path::Path, allow_uids: &[u32]) -> Result<UnixListener, Se
     Ok(listener)
 }
 
-/// Accepts control connections until a stop signal or STOP request; returns why it stopped.
+fn relay_socket(options: &ServeOptions, spec: &RelaySpec) -> PathBuf {
+    relay_dir(&options.run_dir, &options.vm).join(format!("{}.sock", spec.name))
+}
+
+/// Binds `<run-dir>/<vm>/<name>.sock` for every `--vhost-user` device.
+fn listen_relays(options: &ServeOptions) -> Result<Vec<(RelaySpec, UnixListener)>, ServeError> {
+    if options.vhost_user.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = relay_dir(&options.run_dir, &options.vm);
+    std::fs::create_dir_all(&dir).map_err(io_error(format!("create {}", dir.display())))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_error(format!("chmod {}", dir.display())))?;
+    let mut names = BTreeSet::new();
+    let mut relays = Vec::new();
+    for spec in &options.vhost_user {
+        if !names.insert(spec.name.as_str()) {
+            let what = format!("--vhost-user {} is given twice", spec.name);
+            return Err(io_error(what)(std::io::ErrorKind::InvalidInput.into()));
+        }
+        relays.push((spec.clone(), listen(&relay_socket(options, spec), &options.allow_uids)?));
+    }
+    Ok(relays)
+}
+
+/// Accepts control and relay connections until a stop signal or STOP request; returns why it
+/// stopped.
 fn accept_until_stopped(
     owner: &Arc<Owner>,
     listener: &UnixListener,
+    relays: &[(RelaySpec, UnixListener)],
     signals: &SignalFd,
     stop: OwnedFd,
 ) -> String {
     loop {
-        let mut fds = [
+        let mut fds = vec![
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(stop.as_fd(), PollFlags::POLLIN),
         ];
+        fds.extend(relays.iter().map(|(_, relay)| PollFd::new(relay.as_fd(), PollFlags::POLLIN)));
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
@@ -279,19 +431,28 @@ fn accept_until_stopped(
         }
         if ready(0) {
             match listener.accept() {
-                Ok((sock, _)) => spawn_client(owner, sock),
+                Ok((sock, _)) => spawn("control", owner, move |owner| control_server::handle(owner, sock)),
                 Err(e) => warn!("accept on the control socket: {e}"),
+            }
+        }
+        for (i, (spec, relay)) in relays.iter().enumerate() {
+            if ready(3 + i) {
+                match relay.accept() {
+                    Ok((sock, _)) => {
+                        let spec = spec.clone();
+                        spawn("relay", owner, move |owner| relay::relay(owner, &spec, sock));
+                    }
+                    Err(e) => warn!("accept on device {}'s socket: {e}", spec.name),
+                }
             }
         }
     }
 }
 
-fn spawn_client(owner: &Arc<Owner>, sock: UnixStream) {
+/// Runs `work` on a thread of its own.
+fn spawn(what: &str, owner: &Arc<Owner>, work: impl FnOnce(&Arc<Owner>) + Send + 'static) {
     let owner = Arc::clone(owner);
-    let spawned = std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || control_server::handle(&owner, sock));
-    if let Err(e) = spawned {
-        error!("cannot start a thread for a control client: {e}");
+    if let Err(e) = std::thread::Builder::new().name(what.into()).spawn(move || work(&owner)) {
+        error!("cannot start a {what} thread: {e}");
     }
 }

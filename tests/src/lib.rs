@@ -8,6 +8,7 @@
 //! * [`owner`]: `pageless serve` processes.
 //! * [`checks`]: the `CHECK <name> ok|FAIL <detail>` lines guests print.
 
+pub mod backends;
 pub mod bins;
 pub mod checks;
 pub mod guests;

@@ -1,0 +1,268 @@
+//! The vhost-user relay: QEMU connects to `<run-dir>/<vm>/<NAME>.sock`; each connection is
+//! relayed message by message, with its fds, to a fresh connection to the device backend, in
+//! both directions. Memory messages are checked, never trusted: every region of SET_MEM_TABLE
+//! and ADD_MEM_REG must be the VM's allocation (same device and inode) and lie inside it, and
+//! the backend receives the owner's own fd for it. Anything else is refused, logged, answered
+//! with a failure where REPLY_ACK allows, and the connection is closed — never forwarded.
+
+use std::net::Shutdown;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use log::{debug, info, warn};
+use protocol::control::{ConsumerStatus, RegionStatus};
+use protocol::frame::{recv_message, send_message, FrameError, Limits, Message, FLAG_REPLY, FLAG_VERSION_1};
+use protocol::memory::{
+    encode_mem_table, encode_single_region, file_range, parse_mem_table, parse_single_region,
+};
+use protocol::{FrontendReq, VhostUserMemoryRegion};
+
+use crate::clock::unix_now;
+use crate::peer::Peer;
+use crate::serve::Owner;
+
+/// `--vhost-user NAME=BACKEND_SOCKET`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelaySpec {
+    pub name: String,
+    pub backend: PathBuf,
+}
+
+impl FromStr for RelaySpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, backend) = text
+            .split_once('=')
+            .filter(|(name, backend)| !name.is_empty() && !backend.is_empty())
+            .ok_or_else(|| format!("{text:?} is not NAME=BACKEND_SOCKET"))?;
+        driver::check_name(name).map_err(|e| e.to_string())?;
+        Ok(RelaySpec { name: name.into(), backend: backend.into() })
+    }
+}
+
+/// Relays one QEMU connection until either side hangs up or a message is refused.
+pub(crate) fn relay(owner: &Arc<Owner>, spec: &RelaySpec, front: UnixStream) {
+    let device = spec.name.as_str();
+    let front_peer = match Peer::of(&front) {
+        Ok(peer) => peer,
+        Err(e) => return warn!("device {device}: frontend without credentials, closing: {e}"),
+    };
+    if !owner.policy.allows(front_peer.uid) {
+        return warn!(
+            "device {device}: refused frontend pid {} uid {}: not root, the owner or an --allow-uid user",
+            front_peer.pid, front_peer.uid
+        );
+    }
+    let back = match UnixStream::connect(&spec.backend) {
+        Ok(back) => back,
+        Err(e) => {
+            return warn!(
+                "device {device}: cannot reach the backend at {}: {e}; closing the frontend's connection (it retries with reconnect-ms)",
+                spec.backend.display()
+            )
+        }
+    };
+    let back_peer = Peer::of(&back).ok();
+    let consumer = owner.add_consumer(ConsumerStatus {
+        device: device.into(),
+        backend_socket: spec.backend.display().to_string(),
+        backend_pid: back_peer.map(|p| p.pid),
+        frontend_pid: Some(front_peer.pid),
+        since: unix_now(),
+        regions: Vec::new(),
+    });
+    info!(
+        "device {device}: relaying frontend pid {} to backend pid {} at {}",
+        front_peer.pid,
+        back_peer.map_or("?".into(), |p| p.pid.to_string()),
+        spec.backend.display()
+    );
+
+    let (Ok(front_writer), Ok(back_reader)) = (front.try_clone(), back.try_clone()) else {
+        warn!("device {device}: cannot duplicate the connections");
+        owner.forget_consumer(consumer);
+        return;
+    };
+    let front_writer = Arc::new(Mutex::new(front_writer));
+    let replies = {
+        let front_writer = Arc::clone(&front_writer);
+        let device = device.to_string();
+        std::thread::Builder::new().name(format!("relay-{device}")).spawn(move || {
+            let why = backend_to_frontend(&back_reader, &front_writer);
+            info!("device {device}: backend side ended: {why}");
+            shutdown(&back_reader, &front_writer);
+        })
+    };
+    let why = frontend_to_backend(owner, consumer, &front, &back, &front_writer);
+    info!("device {device}: frontend side ended: {why}");
+    shutdown(&back, &front_writer);
+    if let Ok(replies) = replies {
+        let _ = replies.join();
+    }
+    owner.forget_consumer(consumer);
+}
+
+fn shutdown(back: &UnixStream, front: &Mutex<UnixStream>) {
+    let _ = back.shutdown(Shutdown::Both);
+    let _ = front.lock().unwrap_or_else(|e| e.into_inner()).shutdown(Shutdown::Both);
+}
+
+/// Replies (and anything else) from the backend go to QEMU unchanged, with their fds.
+fn backend_to_frontend(back: &UnixStream, front: &Mutex<UnixStream>) -> String {
+    loop {
+        match recv_message(back, Limits::VHOST_USER) {
+            Ok(Some(message)) => {
+                let front = front.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = send_message(&front, &message) {
+                    return format!("cannot write to the frontend: {e}");
+                }
+            }
+            Ok(None) => return "the backend closed the connection".into(),
+            Err(e) => return format!("bad message from the backend: {e}"),
+        }
+    }
+}
+
+/// QEMU's messages go to the backend after the memory ones are checked and their fds replaced.
+fn frontend_to_backend(
+    owner: &Owner,
+    consumer: u64,
+    front: &UnixStream,
+    back: &UnixStream,
+    front_writer: &Mutex<UnixStream>,
+) -> String {
+    loop {
+        let message = match recv_message(front, Limits::VHOST_USER) {
+            Ok(Some(message)) => message,
+            Ok(None) => return "the frontend closed the connection".into(),
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return "the frontend reset the connection".into()
+            }
+            Err(e) => return format!("refused a malformed message from the frontend: {e}"),
+        };
+        let header = message.header;
+        let message = match check(owner, consumer, message) {
+            Ok(message) => message,
+            Err(why) => {
+                warn!(
+                    "refused {}: {why}; closing the connection, nothing was forwarded",
+                    request_name(header.request)
+                );
+                if header.needs_reply() {
+                    let failure = Message::new(
+                        header.request,
+                        FLAG_VERSION_1 | FLAG_REPLY,
+                        1u64.to_ne_bytes().to_vec(),
+                        vec![],
+                    );
+                    let _ = send_message(&front_writer.lock().unwrap_or_else(|e| e.into_inner()), &failure);
+                }
+                return format!("refused {}", request_name(header.request));
+            }
+        };
+        debug!(
+            "forwarding {} ({} bytes, {} fds)",
+            request_name(header.request),
+            header.size,
+            message.fds.len()
+        );
+        if let Err(e) = send_message(back, &message) {
+            return format!("cannot write to the backend: {e}");
+        }
+    }
+}
+
+fn request_name(code: u32) -> String {
+    FrontendReq::try_from(code).map_or_else(|_| format!("request {code}"), |r| format!("{r:?}"))
+}
+
+/// Checks one frontend message; memory messages come back with the owner's fds.
+fn check(owner: &Owner, consumer: u64, message: Message) -> Result<Message, String> {
+    let Message { header, payload, fds } = message;
+    match FrontendReq::try_from(header.request) {
+        Ok(FrontendReq::SET_MEM_TABLE) => {
+            let regions = parse_mem_table(&payload, fds).map_err(|e| e.to_string())?;
+            let mut owned = Vec::with_capacity(regions.len());
+            for (index, region) in regions.iter().enumerate() {
+                check_region(owner, &region.region, &region.fd)
+                    .map_err(|why| format!("region {index}: {why}"))?;
+                owned.push(owner_fd(owner)?);
+            }
+            let table: Vec<VhostUserMemoryRegion> = regions.iter().map(|r| r.region).collect();
+            owner.set_consumer_regions(consumer, table.iter().map(region_status).collect());
+            let payload = encode_mem_table(table.iter());
+            Ok(Message { header, payload, fds: owned })
+        }
+        Ok(FrontendReq::ADD_MEM_REG) => {
+            let region = parse_single_region(&payload).map_err(|e| e.to_string())?;
+            let [fd]: [OwnedFd; 1] = fds
+                .try_into()
+                .map_err(|fds: Vec<OwnedFd>| format!("{} fds, exactly 1 expected", fds.len()))?;
+            check_region(owner, &region, &fd)?;
+            owner.add_consumer_region(consumer, region_status(&region));
+            Ok(Message { header, payload: encode_single_region(&region), fds: vec![owner_fd(owner)?] })
+        }
+        Ok(FrontendReq::REM_MEM_REG) => {
+            let region = parse_single_region(&payload).map_err(|e| e.to_string())?;
+            if !fds.is_empty() {
+                return Err(format!("{} unexpected fds", fds.len()));
+            }
+            owner.remove_consumer_region(consumer, region.guest_phys_addr, region.memory_size);
+            Ok(Message { header, payload: encode_single_region(&region), fds })
+        }
+        _ => Ok(Message { header, payload, fds }),
+    }
+}
+
+fn check_region(owner: &Owner, region: &VhostUserMemoryRegion, fd: &OwnedFd) -> Result<(), String> {
+    if !owner.allocation.is_same_file(fd) {
+        return Err("its fd is not the VM's memory".into());
+    }
+    let size = owner.allocation.size();
+    match file_range(region) {
+        Some((_, end)) if end <= size => Ok(()),
+        _ => Err(format!(
+            "mmap_offset {:#x} + memory_size {:#x} lies outside the VM's {size:#x} bytes",
+            { region.mmap_offset },
+            { region.memory_size }
+        )),
+    }
+}
+
+fn owner_fd(owner: &Owner) -> Result<OwnedFd, String> {
+    owner
+        .allocation
+        .file()
+        .try_clone()
+        .map(OwnedFd::from)
+        .map_err(|e| format!("duplicate the memory fd: {e}"))
+}
+
+fn region_status(region: &VhostUserMemoryRegion) -> RegionStatus {
+    RegionStatus {
+        guest_phys_addr: region.guest_phys_addr,
+        size: region.memory_size,
+        offset: region.mmap_offset,
+        since: unix_now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        assert_eq!(
+            "disk0=/run/qsd.sock".parse::<RelaySpec>(),
+            Ok(RelaySpec { name: "disk0".into(), backend: "/run/qsd.sock".into() })
+        );
+        for bad in ["", "disk0", "=x", "disk0=", "a/b=/x", "../x=/y"] {
+            assert!(bad.parse::<RelaySpec>().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! A forged frontend (this test, speaking vhost-user) sends memory regions whose fd is another
+//! file, or whose offset/size lies outside the allocation: the relay refuses them and the
+//! backend (a recording fake) never receives them. A genuine region reaches the backend with
+//! the owner's own fd, not the frontend's.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use driver::FileId;
+use pageless_tests::owner::Owner;
+use protocol::frame::{
+    recv_message, send_message, FrameError, Limits, Message, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_1,
+};
+use protocol::memory::{encode_mem_table, encode_single_region};
+use protocol::{FrontendReq, VhostUserMemoryRegion};
+
+const SIZE: u64 = 16 << 20;
+
+/// What the fake backend received: request code, and per fd its file and file offset.
+type Received = Arc<Mutex<Vec<(u32, Vec<(FileId, i64)>)>>>;
+
+fn fake_backend(listener: UnixListener, received: Received) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let received = Arc::clone(&received);
+            std::thread::spawn(move || {
+                while let Ok(Some(message)) = recv_message(&conn, Limits::VHOST_USER) {
+                    let fds = message
+                        .fds
+                        .iter()
+                        .map(|fd| {
+                            let offset = nix::unistd::lseek(fd.as_raw_fd(), 0, nix::unistd::Whence::SeekCur)
+                                .unwrap_or(-1);
+                            (FileId::of(fd).unwrap(), offset)
+                        })
+                        .collect();
+                    received.lock().unwrap().push((message.header.request, fds));
+                    if message.header.needs_reply() {
+                        let ack = Message::new(
+                            message.header.request,
+                            FLAG_VERSION_1 | FLAG_REPLY,
+                            0u64.to_ne_bytes().to_vec(),
+                            vec![],
+                        );
+                        let _ = send_message(&conn, &ack);
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn region(size: u64, offset: u64) -> VhostUserMemoryRegion {
+    VhostUserMemoryRegion::new(0, size, 0x7f00_0000_0000, offset)
+}
+
+fn set_mem_table(regions: &[VhostUserMemoryRegion], fds: Vec<OwnedFd>) -> Message {
+    let code = u32::from(FrontendReq::SET_MEM_TABLE);
+    Message::new(code, FLAG_VERSION_1 | FLAG_NEED_REPLY, encode_mem_table(regions.iter()), fds)
+}
+
+fn add_mem_reg(region: &VhostUserMemoryRegion, fds: Vec<OwnedFd>) -> Message {
+    let code = u32::from(FrontendReq::ADD_MEM_REG);
+    Message::new(code, FLAG_VERSION_1 | FLAG_NEED_REPLY, encode_single_region(region), fds)
+}
+
+/// Sends a forged message; expects a failure reply and a closed connection.
+fn refused(relay: &std::path::Path, message: Message) {
+    let sock = UnixStream::connect(relay).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    send_message(&sock, &message).unwrap();
+    let reply = recv_message(&sock, Limits::VHOST_USER).expect("a failure reply").expect("a failure reply");
+    assert!(reply.header.is_reply());
+    assert_ne!(reply.payload, 0u64.to_ne_bytes(), "REPLY_ACK must report failure");
+    match recv_message(&sock, Limits::VHOST_USER) {
+        Ok(None) => {}
+        Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the relay should close the connection, got {other:?}"),
+    }
+}
+
+/// A new open file of the owner's memory, as QEMU makes it (open of /proc/self/fd/N).
+fn reopen(fd: &OwnedFd) -> OwnedFd {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .unwrap()
+        .into()
+}
+
+#[test]
+fn forged_memory_regions_never_reach_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_socket = dir.path().join("fake.sock");
+    let received: Received = Arc::default();
+    fake_backend(UnixListener::bind(&backend_socket).unwrap(), Arc::clone(&received));
+    let relay_arg = format!("dev0={}", backend_socket.display());
+    let owner = Owner::start(&dir.path().join("run"), "vm", &["--size", "16M", "--vhost-user", &relay_arg]);
+    let relay = owner.run_dir.join("vm/dev0.sock");
+    let memory = owner.connect().unwrap().get_memory().unwrap().pop().unwrap().fd;
+    let memory_id = FileId::of(&memory).unwrap();
+
+    // Another file: a pipe, whose read end shows whether the relay closed the forged fd.
+    let (pipe_read, pipe_write) = nix::unistd::pipe().unwrap();
+    refused(&relay, set_mem_table(&[region(SIZE, 0)], vec![pipe_write]));
+    nix::fcntl::fcntl(pipe_read.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+        .unwrap();
+    assert_eq!(
+        nix::unistd::read(pipe_read.as_raw_fd(), &mut [0u8; 1]),
+        Ok(0),
+        "the relay closed the forged fd"
+    );
+
+    let other =
+        nix::sys::memfd::memfd_create(c"other", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+    nix::unistd::ftruncate(&other, SIZE as i64).unwrap();
+    refused(&relay, set_mem_table(&[region(SIZE, 0)], vec![other.try_clone().unwrap()]));
+    refused(&relay, add_mem_reg(&region(SIZE, 0), vec![other]));
+    // The right file, but outside it.
+    refused(&relay, set_mem_table(&[region(8192, SIZE - 4096)], vec![reopen(&memory)]));
+    refused(&relay, add_mem_reg(&region(SIZE + 4096, 0), vec![reopen(&memory)]));
+    refused(&relay, set_mem_table(&[region(4096, u64::MAX - 100)], vec![reopen(&memory)]));
+    // Two regions, the second forged: the whole table is refused.
+    let (forged, _) = nix::unistd::pipe().unwrap();
+    refused(&relay, set_mem_table(&[region(4096, 0), region(4096, 4096)], vec![reopen(&memory), forged]));
+    // Fds missing or too many.
+    refused(&relay, set_mem_table(&[region(4096, 0)], vec![]));
+    refused(&relay, add_mem_reg(&region(4096, 0), vec![reopen(&memory), reopen(&memory)]));
+
+    // A genuine table, on an fd of the owner's file with a file offset of its own.
+    let genuine = reopen(&memory);
+    nix::unistd::lseek(genuine.as_raw_fd(), 12345, nix::unistd::Whence::SeekSet).unwrap();
+    let sock = UnixStream::connect(&relay).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let table = [region(0xc0000, 0), region(SIZE - 0x100000, 0x100000)];
+    send_message(&sock, &set_mem_table(&table, vec![genuine.try_clone().unwrap(), genuine])).unwrap();
+    let ack = recv_message(&sock, Limits::VHOST_USER).unwrap().unwrap();
+    assert_eq!(ack.payload, 0u64.to_ne_bytes(), "the backend acknowledged the genuine table");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 1, "only the genuine table reached the backend: {received:?}");
+    let (code, fds) = &received[0];
+    assert_eq!(*code, u32::from(FrontendReq::SET_MEM_TABLE));
+    assert_eq!(fds.len(), 2);
+    for (id, offset) in fds {
+        assert_eq!(*id, memory_id, "the backend got the VM's memory");
+        assert_ne!(*offset, 12345, "the backend got the owner's own fd, not the frontend's");
+    }
+
+    let status = owner.status();
+    let consumer = status.consumers.iter().find(|c| c.device == "dev0").expect("dev0 is a consumer");
+    assert_eq!(
+        consumer.regions.iter().map(|r| (r.offset, r.size)).collect::<Vec<_>>(),
+        vec![(0, 0xc0000), (0x100000, SIZE - 0x100000)]
+    );
+    assert!(
+        owner.log().contains("refused SET_MEM_TABLE: region 0: its fd is not the VM's memory"),
+        "{}",
+        owner.log()
+    );
+    drop(sock);
+}
