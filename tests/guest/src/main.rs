@@ -5,6 +5,7 @@
 //! status is 0 when every check passed. `tests/guest/kmod-checks.sh` runs the whole sequence.
 
 mod bench;
+mod blk;
 mod checks;
 mod util;
 
@@ -74,6 +75,12 @@ enum Cmd {
         workers: usize,
         dirs: Vec<PathBuf>,
     },
+    /// Inject an uncorrected memory error (mce-inject debugfs dir) into a file of DIR.
+    MemoryError {
+        dir: PathBuf,
+        #[arg(long, default_value = "/sys/kernel/debug/mce-inject")]
+        inject: PathBuf,
+    },
     /// Benchmark: faults and time to first-touch SIZE, and struct page bytes per GiB.
     BenchFaults {
         /// pagelessfs mounts (1G, 2M, 4K ...).
@@ -84,6 +91,14 @@ enum Cmd {
         hugetlbfs: Vec<PathBuf>,
         #[arg(long, default_value = "1G", value_parser = util::parse_size)]
         size: u64,
+    },
+    /// Benchmark: O_DIRECT sequential write/read of MIB MiB and 4K random reads on DEVICE.
+    BlkBench {
+        device: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+        #[arg(long, default_value_t = 2000)]
+        random_reads: usize,
     },
 }
 
@@ -106,9 +121,11 @@ fn main() {
         Cmd::HoldPool { dir, base } => checks::hold_pool(&mut r, &dir, &base),
         Cmd::RmmodBusy { module } => checks::rmmod_busy(&mut r, &module),
         Cmd::Stress { secs, workers, dirs } => checks::stress(&mut r, &dirs, secs, workers),
+        Cmd::MemoryError { dir, inject } => checks::memory_error(&mut r, &dir, &inject),
         Cmd::BenchFaults { pageless, hugetlbfs, size } => {
             bench::bench_faults(&mut r, &pageless, &hugetlbfs, size)
         }
+        Cmd::BlkBench { device, mib, random_reads } => blk::blk_bench(&mut r, &device, mib, random_reads),
     };
     if let Err(e) = res {
         r.check("pageless-guest", false, format!("error: {e}"));
