@@ -186,14 +186,16 @@ static int pl_setattr(struct mnt_idmap *idmap, struct dentry *dentry,
 
 /*
  * Look up the physical address of @pos for read()/write(): returns the
- * number of contiguous bytes there (0 at or past EOF).
+ * number of contiguous bytes there (0 at or past EOF), stopping short of a
+ * poisoned page, or -EIO at one.
  */
-static size_t pl_io_map(struct inode *inode, loff_t pos, size_t want,
-			u64 *phys)
+static ssize_t pl_io_map(struct inode *inode, loff_t pos, size_t want,
+			 u64 *phys)
 {
 	struct pl_inode *pi = PL_I(inode);
 	const struct pl_extent *e;
-	size_t n = 0;
+	unsigned long bad;
+	ssize_t n = 0;
 	loff_t size;
 
 	down_read(&pi->lock);
@@ -207,6 +209,14 @@ static size_t pl_io_map(struct inode *inode, loff_t pos, size_t want,
 		}
 	}
 	up_read(&pi->lock);
+	if (n <= 0)
+		return n;
+	bad = pl_poison_first(PHYS_PFN(*phys), PHYS_PFN(*phys + n - 1));
+	if (unlikely(bad != ULONG_MAX)) {
+		if (PFN_PHYS(bad) <= *phys)
+			return -EIO;
+		n = PFN_PHYS(bad) - *phys;
+	}
 	return n;
 }
 
@@ -218,21 +228,24 @@ static ssize_t pl_read_iter(struct kiocb *iocb, struct iov_iter *to)
 	ssize_t done = 0;
 
 	while (iov_iter_count(to)) {
-		size_t n, copied;
+		size_t copied;
+		ssize_t n;
 		u64 phys;
 		int idx;
 
 		idx = srcu_read_lock(&pl_io_srcu);
 		n = pl_io_map(inode, pos, iov_iter_count(to), &phys);
-		if (!n) {
+		if (n <= 0) {
 			srcu_read_unlock(&pl_io_srcu, idx);
+			if (n < 0 && !done)
+				done = n;
 			break;
 		}
 		copied = copy_to_iter(pl_pool_virt(phys), n, to);
 		srcu_read_unlock(&pl_io_srcu, idx);
 		pos += copied;
 		done += copied;
-		if (copied < n) {
+		if (copied < (size_t)n) {
 			if (!done)
 				done = -EFAULT;
 			break;
@@ -264,23 +277,24 @@ static ssize_t pl_write_iter(struct kiocb *iocb, struct iov_iter *from)
 		goto out;
 	pos = iocb->ki_pos;
 	while (iov_iter_count(from)) {
-		size_t n, copied;
+		size_t copied;
+		ssize_t n;
 		u64 phys;
 		int idx;
 
 		idx = srcu_read_lock(&pl_io_srcu);
 		n = pl_io_map(inode, pos, iov_iter_count(from), &phys);
-		if (!n) {
+		if (n <= 0) {
 			srcu_read_unlock(&pl_io_srcu, idx);
 			if (!done)
-				done = -EFBIG;
+				done = n ? n : -EFBIG;
 			break;
 		}
 		copied = copy_from_iter(pl_pool_virt(phys), n, from);
 		srcu_read_unlock(&pl_io_srcu, idx);
 		pos += copied;
 		done += copied;
-		if (copied < n) {
+		if (copied < (size_t)n) {
 			if (!done)
 				done = -EFAULT;
 			break;
@@ -352,6 +366,12 @@ static vm_fault_t pl_huge_fault(struct vm_fault *vmf, unsigned int order)
 	if (phys & (size - 1))
 		goto out;
 	pfn = PHYS_PFN(phys);
+	/* Memory error: SIGBUS (BUS_MCEERR_AR) on the page, smaller entries around. */
+	if (unlikely(pl_poison_first(pfn, pfn + (size >> PAGE_SHIFT) - 1) !=
+		     ULONG_MAX)) {
+		ret = order ? VM_FAULT_FALLBACK : VM_FAULT_HWPOISON;
+		goto out;
+	}
 
 	/*
 	 * What is at this level decides @write: a fresh entry is made from

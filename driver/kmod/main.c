@@ -219,6 +219,7 @@ static int __init pl_init(void)
 		pr_err("cannot register filesystem pagelessfs: %d\n", ret);
 		goto err_pool;
 	}
+	pl_mce_init();
 	pr_info("pagelessfs ready%s\n",
 		pl_pud_ok ? "" : " (no 1 GiB page table entries on this CPU)");
 	return 0;
@@ -233,7 +234,9 @@ static void __exit pl_exit(void)
 {
 	/* No mount exists: the filesystem holds a module reference. */
 	pl_fs_unregister();
+	pl_mce_exit();
 	pl_pool_exit(true);
+	pl_poison_destroy();
 	pl_unclaim_all();
 	pr_info("unloaded\n");
 }

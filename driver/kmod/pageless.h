@@ -21,7 +21,11 @@
  *	(synchronize_srcu) before it hands freed extents to the scrubber.
  *   pl_pool.lock (mutex)
  *	Protects the pool's free list, scrub queue and counters.  Leaf lock:
- *	nothing else is taken under it (memory allocation aside).
+ *	nothing else is taken under it (memory allocation and the lockless
+ *	pl_poison look-up aside).
+ *
+ * Memory errors (mce.c) take pl_files_lock, then pl_inode->lock; the poison
+ * xarray pl_poison has its own internal lock.
  */
 #ifndef PAGELESS_H
 #define PAGELESS_H
@@ -64,6 +68,8 @@ int pl_pool_init(void);
 void pl_pool_exit(bool drain);
 int pl_pool_add_range(u64 start, u64 size, void *virt);
 void *pl_pool_virt(u64 phys);
+void *pl_pool_virt_quiet(u64 phys);
+void pl_pool_retire(unsigned long pfn);
 int pl_pool_alloc(u64 bytes, u64 align, struct pl_extents **res);
 void pl_pool_release(struct pl_extents *ex);
 void pl_pool_release_clean(struct pl_extents *ex);
@@ -84,6 +90,7 @@ struct pl_sb_info {
 struct pl_inode {
 	struct rw_semaphore lock;	/* see the top of this file */
 	struct pl_extents *layout;	/* NULL while empty */
+	struct list_head files;		/* pl_files (regular files), mce.c */
 	struct inode vfs_inode;
 };
 
@@ -99,6 +106,15 @@ static inline struct pl_sb_info *PL_SB(struct super_block *sb)
 
 extern struct srcu_struct pl_io_srcu;
 extern bool pl_pud_ok;
+
+/* mce.c: memory errors */
+unsigned long pl_poison_first(unsigned long pfn, unsigned long last);
+void pl_memory_error(u64 phys);
+void pl_files_add(struct pl_inode *pi);
+void pl_files_del(struct pl_inode *pi);
+void pl_mce_init(void);
+void pl_mce_exit(void);
+void pl_poison_destroy(void);
 
 /* file.c */
 extern const struct file_operations pl_file_fops;

@@ -51,6 +51,7 @@ static struct {
 	u64 scrub_bytes;		/* queued or being zeroed */
 	u64 gen;			/* bumped whenever bytes become free */
 	bool stopping;			/* abandon scrubbing (failed load) */
+	unsigned long poisoned;		/* pages retired after memory errors */
 	wait_queue_head_t wq;		/* allocators waiting for scrubbing */
 	struct workqueue_struct *wqueue;
 	unsigned int nr_scrubbers;
@@ -76,8 +77,8 @@ void pl_extents_free(struct pl_extents *ex)
 	kvfree(ex);
 }
 
-/* The kernel mapping of @phys, which must lie in a pool range. */
-void *pl_pool_virt(u64 phys)
+/* The kernel mapping of @phys, or NULL if it is not in the pool. */
+void *pl_pool_virt_quiet(u64 phys)
 {
 	/* Pairs with the release in pl_pool_add_range(). */
 	unsigned int i, n = smp_load_acquire(&pl_pool.nr_ranges);
@@ -88,8 +89,16 @@ void *pl_pool_virt(u64 phys)
 		if (phys >= r->start && phys - r->start < r->size)
 			return r->virt + (phys - r->start);
 	}
-	WARN_ONCE(1, "phys %llx outside the pool\n", phys);
 	return NULL;
+}
+
+/* The kernel mapping of @phys, which must lie in a pool range. */
+void *pl_pool_virt(u64 phys)
+{
+	void *p = pl_pool_virt_quiet(phys);
+
+	WARN_ONCE(!p, "phys %llx outside the pool\n", phys);
+	return p;
 }
 
 /*
@@ -147,7 +156,7 @@ static void pl_free_extents_locked(u64 phys, u64 len)
 }
 
 /* Zero [phys, phys + len) through the kernel mapping. */
-static void pl_zero(u64 phys, u64 len)
+static void pl_zero_range(u64 phys, u64 len)
 {
 	u8 *p = pl_pool_virt(phys);
 
@@ -164,12 +173,35 @@ static void pl_zero(u64 phys, u64 len)
 	}
 }
 
+/*
+ * Zero (@zero) or free (pl_pool.lock held) the runs of [phys, phys + len)
+ * without a poisoned page.  Never touch those: reading or writing them raises
+ * another machine check; they stay out of the free list for good.
+ */
+static void pl_clean_runs(u64 phys, u64 len, bool zero)
+{
+	u64 end = phys + len;
+
+	while (phys < end) {
+		unsigned long bad = pl_poison_first(PHYS_PFN(phys),
+						    PHYS_PFN(end - 1));
+		u64 stop = bad == ULONG_MAX ? end : PFN_PHYS(bad);
+
+		if (stop > phys && zero)
+			pl_zero_range(phys, stop - phys);
+		else if (stop > phys)
+			pl_free_extents_locked(phys, stop - phys);
+		if (bad == ULONG_MAX)
+			break;
+		phys = stop + PAGE_SIZE;
+	}
+}
+
 static void pl_scrub_work(struct work_struct *work)
 {
 	for (;;) {
 		struct pl_extents *ex, *done = NULL;
 		struct pl_extent *e;
-		struct pl_free *spare;
 		u64 phys, len;
 
 		mutex_lock(&pl_pool.lock);
@@ -193,15 +225,14 @@ static void pl_scrub_work(struct work_struct *work)
 		}
 		mutex_unlock(&pl_pool.lock);
 
-		pl_zero(phys, len);
+		pl_clean_runs(phys, len, true);
 
-		spare = kmalloc(sizeof(*spare), GFP_KERNEL | __GFP_NOFAIL);
 		mutex_lock(&pl_pool.lock);
-		pl_free_insert(phys, len, &spare);
+		/* A page poisoned meanwhile is seen here: pl_pool_retire(). */
+		pl_clean_runs(phys, len, false);
 		pl_pool.scrub_bytes -= len;
 		pl_pool.gen++;
 		mutex_unlock(&pl_pool.lock);
-		kfree(spare);
 		pl_extents_free(done);
 		wake_up_all(&pl_pool.wq);
 	}
@@ -251,11 +282,46 @@ void pl_pool_release_clean(struct pl_extents *ex)
 		return;
 	mutex_lock(&pl_pool.lock);
 	for (i = 0; i < ex->nr; i++)
-		pl_free_extents_locked(ex->ext[i].phys, ex->ext[i].len);
+		pl_clean_runs(ex->ext[i].phys, ex->ext[i].len, false);
 	pl_pool.gen++;
 	mutex_unlock(&pl_pool.lock);
 	pl_extents_free(ex);
 	wake_up_all(&pl_pool.wq);
+}
+
+/*
+ * Take the page @pfn out of service after a memory error: remove it from the
+ * free list if it is there.  Pages being scrubbed or owned by files are kept
+ * out by pl_clean_runs() when they are freed.
+ */
+void pl_pool_retire(unsigned long pfn)
+{
+	u64 phys = PFN_PHYS(pfn);
+	struct pl_free *f, *n;
+
+	n = kmalloc(sizeof(*n), GFP_KERNEL | __GFP_NOFAIL);
+	mutex_lock(&pl_pool.lock);
+	list_for_each_entry(f, &pl_pool.free, node) {
+		u64 end = f->phys + f->len;
+
+		if (phys < f->phys || phys >= end)
+			continue;
+		f->len = phys - f->phys;
+		if (end > phys + PAGE_SIZE) {
+			n->phys = phys + PAGE_SIZE;
+			n->len = end - n->phys;
+			list_add(&n->node, &f->node);
+			n = NULL;
+		}
+		if (!f->len) {
+			list_del(&f->node);
+			kfree(f);
+		}
+		break;
+	}
+	pl_pool.poisoned++;
+	mutex_unlock(&pl_pool.lock);
+	kfree(n);
 }
 
 /* The aligned part of a free extent: [*a, *e), empty if *a >= *e. */

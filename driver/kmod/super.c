@@ -58,6 +58,7 @@ static struct inode *pl_get_inode(struct super_block *sb,
 		 * an empty mapping, and statx reports STATX_ATTR_DAX.
 		 */
 		inode->i_flags |= S_DAX;
+		pl_files_add(PL_I(inode));
 		break;
 	case S_IFDIR:
 		inode->i_op = &pl_dir_iops;
@@ -149,6 +150,7 @@ static struct inode *pl_alloc_inode(struct super_block *sb)
 	if (!pi)
 		return NULL;
 	pi->layout = NULL;
+	INIT_LIST_HEAD(&pi->files);
 	return &pi->vfs_inode;
 }
 
@@ -175,6 +177,8 @@ static void pl_evict_inode(struct inode *inode)
 
 	truncate_inode_pages_final(&inode->i_data);
 	clear_inode(inode);
+	if (!list_empty(&pi->files))
+		pl_files_del(pi);
 	pl_pool_release(pi->layout);
 	pi->layout = NULL;
 }

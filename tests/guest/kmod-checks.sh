@@ -16,7 +16,10 @@
 #   initramfs)
 #   optional env   PAGELESS_RANGES (default 1G@4G,512M@6G, must match memmap=),
 #                  PAGELESS_STRESS_SECS (default 15), PAGELESS_BENCH=1 also runs bench-faults
-#                  (needs hugepages: the script reserves 512 x 2M itself)
+#                  (it reserves 512 x 2M and, if possible, 1 x 1G hugetlb pages itself),
+#                  PAGELESS_MCE_INJECT_KO (default /mce-inject.ko: the guest kernel's
+#                  arch/x86/kernel/cpu/mce/mce-inject.ko.xz, decompressed; if absent the
+#                  memory-error checks are skipped with a "#" line, no CHECK line)
 # Output: one line per check, exactly "CHECK <name> ok <detail>" or "CHECK <name> FAIL
 # <detail>", measurements as "RESULT <key>=<value>", commentary lines start with "#"; the
 # last line is "CHECKS-DONE". The script never stops early: a failing step prints FAIL and
@@ -186,6 +189,16 @@ $G hold-pool $M/2m /tmp/memmap.base
 
 # --- stress -------------------------------------------------------------------------------
 $G stress --secs "$STRESS_SECS" $M/1g $M/2m $M/4k
+
+# --- memory errors (optional: needs the kernel's mce-inject module) -----------------------
+MCE_KO=${PAGELESS_MCE_INJECT_KO:-/mce-inject.ko}
+if [ -f "$MCE_KO" ] && insmod "$MCE_KO"; then
+	$G memory-error $M/2m
+	$G memory-error $M/4k
+	rmmod mce_inject
+else
+	echo "# memory-error checks skipped: no $MCE_KO (decompressed mce-inject.ko of the guest kernel)"
+fi
 
 # --- benchmark (optional) -----------------------------------------------------------------
 if [ "${PAGELESS_BENCH:-0}" = 1 ]; then

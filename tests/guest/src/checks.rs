@@ -724,3 +724,148 @@ pub fn stress(r: &mut Report, dirs: &[PathBuf], secs: u64, workers: usize) -> io
     );
     Ok(())
 }
+
+/// Write `val` (hex) into a mce-inject debugfs file.
+fn inj_write(dir: &Path, file: &str, val: u64) -> io::Result<()> {
+    std::fs::write(dir.join(file), format!("{val:#x}\n"))
+        .map_err(|e| io::Error::new(e.kind(), format!("{}/{file}: {e}", dir.display())))
+}
+
+/// A software-injected uncorrected memory error (mce-inject) inside a mapped file:
+/// the page gets SIGBUS BUS_MCEERR_AR, its neighbours keep working, read() gets EIO,
+/// the page never returns to the pool.
+pub fn memory_error(r: &mut Report, dir: &Path, inject: &Path) -> io::Result<()> {
+    let st = statfs(dir)?;
+    let ps = st.bsize;
+    let size = ps.max(2 * MIB) * 2;
+    let p = dir.join("mce");
+    let f = create(&p)?;
+    f.set_len(size)?;
+    let m = Map::shared(&f, size as usize, 0)?;
+    for off in (0..size as usize).step_by(PAGE) {
+        m.write_u64(off, pattern(5, off as u64));
+    }
+    let target = size / 2 + 2 * PAGE as u64; // inside the second huge page
+    let ext = fiemap(&f)?;
+    let phys = phys_of_range(&ext, target, PAGE as u64)
+        .first()
+        .map(|e| e.physical)
+        .ok_or_else(|| io::Error::other("no FIEMAP extent for the target"))?;
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let intel = cpuinfo.contains("GenuineIntel");
+    // MCi_STATUS: VAL | UC | EN | MISCV | ADDRV, plus a memory error code for the vendor.
+    let base: u64 = (1 << 63) | (1 << 61) | (1 << 60) | (1 << 59) | (1 << 58);
+    let (bank, status, misc) = if intel {
+        (1, base | 0x9f, (2 << 6) | 12) // MCACOD memory read error; MISC: physical, lsb 12
+    } else {
+        (4, base | (8 << 16), 0) // AMD legacy northbridge DRAM ECC (bank 4, XEC 8)
+    };
+    inj_write(inject, "status", status)?;
+    inj_write(inject, "misc", misc)?;
+    inj_write(inject, "addr", phys)?;
+    inj_write(inject, "bank", bank)?; // injects (software: through the decode chain)
+
+    // The decode chain runs from a workqueue: wait for read() to see the poison.
+    let mut buf = [0u8; 8];
+    let t0 = Instant::now();
+    let mut rd = f.read_exact_at(&mut buf, target);
+    while rd.is_ok() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        rd = f.read_exact_at(&mut buf, target);
+    }
+    let eio = matches!(&rd, Err(e) if e.raw_os_error() == Some(libc::EIO));
+    let mut nb = [0u8; 8];
+    let neighbour = f.read_exact_at(&mut nb, target - PAGE as u64).is_ok()
+        && u64::from_ne_bytes(nb) == pattern(5, target - PAGE as u64);
+    r.check(
+        "mce-read-eio",
+        eio && neighbour,
+        format!(
+            "{} vendor, error injected at phys {phys:#x} (file offset {target:#x}): read there {}, neighbour page read intact: {neighbour}",
+            if intel { "Intel" } else { "AMD" },
+            rd.as_ref().map(|_| "succeeded".to_string()).unwrap_or_else(errno_name)
+        ),
+    );
+
+    // Touch the poisoned page in a child (through the old mapping, zapped since); its
+    // SIGBUS handler reports si_code and si_addr through a pipe.
+    let expect_addr = m.addr() + target as usize;
+    let (rfd, wfd) = nix::unistd::pipe()?;
+    let wraw = wfd.as_raw_fd();
+    let child = fork_child(|| {
+        REPORT_FD.store(wraw, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: zeroed sigaction, then handler and flags set; the handler only calls
+        // async-signal-safe functions.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = on_mce_sigbus as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        // SAFETY: valid sigaction.
+        unsafe { libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut()) };
+        let _ = m.read_u64(target as usize);
+        0
+    });
+    drop(wfd);
+    let mut rep = [0u8; 16];
+    let got = File::from(rfd).read_exact(&mut rep).is_ok();
+    let status = waitpid(child, None)?;
+    let code = i64::from_ne_bytes(rep[..8].try_into().unwrap_or([0; 8]));
+    let addr = u64::from_ne_bytes(rep[8..].try_into().unwrap_or([0; 8])) as usize;
+    let mut ok_around = true;
+    for off in [0usize, target as usize - PAGE, target as usize + PAGE, size as usize - PAGE] {
+        ok_around &= m.read_u64(off) == pattern(5, off as u64);
+    }
+    r.check(
+        "mce-sigbus-mceerr-ar",
+        matches!(status, WaitStatus::Exited(_, 3))
+            && got
+            && code == libc::BUS_MCEERR_AR as i64
+            && addr == expect_addr
+            && ok_around,
+        format!(
+            "touching the page: {status:?}, si_code {code} (BUS_MCEERR_AR = {}), si_addr {addr:#x} (page {expect_addr:#x}); other pages of the file still mapped with their data: {ok_around}",
+            libc::BUS_MCEERR_AR
+        ),
+    );
+    drop(m);
+    drop(f);
+    std::fs::remove_file(&p)?;
+
+    // The page is retired: after scrubbing, one block fewer is free, and a file taking
+    // the whole pool never gets it.
+    let free = wait_free(dir, st.bfree - 1, 30)?;
+    let q = dir.join("mce-all");
+    let fa = create(&q)?;
+    fa.set_len(free * ps)?;
+    let all = fiemap(&fa)?;
+    let has_bad = all.iter().any(|e| phys >= e.physical && phys < e.physical + e.length);
+    drop(fa);
+    std::fs::remove_file(&q)?;
+    r.check(
+        "mce-page-retired",
+        free == st.bfree - 1 && !has_bad,
+        format!(
+            "free blocks {} before, {free} after unlink (one {} block lost to the bad page); whole-pool file avoids it: {}",
+            st.bfree,
+            human(ps),
+            !has_bad
+        ),
+    );
+    Ok(())
+}
+
+static REPORT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// SIGBUS handler of the memory-error probe: write si_code and si_addr to REPORT_FD, exit 3.
+extern "C" fn on_mce_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t.
+    let (code, addr) = unsafe { ((*info).si_code as i64, (*info).si_addr() as u64) };
+    let mut buf = [0u8; 16];
+    buf[..8].copy_from_slice(&code.to_ne_bytes());
+    buf[8..].copy_from_slice(&addr.to_ne_bytes());
+    let fd = REPORT_FD.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: write and _exit are async-signal-safe; buf is a valid 16-byte buffer.
+    unsafe {
+        libc::write(fd, buf.as_ptr().cast(), buf.len());
+        libc::_exit(3);
+    }
+}
