@@ -104,6 +104,14 @@ impl Initramfs {
         self
     }
 
+    /// Copies one kernel module, decompressed, to `guest` without loading it from /init.
+    pub fn kernel_module_file(&mut self, kernel: &Kernel, name: &str, guest: &str) -> &mut Self {
+        let relative = kernel.module_with_deps(name).pop().expect("the module itself");
+        let staged = self.staged(guest);
+        decompress_module(&kernel.modules_dir().join(relative), &staged);
+        self
+    }
+
     /// Writes /init: the prelude, the kernel modules' insmod lines, then `body`.
     pub fn init(&mut self, body: &str) -> &mut Self {
         let mut script = String::from(PRELUDE);

@@ -1,0 +1,123 @@
+//! The kernel module in a VM: builds driver/kmod against the 6.12 cloud headers, boots the
+//! 6.12 cloud kernel under TCG with boot-reserved memory (memmap=1G$4G memmap=512M$6G, -m 6G)
+//! and a busybox initramfs holding pageless.ko, the in-guest checks (tests/guest) and the
+//! `pageless` binary, and turns each CHECK line on the serial console into pass/fail.
+//!
+//! In the guest, first `pageless serve --pool pagelessfs:…` serves a pagelessfs allocation to a
+//! client process, then tests/guest/kmod-checks.sh runs the module's whole check sequence.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use pageless_tests::initramfs::Initramfs;
+use pageless_tests::kernel::Kernel;
+use pageless_tests::vm::{Vm, VmConfig};
+use pageless_tests::{bins, checks, random_token, repo_root};
+
+/// The owner on pagelessfs: an allocation with physical extents inside the reserved ranges,
+/// served to a separate client process that maps it (PFN-only, `pf`), both ways.
+const SERVE_ON_PAGELESSFS: &str = r#"
+TOKEN=@TOKEN@
+insmod /pageless.ko ranges=1G@4G,512M@6G
+mkdir -p /mnt/serve && mount -t pagelessfs -o pagesize=2M none /mnt/serve
+pageless serve --vm g --size 64M --pool pagelessfs:/mnt/serve --run-dir /run/pageless 2>/tmp/owner.log &
+for i in $(seq 100); do pageless status --vm g --run-dir /run/pageless >/dev/null 2>&1 && break; sleep 0.1; done
+status=$(pageless status --vm g --run-dir /run/pageless --json | tr -d ' \n')
+case "$status" in
+    *'"memory":"pagelessfs"'*'"page_size":2097152'*) ok serve-pagelessfs-pool "owner on pagelessfs, 2M pages" ;;
+    *) fail serve-pagelessfs-pool "$status $(cat /tmp/owner.log)" ;;
+esac
+# Physical extents inside 1G@4G or 512M@6G.
+phys=$(echo "$status" | sed -n 's/.*"physical":\([0-9]*\).*/\1/p')
+if [ -n "$phys" ] && { [ "$phys" -ge 4294967296 ] && [ "$phys" -lt 5368709120 ] || [ "$phys" -ge 6442450944 ] && [ "$phys" -lt 6979321856 ]; }; then
+    ok serve-extents "physical extent at $phys"
+else
+    fail serve-extents "$status"
+fi
+pageless-testbed owner-client /run/pageless/g.sock "$TOKEN"
+check serve-owner-sees-client sh -c "pageless find --vm g --run-dir /run/pageless $TOKEN | grep -qx 0x100000"
+pageless stop --vm g --run-dir /run/pageless
+wait
+check serve-stopped sh -c "[ ! -e /run/pageless/g.sock ] && [ -e /mnt/serve/g ]"
+rm -f /mnt/serve/g
+umount /mnt/serve
+rmmod pageless
+"#;
+
+/// Checks the issue names; every CHECK line must be ok, and these must all be there.
+const REQUIRED: &[&str] = &[
+    "serve-pagelessfs-pool",
+    "serve-extents",
+    "serve-client-map",
+    "serve-client-sees-owner",
+    "serve-client-pfnmap",
+    "serve-owner-sees-client",
+    "serve-stopped",
+    "environment",
+    "load-system-ram",
+    "load-overlap",
+    "load-unaligned",
+    "load",
+    "struct-page-after-load",
+    "pat-write-back",
+    "mount-1g",
+    "mount-2m",
+    "mount-4k",
+    "mount-bad-pagesize",
+    "df",
+    "struct-page-after-mount",
+    "faults-1g-thp-never",
+    "faults-2m-thp-never",
+    "faults-4k-thp-never",
+    "faults-1g-thp-always",
+    "faults-2m-thp-always",
+    "faults-4k-thp-always",
+    "dd-cmp",
+    "directories",
+    "unload",
+    "dmesg-clean",
+];
+
+fn build_module(kernel: &Kernel) -> PathBuf {
+    let kmod = repo_root().join("driver/kmod");
+    let status = Command::new("make")
+        .arg("-C")
+        .arg(&kmod)
+        .arg(format!("KDIR={}", kernel.headers().display()))
+        .status()
+        .expect("run make");
+    assert!(status.success(), "building driver/kmod failed");
+    kmod.join("pageless.ko")
+}
+
+#[test]
+fn pagelessfs_in_a_vm() {
+    let kernel = Kernel::get();
+    let module = build_module(&kernel);
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd");
+    let token = format!("PAGELESSFS-CLIENT-{}", random_token());
+    Initramfs::new()
+        .file(&module, "/pageless.ko")
+        .kernel_module_file(&kernel, "mce-inject", "/mce-inject.ko")
+        .binary(&bins::build("pageless-guest", "pageless-guest"), "/bin/pageless-guest")
+        .binary(&bins::pageless(), "/bin/pageless")
+        .binary(&bins::build("pageless-tests", "pageless-testbed"), "/bin/pageless-testbed")
+        .file(&repo_root().join("tests/guest/kmod-checks.sh"), "/kmod-checks.sh")
+        .init(&format!(
+            "{}\nsh /kmod-checks.sh\npoweroff -f\n",
+            SERVE_ON_PAGELESSFS.replace("@TOKEN@", &token)
+        ))
+        .build(&initrd)
+        .unwrap();
+
+    let mut config = VmConfig::new("kmod", initrd);
+    config.memory = "6G".into();
+    config.smp = 2;
+    config.append = "memmap=1G$4G memmap=512M$6G".into();
+    let mut vm = Vm::start(&config);
+    vm.wait_for("CHECKS-DONE", Duration::from_secs(900)).expect("the guest's checks finish");
+    let _ = vm.wait_exit(Duration::from_secs(60));
+    checks::assert_all_ok(&vm.console(), REQUIRED);
+}
