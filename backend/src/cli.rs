@@ -7,6 +7,7 @@ use driver::size::parse_size;
 use driver::PoolSpec;
 use protocol::control::ControlClient;
 
+use crate::hook;
 use crate::qemu::{self, QemuOptions};
 use crate::relay::RelaySpec;
 use crate::serve::{self, ServeOptions};
@@ -102,6 +103,23 @@ pub enum Command {
         #[command(flatten)]
         run_dir: RunDir,
     },
+    /// libvirt's qemu hook (install as /etc/libvirt/hooks/qemu): starts the domain's owner on
+    /// `prepare`, stops it on `release`, for domains with a pageless config file or metadata.
+    /// Reads the domain XML on stdin.
+    Hook {
+        /// The domain's name.
+        vm: String,
+        /// libvirt's operation: prepare, start, started, stopped, release, …
+        operation: String,
+        /// libvirt's sub-operation: begin, end, …
+        subop: String,
+        /// libvirt's extra argument (ignored).
+        #[arg(allow_hyphen_values = true)]
+        extra: Vec<String>,
+        /// Per-VM config files: <DIR>/<vm>.toml.
+        #[arg(long, env = "PAGELESS_CONFIG_DIR", default_value = hook::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+    },
 }
 
 /// Runs the command; the error is printed by `main`.
@@ -158,6 +176,24 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Stop { vm, run_dir } => {
             driver::check_name(&vm)?;
             ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "stop")?.stop()?;
+        }
+        Command::Hook { vm, operation, subop, extra: _, config_dir } => {
+            let options = hook::HookOptions {
+                vm,
+                operation,
+                subop,
+                config_dir,
+                qemu_conf: hook::QEMU_CONF.into(),
+                pageless: std::env::current_exe()?,
+                systemd: std::path::Path::new("/run/systemd/system").is_dir(),
+            };
+            if let Err(e) = hook::run(&options, &mut std::io::stdin().lock()) {
+                // libvirt shows the hook's stderr as the error of `virsh start`: print the
+                // message once, without a log prefix.
+                log::debug!("hook failed: {e:?}");
+                eprintln!("pageless hook: {e}");
+                std::process::exit(1);
+            }
         }
     }
     Ok(())

@@ -4,8 +4,10 @@
 //!   to QEMU and device backends over its control socket.
 //! * [`qemu`]: fetches the memory from the owner and execs QEMU with it as the VM's RAM.
 //! * [`status`]: what every owner under a run dir serves, and to whom.
+//! * [`hook`]: libvirt's qemu hook, which starts and stops a domain's owner.
 
 pub mod cli;
+pub mod hook;
 pub mod qemu;
 pub mod qemu_args;
 pub mod relay;

@@ -259,6 +259,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
         allocation.prefault()?;
     }
     let mapping = allocation.map()?;
+    hand_over_file(&allocation, &options.allow_uids)?;
 
     let socket_path = control_socket_path(&options.run_dir, &options.vm);
     let listener = listen(&socket_path, &options.allow_uids)?;
@@ -369,6 +370,18 @@ fn listen(path: &std::path::Path, allow_uids: &[u32]) -> Result<UnixListener, Se
         }
     }
     Ok(listener)
+}
+
+/// With `--allow-uid`, root hands a directory pool's file to the first allowed user (like the
+/// sockets): QEMU opens it again through `/proc/self/fd/N`, and open() checks the inode's
+/// permissions, which are 0600 root otherwise. memfd inodes are 0777 already.
+fn hand_over_file(allocation: &Allocation, allow_uids: &[u32]) -> Result<(), ServeError> {
+    let (Some(path), Some(&uid)) = (allocation.path(), allow_uids.first()) else { return Ok(()) };
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    nix::unistd::fchown(std::os::fd::AsRawFd::as_raw_fd(allocation.file()), Some(uid.into()), None)
+        .map_err(|e| io_error(format!("chown {} to uid {uid}", path.display()))(e.into()))
 }
 
 fn relay_socket(options: &ServeOptions, spec: &RelaySpec) -> PathBuf {
