@@ -208,7 +208,10 @@ if [ "${PAGELESS_BENCH:-0}" = 1 ]; then
 	huge1g=
 	if [ -w $h1g ] && echo 1 >$h1g && [ "$(cat $h1g)" = 1 ] &&
 		mount -t hugetlbfs -o pagesize=1G none /mnt/huge1g; then huge1g="--hugetlbfs /mnt/huge1g"; fi
-	$G bench-faults --pageless $M/1g --pageless $M/2m --pageless $M/4k --hugetlbfs /mnt/huge2m $huge1g
+	for thp in never always; do
+		[ -w $THP ] && echo $thp >$THP
+		$G bench-faults --pageless $M/1g --pageless $M/2m --pageless $M/4k --hugetlbfs /mnt/huge2m $huge1g
+	done
 	umount /mnt/huge2m
 	[ -n "$huge1g" ] && umount /mnt/huge1g
 	[ -w $h1g ] && echo 0 >$h1g

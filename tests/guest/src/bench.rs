@@ -103,6 +103,7 @@ pub fn bench_faults(
     let base = &rows[0];
     let (bf, bms) = (base.faults.max(1) as f64, base.ms.max(0.001));
     println!("# bench-faults: first touch of {} (one write per 4 KiB page), THP {thp}", human(size));
+    println!("# (pagelessfs memory is zeroed when freed, by the scrubber; the RAM-backed rows zero at first touch)");
     println!("# {:<22} {:>10} {:>9} {:>10} {:>9}  note", "backing", "minflt", "vs memfd", "ms", "vs memfd");
     for row in &rows {
         println!(
@@ -125,8 +126,8 @@ pub fn bench_faults(
     let ram_per_gib = (pages0 * PAGE as u64) as f64 / (ram as f64 / GIB as f64);
     let mut pl_per_gib = f64::NAN;
     if let Some(d) = pageless.first() {
-        let st = statfs(d)?;
-        let bytes = st.bfree * st.bsize;
+        // The allocation waits for the scrubbing of the rows above.
+        let bytes = size;
         let p = d.join("bench-memmap");
         let f = create(&p)?;
         f.set_len(bytes)?;
