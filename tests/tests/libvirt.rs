@@ -1,0 +1,425 @@
+//! libvirt 11.3 (bookworm-backports) starts a pageless VM: the hook starts the VM's owner on
+//! `prepare`, the domain's `<emulator>` (contrib/libvirt/pageless-qemu) hands QEMU the owner's
+//! memory in place of libvirt's `memory-backend-memfd`, the guest does disk I/O through the
+//! owner's vhost-user relay to qemu-storage-daemon, and `virsh destroy` stops the owner, which
+//! releases the memory. A domain whose owner cannot start fails `virsh start` with the hook's
+//! message.
+//!
+//! Installs `pageless` and the wrapper to /usr/local/bin and the hook to
+//! /etc/libvirt/hooks/qemu (root only). Starts `virtlogd -d` if it is not running and
+//! (re)starts `libvirtd -d` (libvirt looks for hooks at start-up); stops at the end the daemons
+//! it found stopped, and leaves running those that were running. No systemd here: the hook
+//! starts owners detached.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pageless_tests::backends::Backend;
+use pageless_tests::initramfs::Initramfs;
+use pageless_tests::kernel::Kernel;
+use pageless_tests::{bins, random_token, repo_root};
+use protocol::control::ControlClient;
+
+const URI: &str = "qemu:///system";
+const RUN_DIR: &str = "/run/pageless";
+const BOOT: Duration = Duration::from_secs(90);
+
+/// Reads a token from sector 0 of the vhost-user disk, writes one at sector 8 (fsync), writes a
+/// random token into guest RAM (tmpfs) and prints both; then idles.
+const GUEST: &str = r#"
+for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
+echo "DISK-READ $(head -c 64 /dev/vda | head -n 1)"
+tok="GUEST-DISK-TOKEN-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+printf '%s\n' "$tok" | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null && echo "DISK-WROTE $tok" || echo "IO-FAILED"
+ram="PAGELESS-TOKEN-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+echo "$ram" > /run/token
+echo "GUEST-TOKEN $ram"
+echo GUEST-READY
+while true; do sleep 10; done
+"#;
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e} (is libvirt installed? run scripts/setup.sh)"))
+}
+
+fn virsh(args: &[&str]) -> Output {
+    let mut all = vec!["-c", URI];
+    all.extend_from_slice(args);
+    run("virsh", &all)
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// Copies `from` to `to` with `mode`, replacing `to` atomically (it may be running).
+fn install(from: &Path, to: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let staged = to.with_extension("pageless-test-new");
+    std::fs::copy(from, &staged)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::rename(&staged, to).unwrap();
+}
+
+/// The pid in a daemon's pid file, if that process runs.
+fn daemon_pid(pid_file: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+/// Starts a daemon that forks into the background, with no fds of ours.
+fn start_daemon(program: &str, args: &[&str]) {
+    let mut command = Command::new(program);
+    // cargo's library path would reach the hooks and QEMU through libvirtd's environment.
+    command
+        .args(args)
+        .env_remove("LD_LIBRARY_PATH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: runs in the forked child before exec; close_range is async-signal-safe. It keeps
+    // cargo's and the test harness's fds (pipes CI reads to the end) out of the daemon.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = command.status().unwrap_or_else(|e| panic!("run {program}: {e} (run scripts/setup.sh)"));
+    assert!(status.success(), "{program} {args:?} failed: {status}");
+}
+
+fn stop_daemon(pid_file: &str) {
+    let Some(pid) = daemon_pid(pid_file) else { return };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while process_alive(pid as u32) {
+        assert!(Instant::now() < deadline, "{pid_file}: pid {pid} does not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether `pid` runs (a zombie does not: it holds no fds and no memory).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+/// Processes that hold or map `needle` (e.g. `memfd:pageless:<vm>`), from /proc.
+fn holders_of(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let dir = entry.path();
+        if std::fs::read_to_string(dir.join("maps")).is_ok_and(|maps| maps.contains(needle)) {
+            found.push(format!("pid {name} maps it"));
+        }
+        if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
+            for fd in fds.flatten() {
+                if std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains(needle)) {
+                    found.push(format!("pid {name} holds it as fd {}", fd.file_name().to_string_lossy()));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The daemons and the host files the test set up; undone when dropped.
+struct Libvirt {
+    stop_virtlogd: bool,
+    stop_libvirtd: bool,
+    domains: Vec<String>,
+    config_files: Vec<PathBuf>,
+}
+
+impl Libvirt {
+    /// Installs pageless, the hook and the wrapper, then starts the daemons.
+    fn setup() -> Libvirt {
+        assert!(nix::unistd::geteuid().is_root(), "this test installs a libvirt hook: run it as root");
+        let contrib = repo_root().join("contrib/libvirt");
+        install(&bins::pageless(), Path::new("/usr/local/bin/pageless"), 0o755);
+        install(&contrib.join("pageless-qemu"), Path::new("/usr/local/bin/pageless-qemu"), 0o755);
+        install(&contrib.join("hooks/qemu"), Path::new("/etc/libvirt/hooks/qemu"), 0o755);
+
+        let mut libvirt = Libvirt {
+            stop_virtlogd: false,
+            stop_libvirtd: false,
+            domains: Vec::new(),
+            config_files: Vec::new(),
+        };
+        if daemon_pid("/run/virtlogd.pid").is_none() {
+            start_daemon("virtlogd", &["-d"]);
+            libvirt.stop_virtlogd = true;
+        }
+        // libvirtd looks for hooks when it starts: restart it.
+        if daemon_pid("/run/libvirtd.pid").is_some() {
+            stop_daemon("/run/libvirtd.pid");
+        } else {
+            libvirt.stop_libvirtd = true;
+        }
+        start_daemon("libvirtd", &["-d"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let version = virsh(&["version"]);
+            if version.status.success() {
+                eprintln!("{}", text(&version).trim());
+                break;
+            }
+            assert!(Instant::now() < deadline, "libvirtd does not answer: {}", text(&version));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        libvirt
+    }
+
+    fn define(&mut self, name: &str, xml: &str, dir: &Path) {
+        let path = dir.join(format!("{name}.xml"));
+        std::fs::write(&path, xml).unwrap();
+        let out = virsh(&["define", path.to_str().unwrap()]);
+        assert!(out.status.success(), "virsh define {name}: {}", text(&out));
+        self.domains.push(name.into());
+    }
+
+    /// `/etc/pageless/vms/<vm>.toml`.
+    fn config_file(&mut self, vm: &str, content: &str) {
+        let path = PathBuf::from(format!("/etc/pageless/vms/{vm}.toml"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        self.config_files.push(path);
+    }
+}
+
+impl Drop for Libvirt {
+    fn drop(&mut self) {
+        for domain in &self.domains {
+            let _ = virsh(&["destroy", domain]);
+            let _ = virsh(&["undefine", domain]);
+        }
+        for path in &self.config_files {
+            let _ = std::fs::remove_file(path);
+        }
+        for domain in &self.domains {
+            // The owner's log, and the lock file an owner that failed to start leaves.
+            let _ = std::fs::remove_file(format!("{RUN_DIR}/{domain}.log"));
+            let _ = std::fs::remove_file(format!("{RUN_DIR}/{domain}.lock"));
+        }
+        if self.stop_libvirtd {
+            stop_daemon("/run/libvirtd.pid");
+        }
+        if self.stop_virtlogd {
+            stop_daemon("/run/virtlogd.pid");
+        }
+    }
+}
+
+/// A domain: TCG, direct kernel boot, memfd shared memory, the pageless `<emulator>`, serial
+/// console to a file, no balloon; `metadata` and `devices` inserted as given.
+fn domain_xml(name: &str, dir: &Path, metadata: &str, devices: &str) -> String {
+    let dir = dir.display();
+    format!(
+        r#"<domain type='qemu'>
+  <name>{name}</name>
+  <metadata>{metadata}</metadata>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <memoryBacking>
+    <source type='memfd'/>
+    <access mode='shared'/>
+  </memoryBacking>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{dir}/vmlinuz</kernel>
+    <initrd>{dir}/initrd</initrd>
+    <cmdline>console=ttyS0 panic=-1 quiet</cmdline>
+  </os>
+  <on_poweroff>destroy</on_poweroff>
+  <devices>
+    <emulator>/usr/local/bin/pageless-qemu</emulator>
+    {devices}
+    <serial type='file'>
+      <source path='{dir}/{name}.console'/>
+      <target port='0'/>
+    </serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"#
+    )
+}
+
+/// Waits for a line containing `needle` in the console file; returns it.
+fn wait_for_line(console: &Path, needle: &str, timeout: Duration, context: &dyn Fn() -> String) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let content = std::fs::read_to_string(console).unwrap_or_default();
+        if let Some(line) = content.lines().find(|l| l.contains(needle)) {
+            return line.trim_end_matches('\r').to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no console line with {needle:?} within {timeout:?}; console:\n{content}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sector(image: &[u8], n: usize) -> String {
+    String::from_utf8_lossy(&image[n * 512..(n + 1) * 512]).lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn libvirt_starts_and_stops_the_owner_with_the_domain() {
+    let mut libvirt = Libvirt::setup();
+    // libvirt's QEMU user must reach the kernel, the initrd and the console's directory.
+    let dir = tempfile::Builder::new().prefix("pageless-libvirt").tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::copy(Kernel::get().vmlinuz(), dir.path().join("vmlinuz")).unwrap();
+    Initramfs::new()
+        .kernel_modules(&Kernel::get(), &["virtio_blk"])
+        .init(GUEST)
+        .build(&dir.path().join("initrd"))
+        .unwrap();
+
+    let image = dir.path().join("disk.img");
+    let host_token = format!("HOST-DISK-TOKEN-{}", random_token());
+    let mut disk = format!("{host_token}\n").into_bytes();
+    disk.resize(64 << 20, 0);
+    std::fs::write(&image, &disk).unwrap();
+    let qsd_socket = dir.path().join("qsd.sock");
+    let _qsd = Backend::storage_daemon(&image, &qsd_socket);
+
+    // The VM: configured by its domain metadata (size: the domain's <memory>; pool: memfd).
+    let suffix = &random_token()[..8];
+    let vm = format!("plv-{suffix}");
+    let metadata = format!(
+        r#"<pageless:vm xmlns:pageless="https://pageless.dev/xmlns/libvirt/1" consumer-timeout="10"><pageless:vhost-user name="disk0" backend="{}"/></pageless:vm>"#,
+        qsd_socket.display()
+    );
+    let disk_xml = format!(
+        r#"<disk type='vhostuser' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source type='unix' path='{RUN_DIR}/{vm}/disk0.sock'>
+        <reconnect enabled='yes' timeout='1'/>
+      </source>
+      <target dev='vda' bus='virtio'/>
+    </disk>"#
+    );
+    libvirt.define(&vm, &domain_xml(&vm, dir.path(), &metadata, &disk_xml), dir.path());
+    let owner_log = PathBuf::from(format!("{RUN_DIR}/{vm}.log"));
+    let context = || {
+        format!(
+            "owner log {}:\n{}\nlibvirt's domain log:\n{}",
+            owner_log.display(),
+            std::fs::read_to_string(&owner_log).unwrap_or_default(),
+            std::fs::read_to_string(format!("/var/log/libvirt/qemu/{vm}.log")).unwrap_or_default()
+        )
+    };
+
+    let started = Instant::now();
+    let out = virsh(&["start", &vm]);
+    assert!(out.status.success(), "virsh start {vm}: {}\n{}", text(&out), context());
+    eprintln!("virsh start {vm}: {:?}", started.elapsed());
+
+    // The guest runs on the owner's memory and does I/O through the owner's relay.
+    let console = dir.path().join(format!("{vm}.console"));
+    let read = wait_for_line(&console, "DISK-READ", BOOT, &context);
+    assert!(read.ends_with(&host_token), "the guest read {read:?}, not the host's token {host_token}");
+    let wrote = wait_for_line(&console, "DISK-WROTE", BOOT, &context);
+    let disk_token = wrote.split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(sector(&std::fs::read(&image).unwrap(), 8), disk_token, "the guest's write is in the image");
+    let ram_line = wait_for_line(&console, "GUEST-TOKEN", BOOT, &context);
+    let ram_token = ram_line.split_whitespace().nth(1).unwrap().to_string();
+    eprintln!("guest up {:?} after virsh start: {read} / {wrote} / {ram_line}", started.elapsed());
+
+    let socket = PathBuf::from(format!("{RUN_DIR}/{vm}.sock"));
+    let owner = ControlClient::connect(&socket, "test").expect("the hook started the owner");
+    let offsets = owner.find(ram_token.as_bytes()).unwrap();
+    assert!(!offsets.is_empty(), "the guest's RAM token {ram_token} is not in the owner's memory");
+    let status = owner.status().unwrap();
+    drop(owner);
+    assert_eq!(status.size, 256 << 20, "the owner's size is the domain's <memory>");
+    assert_eq!(status.memory, "memfd");
+
+    // QEMU: started by libvirt through the wrapper, as libvirt's QEMU user, on the owner's fd.
+    let qemu_pid: u32 =
+        std::fs::read_to_string(format!("/run/libvirt/qemu/{vm}.pid")).unwrap().trim().parse().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{qemu_pid}/cmdline")).unwrap();
+    let args: Vec<String> =
+        cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let ram_object = args
+        .iter()
+        .find(|a| a.contains("\"id\":\"pc.ram\""))
+        .unwrap_or_else(|| panic!("no pc.ram object in QEMU's command line: {args:?}"));
+    let object: serde_json::Value = serde_json::from_str(ram_object).unwrap();
+    assert_eq!(object["qom-type"], "memory-backend-file", "{ram_object}");
+    assert!(object["mem-path"].as_str().unwrap().starts_with("/proc/self/fd/"), "{ram_object}");
+    assert_eq!(object["size"], 256u64 << 20, "{ram_object}");
+    assert!(
+        !args.iter().any(|a| a.contains("memory-backend-memfd")),
+        "libvirt's memfd backend is left: {args:?}"
+    );
+    assert!(args.iter().any(|a| a.contains("memory-backend=pc.ram")), "{args:?}");
+    let qemu_client = status.clients.iter().find(|c| c.pid == qemu_pid).expect("QEMU is the owner's client");
+    assert!(qemu_client.has_memory, "QEMU got the memory");
+    assert_ne!(qemu_client.uid, 0, "libvirt runs QEMU as its own user, which the owner let in");
+    let consumer = status.consumers.iter().find(|c| c.device == "disk0").expect("disk0 is relayed");
+    assert_eq!(consumer.frontend_pid, Some(qemu_pid));
+
+    // virsh destroy: the release hook stops the owner, which releases the memory.
+    let out = virsh(&["destroy", &vm]);
+    assert!(out.status.success(), "virsh destroy {vm}: {}", text(&out));
+    assert!(
+        !process_alive(status.pid),
+        "the owner (pid {}) still runs after virsh destroy\n{}",
+        status.pid,
+        context()
+    );
+    assert!(!socket.exists(), "{} is left after virsh destroy", socket.display());
+    assert!(!Path::new(&format!("{RUN_DIR}/{vm}")).exists(), "the relay's socket directory is left");
+    let holders = holders_of(&format!("memfd:pageless:{vm} "));
+    assert!(holders.is_empty(), "the VM's memory is still held: {holders:?}\n{}", context());
+    let log = std::fs::read_to_string(&owner_log).unwrap();
+    assert!(log.contains("control client") && log.contains("asked the owner to stop"), "{log}");
+
+    // A domain whose owner cannot start (its pool does not exist): virsh start fails with the
+    // hook's message, and nothing is left running.
+    let failing = format!("plv-fail-{suffix}");
+    let missing = format!("/nonexistent-pageless-pool-{suffix}");
+    libvirt.config_file(&failing, &format!("pool = \"dir:{missing}\"\n"));
+    libvirt.define(&failing, &domain_xml(&failing, dir.path(), "", ""), dir.path());
+    let out = virsh(&["start", &failing]);
+    let message = text(&out);
+    eprintln!("virsh start {failing}:\n{message}");
+    assert!(!out.status.success(), "virsh start {failing} succeeded without an owner");
+    for expected in [
+        format!("pageless hook: the memory owner of VM \"{failing}\" (pageless serve) could not start"),
+        format!("pool directory {missing} does not exist"),
+        format!("Fix its pageless config /etc/pageless/vms/{failing}.toml"),
+    ] {
+        assert!(message.contains(&expected), "virsh start's error lacks {expected:?}:\n{message}");
+    }
+    let state = virsh(&["domstate", &failing]);
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "shut off");
+    assert!(!Path::new(&format!("{RUN_DIR}/{failing}.sock")).exists());
+    assert!(holders_of(&format!("memfd:pageless:{failing} ")).is_empty());
+    drop(libvirt);
+}
