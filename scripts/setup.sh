@@ -39,6 +39,10 @@ $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-reco
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     -t bookworm-backports qemu-system-x86 qemu-utils qemu-block-extra ovmf seabios ipxe-qemu \
     qemu-system-data
+# libvirt 11.3 for tests/tests/libvirt.rs: the daemon with its QEMU driver (virtlogd comes with
+# it) and virsh. Runs without systemd: the test starts `virtlogd -d` and `libvirtd -d` itself.
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    -t bookworm-backports libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 
 # The 6.12 cloud kernel for test guests: the newest one the archive has. Its image, modules and
 # headers are only unpacked under .cache/kernel/<version>/ (never installed: the headers package
