@@ -197,6 +197,7 @@ static ssize_t pl_io_map(struct inode *inode, loff_t pos, size_t want,
 	unsigned long bad;
 	ssize_t n = 0;
 	loff_t size;
+	u64 avail;
 
 	down_read(&pi->lock);
 	size = i_size_read(inode);
@@ -211,6 +212,10 @@ static ssize_t pl_io_map(struct inode *inode, loff_t pos, size_t want,
 	up_read(&pi->lock);
 	if (n <= 0)
 		return n;
+	/* Stay inside one range's kernel mapping. */
+	if (!pl_pool_virt_len(*phys, &avail))
+		return -EIO;
+	n = min_t(u64, n, avail);
 	bad = pl_poison_first(PHYS_PFN(*phys), PHYS_PFN(*phys + n - 1));
 	if (unlikely(bad != ULONG_MAX)) {
 		if (PFN_PHYS(bad) <= *phys)

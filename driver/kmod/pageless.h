@@ -69,6 +69,7 @@ void pl_pool_exit(bool drain);
 int pl_pool_add_range(u64 start, u64 size, void *virt);
 void *pl_pool_virt(u64 phys);
 void *pl_pool_virt_quiet(u64 phys);
+void *pl_pool_virt_len(u64 phys, u64 *avail);
 void pl_pool_retire(unsigned long pfn);
 int pl_pool_alloc(u64 bytes, u64 align, struct pl_extents **res);
 void pl_pool_release(struct pl_extents *ex);

@@ -19,6 +19,7 @@
 #include <linux/overflow.h>
 #include <linux/sched.h>
 #include <linux/slab.h>
+#include <linux/sort.h>
 #include <linux/string.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -56,6 +57,10 @@ static struct {
 	struct workqueue_struct *wqueue;
 	unsigned int nr_scrubbers;
 	struct work_struct scrubbers[PL_MAX_SCRUBBERS];
+	struct pl_piece {
+		u64 phys;
+		u64 len;	/* 0: idle */
+	} inflight[PL_MAX_SCRUBBERS];	/* piece each scrubber is zeroing */
 	unsigned int nr_ranges;		/* written only at load time */
 	struct pl_range ranges[PL_MAX_RANGES];
 } pl_pool;
@@ -77,8 +82,13 @@ void pl_extents_free(struct pl_extents *ex)
 	kvfree(ex);
 }
 
-/* The kernel mapping of @phys, or NULL if it is not in the pool. */
-void *pl_pool_virt_quiet(u64 phys)
+/*
+ * The kernel mapping of @phys, or NULL if it is not in the pool; *@avail
+ * (if not NULL) gets the bytes up to the end of its range.  Adjacent ranges
+ * coalesce in the free list, so an extent may span ranges whose kernel
+ * mappings are not adjacent: kernel accesses must stop at *@avail.
+ */
+void *pl_pool_virt_len(u64 phys, u64 *avail)
 {
 	/* Pairs with the release in pl_pool_add_range(). */
 	unsigned int i, n = smp_load_acquire(&pl_pool.nr_ranges);
@@ -86,10 +96,18 @@ void *pl_pool_virt_quiet(u64 phys)
 	for (i = 0; i < n; i++) {
 		struct pl_range *r = &pl_pool.ranges[i];
 
-		if (phys >= r->start && phys - r->start < r->size)
+		if (phys >= r->start && phys - r->start < r->size) {
+			if (avail)
+				*avail = r->size - (phys - r->start);
 			return r->virt + (phys - r->start);
+		}
 	}
 	return NULL;
+}
+
+void *pl_pool_virt_quiet(u64 phys)
+{
+	return pl_pool_virt_len(phys, NULL);
 }
 
 /* The kernel mapping of @phys, which must lie in a pool range. */
@@ -155,18 +173,19 @@ static void pl_free_extents_locked(u64 phys, u64 len)
 	kfree(spare);
 }
 
-/* Zero [phys, phys + len) through the kernel mapping. */
+/*
+ * Zero [phys, phys + len) through the kernel mapping, in steps that never
+ * cross a 2 MiB boundary, hence never a range boundary (ranges are 2 MiB
+ * aligned).
+ */
 static void pl_zero_range(u64 phys, u64 len)
 {
-	u8 *p = pl_pool_virt(phys);
-
-	if (!p)
-		return;
 	while (len) {
 		u64 n = min(len, PL_SCRUB_STEP - (phys & (PL_SCRUB_STEP - 1)));
+		u8 *p = pl_pool_virt(phys);
 
-		memset(p, 0, n);
-		p += n;
+		if (p)
+			memset(p, 0, n);
 		phys += n;
 		len -= n;
 		cond_resched();
@@ -199,6 +218,8 @@ static void pl_clean_runs(u64 phys, u64 len, bool zero)
 
 static void pl_scrub_work(struct work_struct *work)
 {
+	struct pl_piece *me = &pl_pool.inflight[work - pl_pool.scrubbers];
+
 	for (;;) {
 		struct pl_extents *ex, *done = NULL;
 		struct pl_extent *e;
@@ -223,6 +244,8 @@ static void pl_scrub_work(struct work_struct *work)
 			list_del_init(&ex->node);
 			done = ex;
 		}
+		me->phys = phys;
+		me->len = len;
 		mutex_unlock(&pl_pool.lock);
 
 		pl_clean_runs(phys, len, true);
@@ -230,6 +253,7 @@ static void pl_scrub_work(struct work_struct *work)
 		mutex_lock(&pl_pool.lock);
 		/* A page poisoned meanwhile is seen here: pl_pool_retire(). */
 		pl_clean_runs(phys, len, false);
+		me->len = 0;
 		pl_pool.scrub_bytes -= len;
 		pl_pool.gen++;
 		mutex_unlock(&pl_pool.lock);
@@ -475,6 +499,65 @@ int pl_pool_alloc(u64 bytes, u64 align, struct pl_extents **res)
 	return ret;
 }
 
+static int pl_span_cmp(const void *a, const void *b)
+{
+	const struct pl_piece *x = a, *y = b;
+
+	return x->phys < y->phys ? -1 : x->phys > y->phys;
+}
+
+/*
+ * @align-sized blocks that will be allocatable once scrubbing is done: the
+ * free list, the scrub queue and the pieces being zeroed, coalesced.  Called
+ * with pl_pool.lock held.
+ */
+static u64 pl_avail_pending_locked(u64 align)
+{
+	struct pl_extents *ex;
+	struct pl_piece *v;
+	unsigned int n = 0, i, k;
+	struct pl_free *f;
+	u64 blocks = 0;
+
+	if (!pl_pool.scrub_bytes)
+		return pl_avail_locked(align) / align;
+	list_for_each_entry(f, &pl_pool.free, node)
+		n++;
+	list_for_each_entry(ex, &pl_pool.scrub, node)
+		n += ex->nr - ex->pos;
+	n += pl_pool.nr_scrubbers;
+	v = kvmalloc_array(n, sizeof(*v), GFP_KERNEL);
+	if (!v)	/* an estimate then */
+		return (pl_avail_locked(align) + pl_pool.scrub_bytes) / align;
+	k = 0;
+	list_for_each_entry(f, &pl_pool.free, node)
+		v[k++] = (struct pl_piece){ f->phys, f->len };
+	list_for_each_entry(ex, &pl_pool.scrub, node) {
+		for (i = ex->pos; i < ex->nr; i++) {
+			u64 skip = i == ex->pos ? ex->done : 0;
+
+			v[k++] = (struct pl_piece){ ex->ext[i].phys + skip,
+						    ex->ext[i].len - skip };
+		}
+	}
+	for (i = 0; i < pl_pool.nr_scrubbers; i++)
+		if (pl_pool.inflight[i].len)
+			v[k++] = pl_pool.inflight[i];
+	sort(v, k, sizeof(*v), pl_span_cmp, NULL);
+	for (i = 0; i < k;) {
+		u64 start = v[i].phys, end = v[i].phys + v[i].len;
+
+		for (i++; i < k && v[i].phys <= end; i++)
+			end = max(end, v[i].phys + v[i].len);
+		start = round_up(start, align);
+		end = round_down(end, align);
+		if (end > start)
+			blocks += (end - start) / align;
+	}
+	kvfree(v);
+	return blocks;
+}
+
 /*
  * statfs numbers in @align-sized blocks: @blocks is the capacity, @bfree the
  * allocatable space including extents still being scrubbed (allocations wait
@@ -484,19 +567,27 @@ void pl_pool_stat(u64 align, u64 *blocks, u64 *bfree)
 {
 	/* Pairs with the release in pl_pool_add_range(). */
 	unsigned int i, n = smp_load_acquire(&pl_pool.nr_ranges);
+	struct pl_piece r[PL_MAX_RANGES];
 	u64 total = 0;
 
-	for (i = 0; i < n; i++) {
-		struct pl_range *r = &pl_pool.ranges[i];
-		u64 a = round_up(r->start, align);
-		u64 e = round_down(r->start + r->size, align);
+	/* Capacity: adjacent ranges coalesce, as in the free list. */
+	for (i = 0; i < n; i++)
+		r[i] = (struct pl_piece){ pl_pool.ranges[i].start,
+					  pl_pool.ranges[i].size };
+	sort(r, n, sizeof(*r), pl_span_cmp, NULL);
+	for (i = 0; i < n;) {
+		u64 a = r[i].phys, e = r[i].phys + r[i].len;
 
+		for (i++; i < n && r[i].phys == e; i++)
+			e += r[i].len;
+		a = round_up(a, align);
+		e = round_down(e, align);
 		if (e > a)
 			total += (e - a) / align;
 	}
 	*blocks = total;
 	mutex_lock(&pl_pool.lock);
-	*bfree = pl_avail_locked(align) / align + pl_pool.scrub_bytes / align;
+	*bfree = pl_avail_pending_locked(align);
 	mutex_unlock(&pl_pool.lock);
 	*bfree = min(*bfree, total);
 }
