@@ -26,13 +26,16 @@ const URI: &str = "qemu:///system";
 const RUN_DIR: &str = "/run/pageless";
 const BOOT: Duration = Duration::from_secs(90);
 
-/// Reads a token from sector 0 of the vhost-user disk, writes one at sector 8 (fsync), writes a
-/// random token into guest RAM (tmpfs) and prints both; then idles.
+/// Reads a token from sector 0 of the vhost-user disk, writes one at sector 8 (fsync) (unless
+/// booted with `nodisk`), writes a random token into guest RAM (tmpfs) and prints both; then
+/// idles.
 const GUEST: &str = r#"
-for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
-echo "DISK-READ $(head -c 64 /dev/vda | head -n 1)"
-tok="GUEST-DISK-TOKEN-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-printf '%s\n' "$tok" | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null && echo "DISK-WROTE $tok" || echo "IO-FAILED"
+if ! grep -qw nodisk /proc/cmdline; then
+    for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
+    echo "DISK-READ $(head -c 64 /dev/vda | head -n 1)"
+    tok="GUEST-DISK-TOKEN-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    printf '%s\n' "$tok" | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null && echo "DISK-WROTE $tok" || echo "IO-FAILED"
+fi
 ram="PAGELESS-TOKEN-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 echo "$ram" > /run/token
 echo "GUEST-TOKEN $ram"
@@ -228,8 +231,8 @@ impl Drop for Libvirt {
 }
 
 /// A domain: TCG, direct kernel boot, memfd shared memory, the pageless `<emulator>`, serial
-/// console to a file, no balloon; `metadata` and `devices` inserted as given.
-fn domain_xml(name: &str, dir: &Path, metadata: &str, devices: &str) -> String {
+/// console to a file, no balloon; `metadata`, `devices` and kernel arguments inserted as given.
+fn domain_xml(name: &str, dir: &Path, metadata: &str, devices: &str, append: &str) -> String {
     let dir = dir.display();
     format!(
         r#"<domain type='qemu'>
@@ -245,7 +248,7 @@ fn domain_xml(name: &str, dir: &Path, metadata: &str, devices: &str) -> String {
     <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>{dir}/vmlinuz</kernel>
     <initrd>{dir}/initrd</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet</cmdline>
+    <cmdline>console=ttyS0 panic=-1 quiet {append}</cmdline>
   </os>
   <on_poweroff>destroy</on_poweroff>
   <devices>
@@ -323,7 +326,7 @@ fn libvirt_starts_and_stops_the_owner_with_the_domain() {
       <target dev='vda' bus='virtio'/>
     </disk>"#
     );
-    libvirt.define(&vm, &domain_xml(&vm, dir.path(), &metadata, &disk_xml), dir.path());
+    libvirt.define(&vm, &domain_xml(&vm, dir.path(), &metadata, &disk_xml, ""), dir.path());
     let owner_log = PathBuf::from(format!("{RUN_DIR}/{vm}.log"));
     let context = || {
         format!(
@@ -400,12 +403,43 @@ fn libvirt_starts_and_stops_the_owner_with_the_domain() {
     let log = std::fs::read_to_string(&owner_log).unwrap();
     assert!(log.contains("control client") && log.contains("asked the owner to stop"), "{log}");
 
+    // A domain configured by a file in /etc/pageless/vms, on a directory pool: the owner hands
+    // the file to libvirt's QEMU user (QEMU opens it again through /proc/self/fd/N), and
+    // removes it on destroy (remove_on_exit).
+    let shm = tempfile::Builder::new().prefix("pageless-libvirt").tempdir_in("/dev/shm").unwrap();
+    let dir_vm = format!("plv-dir-{suffix}");
+    libvirt
+        .config_file(&dir_vm, &format!("pool = \"dir:{}\"\nremove_on_exit = true\n", shm.path().display()));
+    libvirt.define(&dir_vm, &domain_xml(&dir_vm, dir.path(), "", "", "nodisk"), dir.path());
+    let out = virsh(&["start", &dir_vm]);
+    assert!(out.status.success(), "virsh start {dir_vm}: {}", text(&out));
+    let console = dir.path().join(format!("{dir_vm}.console"));
+    let ram_line = wait_for_line(&console, "GUEST-TOKEN", BOOT, &|| text(&out));
+    let ram_token = ram_line.split_whitespace().nth(1).unwrap().to_string();
+    let socket = PathBuf::from(format!("{RUN_DIR}/{dir_vm}.sock"));
+    let owner = ControlClient::connect(&socket, "test").expect("the hook started the owner");
+    assert!(
+        !owner.find(ram_token.as_bytes()).unwrap().is_empty(),
+        "{ram_token} is not in the owner's memory"
+    );
+    let file = shm.path().join(&dir_vm);
+    let qemu_uid =
+        owner.status().unwrap().clients.iter().find(|c| c.has_memory).expect("QEMU maps the memory").uid;
+    drop(owner);
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().uid(), qemu_uid, "the pool file belongs to QEMU's user");
+    }
+    let out = virsh(&["destroy", &dir_vm]);
+    assert!(out.status.success(), "virsh destroy {dir_vm}: {}", text(&out));
+    assert!(!socket.exists() && !file.exists(), "the owner stopped and removed {}", file.display());
+
     // A domain whose owner cannot start (its pool does not exist): virsh start fails with the
     // hook's message, and nothing is left running.
     let failing = format!("plv-fail-{suffix}");
     let missing = format!("/nonexistent-pageless-pool-{suffix}");
     libvirt.config_file(&failing, &format!("pool = \"dir:{missing}\"\n"));
-    libvirt.define(&failing, &domain_xml(&failing, dir.path(), "", ""), dir.path());
+    libvirt.define(&failing, &domain_xml(&failing, dir.path(), "", "", "nodisk"), dir.path());
     let out = virsh(&["start", &failing]);
     let message = text(&out);
     eprintln!("virsh start {failing}:\n{message}");
