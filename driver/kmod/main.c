@@ -24,6 +24,10 @@
 #include <linux/slab.h>
 #include <linux/string.h>
 
+#ifdef CONFIG_X86_PAT
+#include <asm/memtype.h>
+#endif
+
 #include "pageless.h"
 
 #define PL_MAX_RANGES	64
@@ -130,6 +134,18 @@ static int pl_claim_range(u64 start, u64 size)
 		ret = -ENOMEM;
 		goto err_release;
 	}
+#ifdef CONFIG_X86_PAT
+	/*
+	 * memremap() silently accepts UC- when an MTRR or an older mapping
+	 * says so; user mappings would then be uncached too.
+	 */
+	if (pat_enabled() && pat_pfn_immune_to_uc_mtrr(PHYS_PFN(start))) {
+		pr_err("range [%#llx-%#llx]: memory type is not write-back (MTRR or an existing mapping): refusing\n",
+		       start, end);
+		ret = -EINVAL;
+		goto err_unmap;
+	}
+#endif
 	ret = pl_pool_add_range(start, size, c->virt);
 	if (ret) {
 		pr_err("range [%#llx-%#llx]: cannot add to the pool: %d\n",
