@@ -70,7 +70,7 @@ pub fn pat(r: &mut Report, ranges: &str, name: &str) -> io::Result<()> {
             .map(|(a, b, k)| format!("[{a:#x}-{b:#x}] {k}"))
             .collect();
         r.check(
-            name,
+            &format!("{name}-{start:#x}"),
             wb && other.is_empty(),
             format!(
                 "[{start:#x}-{end:#x}] write-back entry {}; other types overlapping: {}",
@@ -140,8 +140,8 @@ pub fn odd_maps(r: &mut Report, dir: &Path) -> io::Result<()> {
         (PAGE as u64, 0xc0000, "offset 4K length 0xc0000"),
         (MIB + 3 * PAGE as u64, MIB as usize + PAGE, "offset 1M+12K length 1M+4K"),
     ];
-    for (off, len, what) in cases {
-        let name = format!("odd-map-{}", human(st.bsize));
+    for (k, (off, len, what)) in cases.into_iter().enumerate() {
+        let name = format!("odd-map-{}-{}", human(st.bsize), k + 1);
         let m = match Map::shared(&f, len, off) {
             Ok(m) => m,
             Err(e) => {
@@ -244,7 +244,7 @@ pub fn share(r: &mut Report, dir: &Path) -> io::Result<()> {
     let status = waitpid(child, None)?;
     let seen = m.read_u64(off + 8) == 0x5555_6666_7777_8888;
     r.check(
-        "share-scm-rights",
+        &format!("share-scm-rights-{}", human(size)),
         got && seen && matches!(status, WaitStatus::Exited(_, 0)),
         format!(
             "child (fd via SCM_RIGHTS) saw parent's write and parent saw child's: {seen}, child {status:?}"
@@ -254,13 +254,13 @@ pub fn share(r: &mut Report, dir: &Path) -> io::Result<()> {
     let mut w = [0u8; 8];
     let pm = File::open("/proc/self/mem").and_then(|f| f.read_exact_at(&mut w, (m.addr() + off) as u64));
     r.check(
-        "proc-pid-mem",
+        &format!("proc-pid-mem-{}", human(size)),
         pm.is_ok() && u64::from_ne_bytes(w) == 0x1111_2222_3333_4444,
         format!("read of the mapping via /proc/self/mem: {:?}, value {:#x}", pm, u64::from_ne_bytes(w)),
     );
     let vm: Vec<&str> = flags.split_whitespace().collect();
     r.check(
-        "smaps-pfnmap",
+        &format!("smaps-pfnmap-{}", human(size)),
         vm.contains(&"pf") && vm.contains(&"io") && vm.contains(&"dd"),
         format!("VmFlags: {flags}"),
     );
@@ -328,7 +328,7 @@ pub fn scrub_unlink(r: &mut Report, dir: &Path) -> io::Result<()> {
     print_fiemap("scrub-a (before unlink)", &ea);
     print_fiemap("scrub-b (after)", &eb);
     r.check(
-        "scrub-unlink",
+        &format!("scrub-unlink-{}", human(st.bsize)),
         overlap == size && nz == 0 && rnz == 0,
         format!(
             "{} (whole pool) stamped, unlinked, reallocated in {wait} ms: {} MiB of the same physical memory, {nz} non-zero words in the mapping (scan {scan} ms), {rnz} non-zero bytes via read()",
@@ -341,7 +341,7 @@ pub fn scrub_unlink(r: &mut Report, dir: &Path) -> io::Result<()> {
     std::fs::remove_file(&pb)?;
     let free = wait_free(dir, st.bfree, 60)?;
     r.check(
-        "scrub-free-accounting",
+        &format!("scrub-free-accounting-{}", human(st.bsize)),
         free == st.bfree,
         format!("free blocks {} before, {free} after unlink", st.bfree),
     );
@@ -378,7 +378,7 @@ pub fn scrub_truncate(r: &mut Report, dir: &Path) -> io::Result<()> {
         }
     }
     r.check(
-        "scrub-truncate",
+        &format!("scrub-truncate-{}", human(st.bsize)),
         overlap == size - half && tail_nz == 0 && head_bad == 0,
         format!(
             "{} stamped, shrunk to {}, grown back: new tail reuses {} MiB of the old tail, {tail_nz} non-zero words in it, {head_bad} head pages lost their data",
@@ -407,7 +407,7 @@ pub fn errors(r: &mut Report, dir: &Path) -> io::Result<()> {
     let st = statfs(dir)?;
     let ps = st.bsize;
     r.check(
-        "statfs-magic",
+        &format!("statfs-magic-{}", human(ps)),
         st.ftype == PAGELESSFS_MAGIC,
         format!(
             "f_type {:#x}, f_bsize {}, f_blocks {}, f_bfree {}",
@@ -457,7 +457,7 @@ pub fn errors(r: &mut Report, dir: &Path) -> io::Result<()> {
     // EINVAL for MAP_PRIVATE.
     let res = Map::new(f.as_raw_fd(), ps as usize, 0, libc::MAP_PRIVATE);
     r.check(
-        "einval-map-private",
+        &format!("einval-map-private-{}", human(ps)),
         matches!(&res, Err(e) if e.raw_os_error() == Some(libc::EINVAL)),
         format!(
             "mmap MAP_PRIVATE: {}",
@@ -479,7 +479,7 @@ pub fn errors(r: &mut Report, dir: &Path) -> io::Result<()> {
     let s_in = waitpid(inside, None)?;
     let s_past = child_signal(past)?;
     r.check(
-        "sigbus-past-eof",
+        &format!("sigbus-past-eof-{}", human(ps)),
         s_past == Some(Signal::SIGBUS) && matches!(s_in, WaitStatus::Exited(_, 0)),
         format!("touch below EOF: {s_in:?}; touch past EOF: {s_past:?}"),
     );
@@ -489,7 +489,7 @@ pub fn errors(r: &mut Report, dir: &Path) -> io::Result<()> {
     let at = f.write_at(b"x", ps);
     let across = f.write_at(&[1u8; 16], ps - 8);
     r.check(
-        "write-past-eof",
+        &format!("write-past-eof-{}", human(ps)),
         matches!(&at, Err(e) if e.raw_os_error() == Some(libc::EFBIG))
             && matches!(across, Ok(8))
             && f.metadata()?.len() == ps,
@@ -520,7 +520,11 @@ pub fn fiemap_cmd(r: &mut Report, files: &[PathBuf]) -> io::Result<()> {
         let last = ext.last().map(|e| e.flags & FIEMAP_EXTENT_LAST != 0).unwrap_or(size == 0);
         let contiguous = ext.windows(2).all(|w| w[0].logical + w[0].length == w[1].logical);
         r.check(
-            "fiemap",
+            &format!(
+                "fiemap-{}-{}",
+                human(st.bsize),
+                p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            ),
             covered == size
                 && aligned
                 && last
@@ -778,7 +782,7 @@ pub fn memory_error(r: &mut Report, dir: &Path, inject: &Path) -> io::Result<()>
     let neighbour = f.read_exact_at(&mut nb, target - PAGE as u64).is_ok()
         && u64::from_ne_bytes(nb) == pattern(5, target - PAGE as u64);
     r.check(
-        "mce-read-eio",
+        &format!("mce-read-eio-{}", human(ps)),
         eio && neighbour,
         format!(
             "{} vendor, error injected at phys {phys:#x} (file offset {target:#x}): read there {}, neighbour page read intact: {neighbour}",
@@ -815,7 +819,7 @@ pub fn memory_error(r: &mut Report, dir: &Path, inject: &Path) -> io::Result<()>
         ok_around &= m.read_u64(off) == pattern(5, off as u64);
     }
     r.check(
-        "mce-sigbus-mceerr-ar",
+        &format!("mce-sigbus-mceerr-ar-{}", human(ps)),
         matches!(status, WaitStatus::Exited(_, 3))
             && got
             && code == libc::BUS_MCEERR_AR as i64
@@ -841,7 +845,7 @@ pub fn memory_error(r: &mut Report, dir: &Path, inject: &Path) -> io::Result<()>
     drop(fa);
     std::fs::remove_file(&q)?;
     r.check(
-        "mce-page-retired",
+        &format!("mce-page-retired-{}", human(ps)),
         free == st.bfree - 1 && !has_bad,
         format!(
             "free blocks {} before, {free} after unlink (one {} block lost to the bad page); whole-pool file avoids it: {}",

@@ -128,7 +128,11 @@ fn main() {
         Cmd::BlkBench { device, mib, random_reads } => blk::blk_bench(&mut r, &device, mib, random_reads),
     };
     if let Err(e) = res {
-        r.check("pageless-guest", false, format!("error: {e}"));
+        r.check(
+            "pageless-guest-error",
+            false,
+            format!("{}: {e}", std::env::args().nth(1).unwrap_or_default()),
+        );
     }
     std::process::exit(if r.failed == 0 { 0 } else { 1 });
 }
