@@ -41,34 +41,58 @@ pub enum ArgError {
 
 /// Options that take a value, so that the value is not mistaken for an option.
 fn takes_value(option: &str) -> bool {
-    // Every QEMU option but these flags takes exactly one value; the flags are the ones a
-    // VM command line commonly carries. Unknown flags would shift values, so be exhaustive.
+    // QEMU options without a value (QEMU 10's `-help`, plus removed ones older command lines
+    // may still carry). Every other QEMU option takes exactly one value.
     const FLAGS: &[&str] = &[
-        "-S",
+        // QEMU 10
+        "-h",
+        "-help",
+        "-version",
+        "-mem-prealloc",
+        "-snapshot",
+        "-usb",
         "-nographic",
+        "-full-screen",
+        "-win2k-hack",
+        "-no-fd-bootchk",
+        "-preconfig",
+        "-S",
+        "-s",
+        "-enable-kvm",
+        "-xen-attach",
+        "-xen-domid-restrict",
         "-no-reboot",
         "-no-shutdown",
-        "-no-user-config",
-        "-nodefaults",
         "-daemonize",
-        "-snapshot",
-        "-enable-kvm",
+        "-only-migratable",
+        "-nodefaults",
+        "-no-user-config",
+        "-enable-sync-profile",
+        "-perfmap",
+        "-jitdump",
+        // removed in earlier releases
         "-no-hpet",
         "-no-acpi",
-        "-version",
-        "-help",
-        "-h",
-        "-full-screen",
-        "-s",
-        "-preconfig",
-        "-mem-prealloc",
-        "-no-fd-bootchk",
-        "-win2k-hack",
-        "-old-param",
-        "-only-migratable",
-        "-enable-fips",
-        "-semihosting",
+        "-alt-grab",
+        "-ctrl-grab",
+        "-no-frame",
         "-no-quit",
+        "-sdl",
+        "-curses",
+        "-nodefconfig",
+        "-enable-fips",
+        "-old-param",
+        "-semihosting",
+        "-singlestep",
+        "-show-cursor",
+        "-portrait",
+        "-no-kvm",
+        "-no-kvm-irqchip",
+        "-no-kvm-pit",
+        "-no-kvm-pit-reinjection",
+        "-enable-nesting",
+        "-audio-help",
+        "-xen-create",
     ];
     let normalized = option.strip_prefix('-').filter(|o| o.starts_with('-')).unwrap_or(option);
     !FLAGS.contains(&normalized)
@@ -453,5 +477,10 @@ mod tests {
         assert_eq!(guest_name(&input).as_deref(), Some("plain"));
         assert_eq!(guest_name(&args(&["-S", "-name", "guest=a,,b"])).as_deref(), Some("a,b"));
         assert_eq!(guest_name(&args(&["-machine", "none"])), None);
+        // Flags without a value do not swallow the next option.
+        for flag in ["-usb", "-S", "--preconfig", "-alt-grab", "-perfmap", "-nodefaults"] {
+            let err = rewrite(&args(&[flag, "-m", "2G"]), &ram(GIB)).unwrap_err();
+            assert!(matches!(err, ArgError::SizeMismatch { .. }), "{flag}: {err}");
+        }
     }
 }

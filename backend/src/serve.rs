@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -317,37 +317,59 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     } else if let Some(path) = owner.allocation.path() {
         info!("keeping {} for the next owner (pass --remove-on-exit to remove it)", path.display());
     }
-    let _ = std::fs::remove_file(lock_path(&options.run_dir, &options.vm));
     drop(lock);
     Ok(())
 }
 
-/// Takes the VM's lock file so that no two owners serve one VM. Separate from the memory file,
-/// so that the lock dies with this process even while QEMU keeps the memory's fd.
-fn lock_vm(options: &ServeOptions) -> Result<Flock<File>, ServeError> {
+/// The VM's lock: `<run-dir>/<vm>.lock`, flock'ed, holding the owner's pid. Separate from the
+/// memory file, so that the lock dies with this process even while QEMU keeps the memory's fd.
+/// Dropping it removes the file while still holding the lock.
+struct VmLock {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl Drop for VmLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Takes the VM's lock so that no two owners serve one VM.
+fn lock_vm(options: &ServeOptions) -> Result<VmLock, ServeError> {
     let path = lock_path(&options.run_dir, &options.vm);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(io_error(format!("open the lock file {}", path.display())))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            lock.set_len(0).map_err(io_error("truncate the lock file"))?;
-            writeln!(lock, "{}", std::process::id()).map_err(io_error("write the lock file"))?;
-            Ok(lock)
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(io_error(format!("open the lock file {}", path.display())))?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((mut unlocked, _)) => {
+                let mut pid = String::new();
+                let _ = unlocked.read_to_string(&mut pid);
+                return Err(ServeError::AlreadyServed {
+                    vm: options.vm.clone(),
+                    pid: pid.trim().into(),
+                    path,
+                });
+            }
+        };
+        // A stopping owner unlinks its lock file: if ours was unlinked between open and flock,
+        // it locks nothing any more; take the new one.
+        let locked = lock.metadata().map_err(io_error("stat the lock file"))?;
+        match std::fs::metadata(&path) {
+            Ok(current) if (current.dev(), current.ino()) == (locked.dev(), locked.ino()) => {}
+            _ => continue,
         }
-        Err((mut unlocked, _)) => {
-            let mut pid = String::new();
-            let _ = unlocked.read_to_string(&mut pid);
-            file = unlocked;
-            drop(file);
-            Err(ServeError::AlreadyServed { vm: options.vm.clone(), pid: pid.trim().into(), path })
-        }
+        lock.set_len(0).map_err(io_error("truncate the lock file"))?;
+        writeln!(lock, "{}", std::process::id()).map_err(io_error("write the lock file"))?;
+        return Ok(VmLock { path, _lock: lock });
     }
 }
 

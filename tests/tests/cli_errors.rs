@@ -47,6 +47,8 @@ fn serve_refuses_bad_sizes_and_pools() {
     fails_with(&out, &["invalid allocation name"]);
 
     assert!(std::fs::read_dir(shm.path()).unwrap().next().is_none(), "no allocation left behind");
+    let leftovers: Vec<_> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(leftovers.is_empty(), "failed starts left {leftovers:?} in the run dir");
 }
 
 #[test]
