@@ -3,4 +3,4 @@
 # the kernel module in a VM. Needs what scripts/setup.sh installs, and root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo test --workspace "$@"
+exec cargo test --workspace --no-fail-fast "$@"
