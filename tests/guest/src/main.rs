@@ -8,6 +8,8 @@ mod bench;
 mod blk;
 mod checks;
 mod util;
+mod vfio;
+mod vfio_bench;
 
 use std::path::PathBuf;
 
@@ -100,6 +102,48 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         random_reads: usize,
     },
+    /// VFIO type1 + QEMU's edu device: DMA round trip into a pagelessfs file (or a memfd).
+    #[command(group(clap::ArgGroup::new("buffer").required(true).args(["file", "memfd"])))]
+    VfioEdu {
+        /// PCI address of the edu device (1234:11e8), bound to vfio-pci.
+        #[arg(long)]
+        bdf: String,
+        /// The DMA buffer: this file (pagelessfs), sized to 2 MiB or the mount's page size.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The DMA buffer: a memfd (the control case).
+        #[arg(long)]
+        memfd: bool,
+        /// CHECK name prefix (default vfio-file / vfio-memfd).
+        #[arg(long)]
+        name: Option<String>,
+        /// IOVA of the buffer; the DMA addresses must stay below 2^28 (edu's DMA mask).
+        #[arg(long, default_value = "0x1000000", value_parser = util::parse_size)]
+        iova: u64,
+        /// Keep the file afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Benchmark: VFIO_IOMMU_MAP_DMA/UNMAP_DMA of SIZE on pagelessfs vs hugetlbfs mounts.
+    VfioMapBench {
+        /// PCI address of a device bound to vfio-pci (its group makes the container usable).
+        #[arg(long)]
+        bdf: String,
+        /// pagelessfs mounts.
+        #[arg(long = "pageless", num_args = 1..)]
+        pageless: Vec<PathBuf>,
+        /// hugetlbfs mounts.
+        #[arg(long = "hugetlbfs", num_args = 1..)]
+        hugetlbfs: Vec<PathBuf>,
+        /// Also a memfd (4 KiB struct pages, pinned).
+        #[arg(long)]
+        memfd: bool,
+        #[arg(long, default_value = "1G", value_parser = util::parse_size)]
+        size: u64,
+        /// Map/unmap runs per mount (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 fn main() {
@@ -126,6 +170,21 @@ fn main() {
             bench::bench_faults(&mut r, &pageless, &hugetlbfs, size)
         }
         Cmd::BlkBench { device, mib, random_reads } => blk::blk_bench(&mut r, &device, mib, random_reads),
+        Cmd::VfioEdu { bdf, file, memfd: _, name, iova, keep } => {
+            let source = file.map_or(vfio::Source::Memfd, vfio::Source::File);
+            vfio::vfio_edu(&mut r, &vfio::EduArgs { bdf: &bdf, source, name, iova, keep })
+        }
+        Cmd::VfioMapBench { bdf, pageless, hugetlbfs, memfd, size, runs } => vfio_bench::vfio_map_bench(
+            &mut r,
+            &vfio_bench::BenchArgs {
+                bdf: &bdf,
+                pageless: &pageless,
+                hugetlbfs: &hugetlbfs,
+                memfd,
+                size,
+                runs,
+            },
+        ),
     };
     if let Err(e) = res {
         r.check(
