@@ -158,9 +158,9 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let entries = status::collect(&run_dir.run_dir, vm.as_deref())?;
             if json {
                 let statuses: Vec<_> = entries.iter().filter_map(|e| e.status.as_ref().ok()).collect();
-                println!("{}", serde_json::to_string_pretty(&statuses)?);
+                print_out(&format!("{}\n", serde_json::to_string_pretty(&statuses)?))?;
             } else {
-                print!("{}", status::render(&entries));
+                print_out(&status::render(&entries))?;
             }
             if let Some(entry) = entries.iter().find(|e| e.status.is_err()).filter(|_| vm.is_some()) {
                 return Err(format!("VM {:?}: {}", entry.vm, entry.status.as_ref().unwrap_err()).into());
@@ -169,9 +169,9 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Find { vm, run_dir, pattern } => {
             driver::check_name(&vm)?;
             let client = ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "find")?;
-            for offset in client.find(pattern.as_bytes())? {
-                println!("{offset:#x}");
-            }
+            let offsets: String =
+                client.find(pattern.as_bytes())?.iter().map(|o| format!("{o:#x}\n")).collect();
+            print_out(&offsets)?;
         }
         Command::Stop { vm, run_dir } => {
             driver::check_name(&vm)?;
@@ -197,4 +197,15 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// Writes command output to stdout; a reader that went away early (`| head`, `| grep -q`) is
+/// not an error.
+fn print_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }

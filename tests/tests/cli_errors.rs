@@ -117,3 +117,30 @@ fn status_lists_owners() {
     let sizes: Vec<u64> = json.as_array().unwrap().iter().map(|vm| vm["size"].as_u64().unwrap()).collect();
     assert_eq!(sizes, vec![4 << 20, 8 << 20]);
 }
+
+#[test]
+fn output_to_a_reader_that_went_away_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let owner = Owner::start(&run, "vm", &["--size", "4M"]);
+    let client = owner.connect().unwrap();
+    for i in 0..64u64 {
+        client.write(i * 4096, b"PATTERN").unwrap();
+    }
+    for command in [&["find", "--vm", "vm", "PATTERN"][..], &["status"], &["status", "--json"]] {
+        // stdout is a pipe whose reader is already gone: every write fails with EPIPE.
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(bins::pageless())
+            .args(command)
+            .arg("--run-dir")
+            .arg(&run)
+            .stdout(std::process::Stdio::from(writer))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{command:?}: {} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{command:?}: {stderr}");
+    }
+}
