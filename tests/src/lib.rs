@@ -14,6 +14,8 @@ pub mod checks;
 pub mod guests;
 pub mod initramfs;
 pub mod kernel;
+pub mod kmod;
+pub mod nested;
 pub mod owner;
 pub mod vm;
 

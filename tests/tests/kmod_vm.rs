@@ -6,14 +6,12 @@
 //! In the guest, first `pageless serve --pool pagelessfs:…` serves a pagelessfs allocation to a
 //! client process, then tests/guest/kmod-checks.sh runs the module's whole check sequence.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::vm::{Vm, VmConfig};
-use pageless_tests::{bins, checks, random_token, repo_root};
+use pageless_tests::{bins, checks, kmod, random_token, repo_root};
 
 /// The owner on pagelessfs: an allocation with physical extents inside the reserved ranges,
 /// served to a separate client process that maps it (PFN-only, `pf`), both ways.
@@ -147,22 +145,10 @@ const REQUIRED: &[&str] = &[
     "dmesg-clean",
 ];
 
-fn build_module(kernel: &Kernel) -> PathBuf {
-    let kmod = repo_root().join("driver/kmod");
-    let status = Command::new("make")
-        .arg("-C")
-        .arg(&kmod)
-        .arg(format!("KDIR={}", kernel.headers().display()))
-        .status()
-        .expect("run make");
-    assert!(status.success(), "building driver/kmod failed");
-    kmod.join("pageless.ko")
-}
-
 #[test]
 fn pagelessfs_in_a_vm() {
     let kernel = Kernel::get();
-    let module = build_module(&kernel);
+    let module = kmod::build(&kernel);
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd");
     let token = format!("PAGELESSFS-CLIENT-{}", random_token());

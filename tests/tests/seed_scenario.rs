@@ -1,0 +1,96 @@
+//! The seed's whole scenario on the real driver, inside a VM (this machine has no reserved
+//! memory of its own): an outer TCG guest (q35, intel-iommu, QEMU's edu device) boots with
+//! memmap= reserved ranges and pageless.ko; in it,
+//! 1. `pageless serve --pool pagelessfs:` + `pageless qemu` boot a nested guest whose RAM is the
+//!    pagelessfs file: the owner finds the inner guest's token, QEMU maps the file PFN-only
+//!    (`pf`), nr_memmap_* does not grow;
+//! 2. the relay + qemu-storage-daemon serve the inner guest a vhost-user disk, mapping the same
+//!    file;
+//! 3. edu, bound to vfio-pci behind the vIOMMU, DMAs into a pagelessfs file (VFIO type1), and the
+//!    inner QEMU runs with `-device vfio-pci` on pagelessfs RAM: all of it DMA-mapped;
+//! 4. the same device paths on memfd memory, as the control.
+//!
+//! See tests/vm/seed-outer.sh and tests/vm/seed-inner.sh.
+
+use std::time::Duration;
+
+use pageless_tests::initramfs::Initramfs;
+use pageless_tests::kernel::Kernel;
+use pageless_tests::nested::{add_qemu, inner_initramfs};
+use pageless_tests::vm::{Vm, VmConfig};
+use pageless_tests::{bins, checks, kmod, repo_root};
+
+const VFIO_CHECKS: &[&str] = &[
+    "vfio-setup",
+    "vfio-device",
+    "edu-id",
+    "bus-master",
+    "buffer",
+    "vfio-map-dma",
+    "edu-dma-to-device",
+    "edu-dma-from-device",
+    "vfio-unmap-dma",
+    "iommu-blocks-after-unmap",
+    "vfio-release",
+];
+
+const INNER_CHECKS: &[&str] = &[
+    "inner-boots",
+    "owner-sees-guest-token",
+    "vhost-user-disk-read",
+    "vhost-user-disk-write",
+    "backend-maps-owner-file",
+    "relay-consumer",
+    "vfio-passthrough",
+];
+
+fn required() -> Vec<String> {
+    let mut names: Vec<String> =
+        ["load", "mount-2m", "edu-on-vfio-pci", "pagelessfs-qemu-maps-pfn-only", "memfd-qemu-maps-memfd"]
+            .map(String::from)
+            .to_vec();
+    names.push("struct-page-with-nested-vm".into());
+    names.push("unload".into());
+    for prefix in ["pagelessfs-vfio", "memfd-vfio"] {
+        names.extend(VFIO_CHECKS.iter().map(|c| format!("{prefix}-{c}")));
+    }
+    for label in ["pagelessfs", "memfd"] {
+        names.extend(INNER_CHECKS.iter().map(|c| format!("{label}-{c}")));
+    }
+    names
+}
+
+#[test]
+fn nested_vm_on_pfn_only_memory_with_vhost_user_and_vfio() {
+    let kernel = Kernel::get();
+    let module = kmod::build(&kernel);
+    let dir = tempfile::tempdir().unwrap();
+    let inner_initrd = dir.path().join("inner-initrd");
+    let inner_script = std::fs::read_to_string(repo_root().join("tests/vm/seed-inner.sh")).unwrap();
+    inner_initramfs(&inner_initrd, &["virtio_blk"], &inner_script);
+
+    let outer_script = std::fs::read_to_string(repo_root().join("tests/vm/seed-outer.sh")).unwrap();
+    let mut outer = Initramfs::new();
+    outer
+        .kernel_modules(&kernel, &["vfio_iommu_type1", "vfio-pci"])
+        .file(&module, "/pageless.ko")
+        .file(&kernel.vmlinuz(), "/inner/vmlinuz")
+        .file(&inner_initrd, "/inner/initrd")
+        .binary(&bins::pageless(), "/usr/bin/pageless")
+        .binary(&bins::build("pageless-guest", "pageless-guest"), "/usr/bin/pageless-guest");
+    add_qemu(&mut outer);
+    let outer_initrd = dir.path().join("outer-initrd");
+    outer.init(&outer_script).build(&outer_initrd).unwrap();
+
+    let mut config = VmConfig::new("outer", outer_initrd);
+    config.memory = "6G".into();
+    config.smp = 2;
+    config.machine = Some("q35".into());
+    config.append = "intel_iommu=on memmap=1G$4G memmap=512M$6G".into();
+    config.extra = ["-device", "intel-iommu", "-device", "edu"].map(String::from).to_vec();
+    let mut vm = Vm::start(&config);
+    vm.wait_for("CHECKS-DONE", Duration::from_secs(1500)).expect("the outer guest's checks finish");
+    let _ = vm.wait_exit(Duration::from_secs(60));
+    let required = required();
+    checks::assert_all_ok(&vm.console(), &required.iter().map(String::as_str).collect::<Vec<_>>());
+}
