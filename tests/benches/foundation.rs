@@ -62,10 +62,7 @@ fn boot_times(dir: &std::path::Path, initrd: &std::path::Path) -> [(Duration, Du
         let mut owned = plain.clone();
         owned.name = "pageless".into();
         owned.extra.clear();
-        owned.wrapper = ["qemu", "--vm", "bench", "--run-dir", run_dir.to_str().unwrap(), "--"]
-            .map(String::from)
-            .to_vec();
-        owned.wrapper.insert(0, bins::pageless().display().to_string());
+        owned.through_pageless(&run_dir, Some("bench"));
         let (first, ready) = boot(&owned);
         owned_first.push(first + owner_start);
         owned_ready.push(ready + owner_start);

@@ -39,15 +39,12 @@ fn run(
     let _owner = Owner::start(&run_dir, "bench", &["--size", "512M", "--vhost-user", &relay]);
     let socket = if through_relay { run_dir.join("bench/disk0.sock") } else { qsd_socket.to_path_buf() };
     let mut config = VmConfig::new(if through_relay { "relay" } else { "direct" }, initrd.into());
-    config.wrapper =
-        ["qemu", "--vm", "bench", "--run-dir", run_dir.to_str().unwrap(), "--"].map(String::from).to_vec();
-    config.wrapper.insert(0, bins::pageless().display().to_string());
-    config.extra = vec![
-        "-chardev".into(),
-        format!("socket,id=disk0,path={},reconnect-ms=500", socket.display()),
-        "-device".into(),
-        "vhost-user-blk-pci,chardev=disk0,num-queues=1".into(),
-    ];
+    config.through_pageless(&run_dir, Some("bench")).vhost_user(
+        "disk0",
+        &socket,
+        "vhost-user-blk-pci,num-queues=1",
+        true,
+    );
     let mut vm = Vm::start(&config);
     vm.wait_for("CHECKS-DONE", Duration::from_secs(600)).expect("the benchmark guest finishes");
     let _ = vm.wait_exit(Duration::from_secs(30));

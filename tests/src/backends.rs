@@ -87,6 +87,16 @@ impl Drop for Backend {
     }
 }
 
+/// Writes a raw disk image of `size` bytes whose first line is a fresh random token; returns
+/// the token.
+pub fn disk_image_with_token(path: &Path, size: usize) -> String {
+    let token = format!("HOST-DISK-TOKEN-{}", crate::random_token());
+    let mut disk = format!("{token}\n").into_bytes();
+    disk.resize(size, 0);
+    std::fs::write(path, &disk).expect("write the disk image");
+    token
+}
+
 /// A tool that scripts/setup.sh installs under .cache/tools/bin.
 pub fn tool(name: &str) -> PathBuf {
     let path = repo_root().join(".cache/tools/bin").join(name);

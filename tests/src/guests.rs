@@ -6,7 +6,7 @@ use crate::initramfs::Initramfs;
 
 /// Shell snippet: a fresh random token, from the guest's own RNG (never from the host, so
 /// that finding it proves the guest wrote it).
-pub const NEW_TOKEN: &str = r#"PAGELESS-TOKEN-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"#;
+pub const NEW_TOKEN: &str = r#"PAGELESS-TOKEN-$(rand_hex 12)"#;
 
 /// A guest that writes a random token into a tmpfs file (guest RAM) and prints
 /// `GUEST-TOKEN <token>`, then obeys console commands: `tick` prints `TICK <n>`, `token`

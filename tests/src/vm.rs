@@ -43,6 +43,35 @@ impl VmConfig {
         }
     }
 
+    /// Runs QEMU through `pageless qemu` with the owner in `run_dir` (the VM name from `vm`, or
+    /// else from QEMU's `-name`).
+    pub fn through_pageless(&mut self, run_dir: &std::path::Path, vm: Option<&str>) -> &mut Self {
+        self.wrapper = vec![crate::bins::pageless().display().to_string(), "qemu".into()];
+        if let Some(vm) = vm {
+            self.wrapper.extend(["--vm".to_string(), vm.to_string()]);
+        }
+        self.wrapper.extend(["--run-dir".to_string(), run_dir.display().to_string(), "--".to_string()]);
+        self
+    }
+
+    /// Adds a vhost-user device (`vhost-user-blk-pci`, `vhost-user-rng-pci`, …) on `socket`.
+    /// With `reconnect`, QEMU reconnects every 500 ms after a disconnect (vhost-user-blk
+    /// supports that; QEMU 10's vhost-user-base devices need a plain socket).
+    pub fn vhost_user(
+        &mut self,
+        id: &str,
+        socket: &std::path::Path,
+        device: &str,
+        reconnect: bool,
+    ) -> &mut Self {
+        let reconnect = if reconnect { ",reconnect-ms=500" } else { "" };
+        self.extra.push("-chardev".into());
+        self.extra.push(format!("socket,id={id},path={}{reconnect}", socket.display()));
+        self.extra.push("-device".into());
+        self.extra.push(format!("{device},chardev={id}"));
+        self
+    }
+
     /// The whole command line.
     pub fn command_line(&self) -> Vec<String> {
         let mut args: Vec<String> = self.wrapper.clone();

@@ -5,10 +5,10 @@ use std::fs::File;
 use std::time::Duration;
 
 use driver::Mapping;
+use pageless_tests::checks;
 use pageless_tests::guests::{token_guest, token_of};
 use pageless_tests::owner::Owner;
 use pageless_tests::vm::{Vm, VmConfig};
-use pageless_tests::{bins, checks};
 
 #[test]
 fn guest_ram_is_the_owners_memfd() {
@@ -19,15 +19,7 @@ fn guest_ram_is_the_owners_memfd() {
     token_guest(&initrd);
 
     let mut config = VmConfig::new("guest1", initrd);
-    config.wrapper = vec![
-        bins::pageless().display().to_string(),
-        "qemu".into(),
-        "--vm".into(),
-        "guest1".into(),
-        "--run-dir".into(),
-        run_dir.display().to_string(),
-        "--".into(),
-    ];
+    config.through_pageless(&run_dir, Some("guest1"));
     let mut vm = Vm::start(&config);
     let token = token_of(&vm.wait_for("GUEST-TOKEN", Duration::from_secs(120)).expect("the guest boots"));
     vm.wait_for("GUEST-READY", Duration::from_secs(30)).unwrap();

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pageless_tests::backends::Backend;
+use pageless_tests::backends::{disk_image_with_token, Backend};
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::{bins, random_token, repo_root};
@@ -33,10 +33,10 @@ const GUEST: &str = r#"
 if ! grep -qw nodisk /proc/cmdline; then
     for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
     echo "DISK-READ $(head -c 64 /dev/vda | head -n 1)"
-    tok="GUEST-DISK-TOKEN-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    tok="GUEST-DISK-TOKEN-$(rand_hex 8)"
     printf '%s\n' "$tok" | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null && echo "DISK-WROTE $tok" || echo "IO-FAILED"
 fi
-ram="PAGELESS-TOKEN-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+ram="PAGELESS-TOKEN-$(rand_hex 12)"
 echo "$ram" > /run/token
 echo "GUEST-TOKEN $ram"
 echo GUEST-READY
@@ -303,10 +303,7 @@ fn libvirt_starts_and_stops_the_owner_with_the_domain() {
         .unwrap();
 
     let image = dir.path().join("disk.img");
-    let host_token = format!("HOST-DISK-TOKEN-{}", random_token());
-    let mut disk = format!("{host_token}\n").into_bytes();
-    disk.resize(64 << 20, 0);
-    std::fs::write(&image, &disk).unwrap();
+    let host_token = disk_image_with_token(&image, 64 << 20);
     let qsd_socket = dir.path().join("qsd.sock");
     let _qsd = Backend::storage_daemon(&image, &qsd_socket);
 

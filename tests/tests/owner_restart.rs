@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use pageless_tests::bins;
 use pageless_tests::guests::{token_guest, token_of};
 use pageless_tests::owner::Owner;
 use pageless_tests::vm::{Vm, VmConfig};
@@ -26,13 +25,7 @@ fn guest_survives_owner_sigkill_and_restarted_owner_reattaches() {
     let initrd = dir.path().join("initrd");
     token_guest(&initrd);
     let mut config = VmConfig::new("restart", initrd);
-    config.wrapper = vec![
-        bins::pageless().display().to_string(),
-        "qemu".into(),
-        "--run-dir".into(),
-        run_dir.display().to_string(),
-        "--".into(),
-    ];
+    config.through_pageless(&run_dir, None);
     config.extra = vec!["-name".into(), "guest=restart".into()];
     let mut vm = Vm::start(&config);
     let token = token_of(&vm.wait_for("GUEST-TOKEN", BOOT).expect("the guest boots"));

@@ -4,12 +4,11 @@
 
 use std::time::Duration;
 
-use pageless_tests::backends::{maps_inode, Backend};
+use pageless_tests::backends::{disk_image_with_token, maps_inode, Backend};
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::owner::Owner;
 use pageless_tests::vm::{Vm, VmConfig};
-use pageless_tests::{bins, random_token};
 
 const BOOT: Duration = Duration::from_secs(120);
 const STEP: Duration = Duration::from_secs(60);
@@ -20,7 +19,7 @@ const DISK_GUEST: &str = r#"
 for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
 echo "DISK-READ $(head -c 64 /dev/vda | head -n 1)"
 io() {
-    tok="GUEST-DISK-TOKEN-$1-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    tok="GUEST-DISK-TOKEN-$1-$(rand_hex 8)"
     printf '%s\n' "$tok" | dd of=/dev/vda bs=512 seek=$((8 + $1)) conv=fsync 2>/dev/null || { echo "IO-FAILED $1"; return; }
     echo 3 > /proc/sys/vm/drop_caches
     echo "DISK-WROTE $1 $tok READ $(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n 1)"
@@ -45,10 +44,7 @@ fn guest_disk_io_through_the_relay_survives_a_backend_restart() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let image = dir.path().join("disk.img");
-    let host_token = format!("HOST-DISK-TOKEN-{}", random_token());
-    let mut disk = format!("{host_token}\n").into_bytes();
-    disk.resize(64 << 20, 0);
-    std::fs::write(&image, &disk).unwrap();
+    let host_token = disk_image_with_token(&image, 64 << 20);
     let qsd_socket = dir.path().join("qsd.sock");
     let mut qsd = Backend::storage_daemon(&image, &qsd_socket);
 
@@ -61,16 +57,12 @@ fn guest_disk_io_through_the_relay_survives_a_backend_restart() {
     let initrd = dir.path().join("initrd");
     Initramfs::new().kernel_modules(&Kernel::get(), &["virtio_blk"]).init(DISK_GUEST).build(&initrd).unwrap();
     let mut config = VmConfig::new("blk", initrd);
-    config.wrapper =
-        ["qemu", "--vm", "blk", "--run-dir", run_dir.to_str().unwrap(), "--"].map(String::from).to_vec();
-    config.wrapper.insert(0, bins::pageless().display().to_string());
-    let relay_socket = run_dir.join("blk/disk0.sock");
-    config.extra = vec![
-        "-chardev".into(),
-        format!("socket,id=disk0,path={},reconnect-ms=500", relay_socket.display()),
-        "-device".into(),
-        "vhost-user-blk-pci,chardev=disk0,num-queues=1".into(),
-    ];
+    config.through_pageless(&run_dir, Some("blk")).vhost_user(
+        "disk0",
+        &run_dir.join("blk/disk0.sock"),
+        "vhost-user-blk-pci,num-queues=1",
+        true,
+    );
     let mut vm = Vm::start(&config);
 
     let read = vm.wait_for("DISK-READ", BOOT).expect("the guest boots and reads its disk");

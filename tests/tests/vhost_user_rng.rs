@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use pageless_tests::backends::{maps_inode, Backend};
-use pageless_tests::bins;
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::owner::Owner;
@@ -30,17 +29,14 @@ fn guest_entropy_from_vhost_device_rng_through_the_relay() {
     let initrd = dir.path().join("initrd");
     Initramfs::new().kernel_modules(&Kernel::get(), &["virtio_rng"]).init(RNG_GUEST).build(&initrd).unwrap();
     let mut config = VmConfig::new("rng", initrd);
-    config.wrapper =
-        ["qemu", "--vm", "rng", "--run-dir", run_dir.to_str().unwrap(), "--"].map(String::from).to_vec();
-    config.wrapper.insert(0, bins::pageless().display().to_string());
-    config.extra = vec![
-        "-chardev".into(),
-        // vhost-user-base devices (rng) realize without waiting for an asynchronous
-        // reconnect-ms connection in QEMU 10: connect synchronously.
-        format!("socket,id=rng0,path={}", run_dir.join("rng/rng0.sock").display()),
-        "-device".into(),
-        "vhost-user-rng-pci,chardev=rng0".into(),
-    ];
+    // vhost-user-base devices (rng) realize without waiting for an asynchronous reconnect-ms
+    // connection in QEMU 10: connect synchronously.
+    config.through_pageless(&run_dir, Some("rng")).vhost_user(
+        "rng0",
+        &run_dir.join("rng/rng0.sock"),
+        "vhost-user-rng-pci",
+        false,
+    );
     let mut vm = Vm::start(&config);
     let source = vm.wait_for("RNG-SOURCE", Duration::from_secs(120)).expect("the guest boots");
     assert!(source.contains("virtio_rng"), "{source}");

@@ -25,4 +25,6 @@ check() {
     if out=$("$@" 2>&1); then ok "$name" "$(echo "$out" | tail -n 1)"; else fail "$name" "$(echo "$out" | tail -n 1)"; fi
 }
 finish() { echo CHECKS-DONE; sync; poweroff -f; }
+# rand_hex N: N random bytes from the guest's own RNG, as hex.
+rand_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 # A guest that fails before finish() still ends: the kernel panics on init's exit (panic=-1).

@@ -39,7 +39,7 @@ wait_line() { # file pattern seconds
 run_inner() { # label pool
     label=$1 pool=$2 vm=inner-$1
     disk=/tmp/disk-$label.img qsd=/run/qsd-$label.sock log=/tmp/inner-$label.log
-    host_tok="HOST-DISK-TOKEN-$label-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    host_tok="HOST-DISK-TOKEN-$label-$(rand_hex 8)"
     echo "$host_tok" > "$disk" && truncate -s 16M "$disk"
     qemu-storage-daemon --blockdev driver=file,node-name=f0,filename="$disk",cache.direct=off \
         --blockdev driver=raw,node-name=d0,file=f0 \
