@@ -70,6 +70,20 @@ if [ ! -f "$kdir/.unpacked" ]; then
 fi
 ln -sfn "$kver" "$cache/kernel/current"
 
+# checkpatch.pl (kernel style of driver/kmod, run by .ci/run): only three files of Debian's
+# linux-source-6.12 tarball, unpacked under .cache/checkpatch.
+if [ ! -f "$cache/checkpatch/checkpatch.pl" ]; then
+    log "extracting checkpatch.pl from linux-source-6.12 into .cache/checkpatch"
+    tmp=$(mktemp -d) && chmod 755 "$tmp"
+    (cd "$tmp" && apt-get download -q linux-source-6.12)
+    mkdir -p "$cache/checkpatch"
+    dpkg-deb --fsys-tarfile "$tmp"/linux-source-6.12_*.deb |
+        tar -xO ./usr/src/linux-source-6.12.tar.xz |
+        tar -xJ -C "$cache/checkpatch" --strip-components=2 --wildcards \
+            '*/scripts/checkpatch.pl' '*/scripts/spelling.txt' '*/scripts/const_structs.checkpatch'
+    rm -rf "$tmp"
+fi
+
 # Rust: the machine's toolchain if there is one, else rustup (Debian's cargo is too old).
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"

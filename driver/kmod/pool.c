@@ -369,6 +369,19 @@ static u64 pl_avail_locked(u64 align)
 	return sum;
 }
 
+/* The free list's first entry from the bottom (@up) or from the top. */
+static struct pl_free *pl_first_free(bool up)
+{
+	return up ? list_first_entry(&pl_pool.free, struct pl_free, node) :
+		    list_last_entry(&pl_pool.free, struct pl_free, node);
+}
+
+/* The entry after @f, going up or down the free list. */
+static struct pl_free *pl_next_free(struct pl_free *f, bool up)
+{
+	return up ? list_next_entry(f, node) : list_prev_entry(f, node);
+}
+
 /*
  * Carve @bytes (a multiple of @align) from the free list, in extents aligned
  * to @align.  Requests of 1 GiB pages take the lowest addresses, smaller pages
@@ -387,25 +400,12 @@ static int pl_carve_locked(u64 bytes, u64 align, struct pl_extents **res)
 	int ret = -ENOMEM;
 
 	/* Count the pieces first, to allocate all bookkeeping up front. */
-	if (up) {
-		list_for_each_entry(f, &pl_pool.free, node) {
-			pl_aligned(f, align, &a, &e);
-			if (e <= a)
-				continue;
+	for (f = pl_first_free(up); left && !list_entry_is_head(f, &pl_pool.free, node);
+	     f = pl_next_free(f, up)) {
+		pl_aligned(f, align, &a, &e);
+		if (e > a) {
 			n++;
 			left -= min(left, e - a);
-			if (!left)
-				break;
-		}
-	} else {
-		list_for_each_entry_reverse(f, &pl_pool.free, node) {
-			pl_aligned(f, align, &a, &e);
-			if (e <= a)
-				continue;
-			n++;
-			left -= min(left, e - a);
-			if (!left)
-				break;
 		}
 	}
 	if (WARN_ON_ONCE(left))
@@ -422,11 +422,9 @@ static int pl_carve_locked(u64 bytes, u64 align, struct pl_extents **res)
 	}
 
 	left = bytes;
-	f = up ? list_first_entry(&pl_pool.free, struct pl_free, node) :
-		 list_last_entry(&pl_pool.free, struct pl_free, node);
+	f = pl_first_free(up);
 	while (left) {
-		struct pl_free *next = up ? list_next_entry(f, node) :
-					    list_prev_entry(f, node);
+		struct pl_free *next = pl_next_free(f, up);
 		u64 take, lo, hi;
 
 		pl_aligned(f, align, &a, &e);
