@@ -1,42 +1,16 @@
-//! `pageless hook`: libvirt's qemu hook (`/etc/libvirt/hooks/qemu VM OPERATION SUBOP EXTRA`,
-//! the domain XML on stdin).
-//!
-//! * `prepare begin`: starts the VM's owner, `pageless serve`, as a transient systemd unit
-//!   `pageless-<vm>` where systemd runs, else as a detached process (own session, stdin
-//!   `/dev/null`, output to `<run-dir>/<vm>.log`, no inherited fds: libvirt waits for the
-//!   hook's stdout and stderr to close). Then waits until the owner answers on its socket. An
-//!   owner that exits or does not answer in time fails the hook, with the end of its log on
-//!   stderr, which libvirt shows as `virsh start`'s error.
-//! * `release end`: asks the owner to stop and waits for its process to go. Idempotent.
-//! * Anything else: nothing.
-//!
-//! Which VMs: those with a config file `<config-dir>/<vm>.toml` (default `/etc/pageless/vms`)
-//! or a `<pageless:vm>` element in the domain's `<metadata>`; the file wins. Other domains are
-//! left alone: the hook runs for every domain.
+//! Which VMs pageless owns, and how: the per-VM config file or the domain's metadata, the
+//! domain's memory size, the user QEMU runs as.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use driver::size::{parse_size, round_up, Size};
+use driver::size::{parse_size, round_up};
 use driver::PoolSpec;
-use log::{debug, info, warn};
-use protocol::control::ControlClient;
+use log::warn;
 use serde::Deserialize;
-use thiserror::Error;
 
-use crate::{control_socket_path, lock_path, DEFAULT_RUN_DIR};
+use super::{io_error, HookError, XML_NAMESPACE};
+use crate::{control_socket_path, DEFAULT_RUN_DIR};
 
-/// Where per-VM config files live: `<dir>/<vm>.toml`.
-pub const DEFAULT_CONFIG_DIR: &str = "/etc/pageless/vms";
-/// The XML namespace of pageless's domain metadata.
-pub const XML_NAMESPACE: &str = "https://pageless.dev/xmlns/libvirt/1";
-/// libvirt's QEMU driver config, whose `user = "…"` QEMU runs as.
-pub const QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
 /// The users libvirt runs QEMU as when qemu.conf does not say: Debian's build default, then
 /// Fedora's.
 const DEFAULT_QEMU_USERS: &[&str] = &["libvirt-qemu", "qemu"];
@@ -46,61 +20,6 @@ const DEFAULT_START_TIMEOUT: u64 = 30;
 const DEFAULT_CONSUMER_TIMEOUT: u64 = 30;
 /// libvirt rounds x86 guest memory (and each NUMA cell) up to 1 MiB.
 const MEMORY_ALIGN: u64 = 1 << 20;
-
-/// What libvirt asked, and where to look.
-#[derive(Clone, Debug)]
-pub struct HookOptions {
-    pub vm: String,
-    pub operation: String,
-    pub subop: String,
-    pub config_dir: PathBuf,
-    /// libvirt's qemu.conf, for the user QEMU runs as.
-    pub qemu_conf: PathBuf,
-    /// The `pageless` binary the owner runs (this one).
-    pub pageless: PathBuf,
-    /// Start owners as transient systemd units (`/run/systemd/system` exists).
-    pub systemd: bool,
-}
-
-#[derive(Debug, Error)]
-pub enum HookError {
-    #[error("cannot read the domain XML from stdin: {0}")]
-    Stdin(#[source] std::io::Error),
-    #[error("VM {vm:?}: {source_desc}: {why}")]
-    Config { vm: String, source_desc: String, why: String },
-    #[error("VM {vm:?}: the domain XML on stdin cannot be parsed ({why}): is this hook run by libvirt?")]
-    Xml { vm: String, why: String },
-    #[error(
-        "VM {vm:?}: no memory size: set `size` in its pageless config, or give the domain XML (with <memory>) on stdin"
-    )]
-    NoSize { vm: String },
-    #[error("VM {vm:?}: {source_desc} sets the QEMU user {user:?}, which does not exist: fix qemu_user, or set allow_uid")]
-    NoSuchUser { vm: String, source_desc: String, user: String },
-    #[error(
-        "VM {vm:?} already has a memory owner (pid {pid}, {socket}), a leftover from an earlier run: stop it with `pageless stop --vm {vm}` if it still runs, and start the VM again"
-    )]
-    AlreadyRunning { vm: String, pid: u32, socket: String },
-    #[error("VM {vm:?}: cannot start its memory owner ({what}): {source}")]
-    Spawn {
-        vm: String,
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the memory owner of VM {vm:?} (pageless serve) could not start: {why}. {log}\nFix {source_desc} and start the VM again.")]
-    OwnerFailed { vm: String, why: String, log: String, source_desc: String },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HookError {
-    let what = what.into();
-    move |source| HookError::Io { what, source }
-}
 
 /// A size in the config file: `"4G"` or a number of bytes.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -148,7 +67,7 @@ struct FileConfig {
 
 /// A VM's config and where it came from (for messages).
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Found {
+pub(super) struct Found {
     config: FileConfig,
     source_desc: String,
 }
@@ -212,41 +131,8 @@ impl OwnerPlan {
     }
 }
 
-/// Runs the hook. Reads the domain XML from stdin for every operation (libvirt writes it).
-pub fn run(options: &HookOptions, stdin: &mut dyn Read) -> Result<(), HookError> {
-    let mut xml = String::new();
-    stdin.read_to_string(&mut xml).map_err(HookError::Stdin)?;
-    let action = match (options.operation.as_str(), options.subop.as_str()) {
-        ("prepare", "begin") => Action::Start,
-        ("release", "end") => Action::Stop,
-        (operation, subop) => {
-            debug!("VM {:?}: nothing to do on {operation} {subop}", options.vm);
-            return Ok(());
-        }
-    };
-    driver::check_name(&options.vm).map_err(|e| HookError::Config {
-        vm: options.vm.clone(),
-        source_desc: "the VM's name".into(),
-        why: e.to_string(),
-    })?;
-    let Some(found) = find_config(&options.vm, &options.config_dir, &xml)? else {
-        debug!("VM {:?}: no pageless config and no pageless metadata: not a pageless VM", options.vm);
-        return Ok(());
-    };
-    let plan = plan(&options.vm, found, &xml, &options.qemu_conf)?;
-    match action {
-        Action::Start => start(options, &plan),
-        Action::Stop => stop(options, &plan),
-    }
-}
-
-enum Action {
-    Start,
-    Stop,
-}
-
 /// The VM's config file, else its metadata, else `None`.
-fn find_config(vm: &str, config_dir: &Path, xml: &str) -> Result<Option<Found>, HookError> {
+pub(super) fn find_config(vm: &str, config_dir: &Path, xml: &str) -> Result<Option<Found>, HookError> {
     let path = config_dir.join(format!("{vm}.toml"));
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -347,7 +233,7 @@ fn metadata_config(element: roxmltree::Node) -> Result<FileConfig, String> {
 }
 
 /// The config, with defaults from the domain XML and the host.
-fn plan(vm: &str, found: Found, xml: &str, qemu_conf: &Path) -> Result<OwnerPlan, HookError> {
+pub(super) fn plan(vm: &str, found: Found, xml: &str, qemu_conf: &Path) -> Result<OwnerPlan, HookError> {
     let Found { config, source_desc } = found;
     let config_error =
         |why: String| HookError::Config { vm: vm.into(), source_desc: source_desc.clone(), why };
@@ -478,305 +364,11 @@ fn qemu_uid(qemu_conf: &Path) -> Option<u32> {
     }
 }
 
-/// A systemd unit name for the VM's owner: `pageless-<vm>`, escaped like systemd-escape.
-pub fn unit_name(vm: &str) -> String {
-    let mut name = String::from("pageless-");
-    for (i, byte) in vm.bytes().enumerate() {
-        let plain = byte.is_ascii_alphanumeric() || b":_-".contains(&byte) || (byte == b'.' && i > 0);
-        if plain {
-            name.push(byte as char);
-        } else {
-            name.push_str(&format!("\\x{byte:02x}"));
-        }
-    }
-    name.push_str(".service");
-    name
-}
-
-/// A started owner process.
-enum Started {
-    /// Detached: our child until this hook exits.
-    Child(Child),
-    /// A transient systemd unit and its main process.
-    Unit { name: String, pid: Option<u32> },
-}
-
-impl Started {
-    fn pid(&self) -> Option<u32> {
-        match self {
-            Started::Child(child) => Some(child.id()),
-            Started::Unit { pid, .. } => *pid,
-        }
-    }
-
-    /// Why the owner is no longer running, if it is not.
-    fn exited(&mut self) -> Option<String> {
-        match self {
-            Started::Child(child) => match child.try_wait() {
-                Ok(Some(status)) => Some(format!("it exited ({status})")),
-                Ok(None) => None,
-                Err(e) => Some(format!("cannot wait for it: {e}")),
-            },
-            Started::Unit { name, pid } => match pid {
-                Some(pid) if process_alive(*pid) => None,
-                _ => Some(format!("its unit {name} stopped")),
-            },
-        }
-    }
-
-    /// Stops an owner that did not come up.
-    fn kill(&mut self) {
-        match self {
-            Started::Child(child) => {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            Started::Unit { name, .. } => {
-                let _ = Command::new("systemctl").args(["stop", name.as_str()]).stdin(Stdio::null()).output();
-            }
-        }
-    }
-}
-
-fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookError> {
-    let vm = &plan.vm;
-    std::fs::create_dir_all(&plan.run_dir)
-        .map_err(io_error(format!("create the run directory {}", plan.run_dir.display())))?;
-    let socket = plan.socket();
-    if let Ok(status) = ControlClient::connect(&socket, "hook").and_then(|c| c.status()) {
-        return Err(HookError::AlreadyRunning {
-            vm: vm.clone(),
-            pid: status.pid,
-            socket: socket.display().to_string(),
-        });
-    }
-    let log_path = plan.log_path();
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(&log_path)
-        .map_err(io_error(format!("open the owner's log {}", log_path.display())))?;
-    let log_start = log.seek(SeekFrom::End(0)).map_err(io_error(format!("seek {}", log_path.display())))?;
-    let args = plan.serve_args();
-    let _ = writeln!(
-        log,
-        "--- pageless hook: starting the owner of VM {vm:?}: {} {}",
-        options.pageless.display(),
-        args.join(" ")
-    );
-    let mut started = if options.systemd {
-        start_unit(options, plan, &args)?
-    } else {
-        start_detached(options, plan, &args, log)?
-    };
-
-    let deadline = Instant::now() + Duration::from_secs(plan.start_timeout);
-    loop {
-        if let Ok(status) = ControlClient::connect(&socket, "hook").and_then(|c| c.status()) {
-            if started.pid().is_none_or(|pid| pid == status.pid) {
-                info!(
-                    "VM {vm:?}: its memory owner (pid {}) serves {} of {} on {}",
-                    status.pid,
-                    Size(status.size),
-                    status.pool,
-                    socket.display()
-                );
-                return Ok(());
-            }
-        }
-        let failure = match started.exited() {
-            Some(why) => Some(why),
-            None if Instant::now() >= deadline => {
-                started.kill();
-                Some(format!(
-                    "it did not answer on {} within {} s (start_timeout), so it was stopped",
-                    socket.display(),
-                    plan.start_timeout
-                ))
-            }
-            None => None,
-        };
-        if let Some(why) = failure {
-            return Err(HookError::OwnerFailed {
-                vm: vm.clone(),
-                why,
-                log: log_tail(&log_path, log_start),
-                source_desc: plan.source_desc.clone(),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `pageless serve` in its own session, stdin /dev/null, output to the log, no other fds.
-fn start_detached(
-    options: &HookOptions,
-    plan: &OwnerPlan,
-    args: &[String],
-    log: File,
-) -> Result<Started, HookError> {
-    let spawn_error = |what: &str| {
-        let what = what.to_string();
-        move |source| HookError::Spawn { vm: plan.vm.clone(), what, source }
-    };
-    let mut command = Command::new(&options.pageless);
-    command
-        .args(args)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(spawn_error("dup the log fd"))?)
-        .stderr(log);
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, close_range); it touches no memory of the parent
-    // that another thread could have left inconsistent.
-    unsafe {
-        command.pre_exec(|| {
-            // Its own session: no terminal, not killed with libvirtd's process group.
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Whatever libvirtd let the hook inherit (pipes it waits on) must not live on in
-            // the owner: mark every fd above stderr close-on-exec.
-            if libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn().map_err(spawn_error(&format!("run {}", options.pageless.display())))?;
-    debug!("VM {:?}: started its owner detached, pid {}", plan.vm, child.id());
-    Ok(Started::Child(child))
-}
-
-/// `systemd-run --unit pageless-<vm> --collect … pageless serve …`.
-fn start_unit(options: &HookOptions, plan: &OwnerPlan, args: &[String]) -> Result<Started, HookError> {
-    let unit = unit_name(&plan.vm);
-    let log = plan.log_path();
-    let output = Command::new("systemd-run")
-        .arg(format!("--unit={unit}"))
-        .args(["--collect", "--quiet"])
-        .arg(format!("--description=pageless memory owner of VM {}", plan.vm))
-        .arg(format!("--property=StandardOutput=append:{}", log.display()))
-        .arg(format!("--property=StandardError=append:{}", log.display()))
-        .arg("--")
-        .arg(&options.pageless)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| HookError::Spawn { vm: plan.vm.clone(), what: "run systemd-run".into(), source })?;
-    if !output.status.success() {
-        return Err(HookError::OwnerFailed {
-            vm: plan.vm.clone(),
-            why: format!(
-                "systemd-run failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-            log: String::new(),
-            source_desc: plan.source_desc.clone(),
-        });
-    }
-    let pid = unit_main_pid(&unit);
-    debug!("VM {:?}: started its owner as {unit}, pid {pid:?}", plan.vm);
-    Ok(Started::Unit { name: unit, pid })
-}
-
-/// The unit's MainPID, `None` when it has none (not running).
-fn unit_main_pid(unit: &str) -> Option<u32> {
-    let output = Command::new("systemctl")
-        .args(["show", "--property=MainPID", "--value", unit])
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&output.stdout).trim().parse().ok().filter(|&pid| pid != 0)
-}
-
-/// The owner's log from `start` on, last lines, indented, for the hook's error message.
-fn log_tail(path: &Path, start: u64) -> String {
-    const LINES: usize = 20;
-    let mut text = String::new();
-    if let Ok(mut file) = File::open(path) {
-        let _ = file.seek(SeekFrom::Start(start));
-        let _ = file.take(1 << 20).read_to_string(&mut text);
-    }
-    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("--- pageless hook:")).collect();
-    if lines.is_empty() {
-        return format!("Its log {} is empty.", path.display());
-    }
-    let tail = &lines[lines.len().saturating_sub(LINES)..];
-    format!("The end of its log {}:\n    {}", path.display(), tail.join("\n    "))
-}
-
-/// Whether `pid` runs (a zombie does not).
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // `pid (comm) S …`: the state follows the last ')'.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
-        Err(_) => false,
-    }
-}
-
-/// The pid of the VM's owner: from its socket, else from its lock file while the lock is held.
-fn owner_pid(plan: &OwnerPlan) -> Option<u32> {
-    if let Ok(status) = ControlClient::connect(&plan.socket(), "hook").and_then(|c| c.status()) {
-        return Some(status.pid);
-    }
-    let path = lock_path(&plan.run_dir, &plan.vm);
-    let file = File::open(&path).ok()?;
-    let mut text = String::new();
-    (&file).read_to_string(&mut text).ok()?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
-        // We got the lock: nobody holds it, no owner.
-        Ok(_) => None,
-        Err(_) => text.trim().parse().ok(),
-    }
-}
-
-fn stop(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookError> {
-    let vm = &plan.vm;
-    let pid = owner_pid(plan);
-    match ControlClient::connect(&plan.socket(), "hook").and_then(|c| c.stop()) {
-        Ok(()) => debug!("VM {vm:?}: asked its owner to stop"),
-        Err(e) => {
-            if let Some(pid) = pid {
-                debug!("VM {vm:?}: owner pid {pid} does not answer ({e}): SIGTERM");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        }
-    }
-    if options.systemd {
-        // Also covers an owner that hangs before answering; an unknown unit is fine.
-        let _ = Command::new("systemctl").args(["stop", &unit_name(vm)]).stdin(Stdio::null()).output();
-    }
-    let Some(pid) = pid else {
-        debug!("VM {vm:?}: no owner runs");
-        return Ok(());
-    };
-    // The owner waits up to consumer_timeout for the memory's consumers, then exits.
-    let timeout = Duration::from_secs(plan.consumer_timeout + 10);
-    let deadline = Instant::now() + timeout;
-    while process_alive(pid) {
-        if Instant::now() >= deadline {
-            warn!("VM {vm:?}: its owner (pid {pid}) is still running {timeout:?} after the stop request: killing it (see {})", plan.log_path().display());
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    info!("VM {vm:?}: its memory owner (pid {pid}) stopped");
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hook::launch::unit_name;
+    use crate::hook::{run, HookOptions};
 
     const DOMAIN: &str = r#"<domain type='qemu' id='1'>
   <name>vm1</name>

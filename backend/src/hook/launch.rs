@@ -1,0 +1,313 @@
+//! Starting the owner (a transient systemd unit, or detached) and stopping it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use driver::size::Size;
+use log::{debug, info, warn};
+use protocol::control::ControlClient;
+
+use super::config::OwnerPlan;
+use super::{io_error, HookError, HookOptions};
+use crate::lock_path;
+
+/// A systemd unit name for the VM's owner: `pageless-<vm>`, escaped like systemd-escape.
+pub fn unit_name(vm: &str) -> String {
+    let mut name = String::from("pageless-");
+    for (i, byte) in vm.bytes().enumerate() {
+        let plain = byte.is_ascii_alphanumeric() || b":_-".contains(&byte) || (byte == b'.' && i > 0);
+        if plain {
+            name.push(byte as char);
+        } else {
+            name.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    name.push_str(".service");
+    name
+}
+
+/// A started owner process.
+enum Started {
+    /// Detached: our child until this hook exits.
+    Child(Child),
+    /// A transient systemd unit and its main process.
+    Unit { name: String, pid: Option<u32> },
+}
+
+impl Started {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Started::Child(child) => Some(child.id()),
+            Started::Unit { pid, .. } => *pid,
+        }
+    }
+
+    /// Why the owner is no longer running, if it is not.
+    fn exited(&mut self) -> Option<String> {
+        match self {
+            Started::Child(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(format!("it exited ({status})")),
+                Ok(None) => None,
+                Err(e) => Some(format!("cannot wait for it: {e}")),
+            },
+            Started::Unit { name, pid } => match pid {
+                Some(pid) if process_alive(*pid) => None,
+                _ => Some(format!("its unit {name} stopped")),
+            },
+        }
+    }
+
+    /// Stops an owner that did not come up.
+    fn kill(&mut self) {
+        match self {
+            Started::Child(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Started::Unit { name, .. } => {
+                let _ = Command::new("systemctl").args(["stop", name.as_str()]).stdin(Stdio::null()).output();
+            }
+        }
+    }
+}
+
+pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookError> {
+    let vm = &plan.vm;
+    std::fs::create_dir_all(&plan.run_dir)
+        .map_err(io_error(format!("create the run directory {}", plan.run_dir.display())))?;
+    let socket = plan.socket();
+    if let Ok(status) = ControlClient::connect(&socket, "hook").and_then(|c| c.status()) {
+        return Err(HookError::AlreadyRunning {
+            vm: vm.clone(),
+            pid: status.pid,
+            socket: socket.display().to_string(),
+        });
+    }
+    let log_path = plan.log_path();
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(&log_path)
+        .map_err(io_error(format!("open the owner's log {}", log_path.display())))?;
+    let log_start = log.seek(SeekFrom::End(0)).map_err(io_error(format!("seek {}", log_path.display())))?;
+    let args = plan.serve_args();
+    let _ = writeln!(
+        log,
+        "--- pageless hook: starting the owner of VM {vm:?}: {} {}",
+        options.pageless.display(),
+        args.join(" ")
+    );
+    let mut started = if options.systemd {
+        start_unit(options, plan, &args)?
+    } else {
+        start_detached(options, plan, &args, log)?
+    };
+
+    let deadline = Instant::now() + Duration::from_secs(plan.start_timeout);
+    loop {
+        if let Ok(status) = ControlClient::connect(&socket, "hook").and_then(|c| c.status()) {
+            if started.pid().is_none_or(|pid| pid == status.pid) {
+                info!(
+                    "VM {vm:?}: its memory owner (pid {}) serves {} of {} on {}",
+                    status.pid,
+                    Size(status.size),
+                    status.pool,
+                    socket.display()
+                );
+                return Ok(());
+            }
+        }
+        let failure = match started.exited() {
+            Some(why) => Some(why),
+            None if Instant::now() >= deadline => {
+                started.kill();
+                Some(format!(
+                    "it did not answer on {} within {} s (start_timeout), so it was stopped",
+                    socket.display(),
+                    plan.start_timeout
+                ))
+            }
+            None => None,
+        };
+        if let Some(why) = failure {
+            return Err(HookError::OwnerFailed {
+                vm: vm.clone(),
+                why,
+                log: log_tail(&log_path, log_start),
+                source_desc: plan.source_desc.clone(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `pageless serve` in its own session, stdin /dev/null, output to the log, no other fds.
+fn start_detached(
+    options: &HookOptions,
+    plan: &OwnerPlan,
+    args: &[String],
+    log: File,
+) -> Result<Started, HookError> {
+    let spawn_error = |what: &str| {
+        let what = what.to_string();
+        move |source| HookError::Spawn { vm: plan.vm.clone(), what, source }
+    };
+    let mut command = Command::new(&options.pageless);
+    command
+        .args(args)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(spawn_error("dup the log fd"))?)
+        .stderr(log);
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (setsid, close_range); it touches no memory of the parent
+    // that another thread could have left inconsistent.
+    unsafe {
+        command.pre_exec(|| {
+            // Its own session: no terminal, not killed with libvirtd's process group.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Whatever libvirtd let the hook inherit (pipes it waits on) must not live on in
+            // the owner: mark every fd above stderr close-on-exec.
+            if libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(spawn_error(&format!("run {}", options.pageless.display())))?;
+    debug!("VM {:?}: started its owner detached, pid {}", plan.vm, child.id());
+    Ok(Started::Child(child))
+}
+
+/// `systemd-run --unit pageless-<vm> --collect … pageless serve …`.
+fn start_unit(options: &HookOptions, plan: &OwnerPlan, args: &[String]) -> Result<Started, HookError> {
+    let unit = unit_name(&plan.vm);
+    let log = plan.log_path();
+    let output = Command::new("systemd-run")
+        .arg(format!("--unit={unit}"))
+        .args(["--collect", "--quiet"])
+        .arg(format!("--description=pageless memory owner of VM {}", plan.vm))
+        .arg(format!("--property=StandardOutput=append:{}", log.display()))
+        .arg(format!("--property=StandardError=append:{}", log.display()))
+        .arg("--")
+        .arg(&options.pageless)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| HookError::Spawn { vm: plan.vm.clone(), what: "run systemd-run".into(), source })?;
+    if !output.status.success() {
+        return Err(HookError::OwnerFailed {
+            vm: plan.vm.clone(),
+            why: format!(
+                "systemd-run failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+            log: String::new(),
+            source_desc: plan.source_desc.clone(),
+        });
+    }
+    let pid = unit_main_pid(&unit);
+    debug!("VM {:?}: started its owner as {unit}, pid {pid:?}", plan.vm);
+    Ok(Started::Unit { name: unit, pid })
+}
+
+/// The unit's MainPID, `None` when it has none (not running).
+fn unit_main_pid(unit: &str) -> Option<u32> {
+    let output = Command::new("systemctl")
+        .args(["show", "--property=MainPID", "--value", unit])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout).trim().parse().ok().filter(|&pid| pid != 0)
+}
+
+/// The owner's log from `start` on, last lines, indented, for the hook's error message.
+fn log_tail(path: &Path, start: u64) -> String {
+    const LINES: usize = 20;
+    let mut text = String::new();
+    if let Ok(mut file) = File::open(path) {
+        let _ = file.seek(SeekFrom::Start(start));
+        let _ = file.take(1 << 20).read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("--- pageless hook:")).collect();
+    if lines.is_empty() {
+        return format!("Its log {} is empty.", path.display());
+    }
+    let tail = &lines[lines.len().saturating_sub(LINES)..];
+    format!("The end of its log {}:\n    {}", path.display(), tail.join("\n    "))
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S …`: the state follows the last ')'.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+/// The pid of the VM's owner: from its socket, else from its lock file while the lock is held.
+fn owner_pid(plan: &OwnerPlan) -> Option<u32> {
+    if let Ok(status) = ControlClient::connect(&plan.socket(), "hook").and_then(|c| c.status()) {
+        return Some(status.pid);
+    }
+    let path = lock_path(&plan.run_dir, &plan.vm);
+    let file = File::open(&path).ok()?;
+    let mut text = String::new();
+    (&file).read_to_string(&mut text).ok()?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        // We got the lock: nobody holds it, no owner.
+        Ok(_) => None,
+        Err(_) => text.trim().parse().ok(),
+    }
+}
+
+pub(super) fn stop(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookError> {
+    let vm = &plan.vm;
+    let pid = owner_pid(plan);
+    match ControlClient::connect(&plan.socket(), "hook").and_then(|c| c.stop()) {
+        Ok(()) => debug!("VM {vm:?}: asked its owner to stop"),
+        Err(e) => {
+            if let Some(pid) = pid {
+                debug!("VM {vm:?}: owner pid {pid} does not answer ({e}): SIGTERM");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
+    if options.systemd {
+        // Also covers an owner that hangs before answering; an unknown unit is fine.
+        let _ = Command::new("systemctl").args(["stop", &unit_name(vm)]).stdin(Stdio::null()).output();
+    }
+    let Some(pid) = pid else {
+        debug!("VM {vm:?}: no owner runs");
+        return Ok(());
+    };
+    // The owner waits up to consumer_timeout for the memory's consumers, then exits.
+    let timeout = Duration::from_secs(plan.consumer_timeout + 10);
+    let deadline = Instant::now() + timeout;
+    while process_alive(pid) {
+        if Instant::now() >= deadline {
+            warn!("VM {vm:?}: its owner (pid {pid}) is still running {timeout:?} after the stop request: killing it (see {})", plan.log_path().display());
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    info!("VM {vm:?}: its memory owner (pid {pid}) stopped");
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! `pageless hook`: libvirt's qemu hook (`/etc/libvirt/hooks/qemu VM OPERATION SUBOP EXTRA`,
+//! the domain XML on stdin).
+//!
+//! * `prepare begin`: starts the VM's owner, `pageless serve`, as a transient systemd unit
+//!   `pageless-<vm>` where systemd runs, else as a detached process (own session, stdin
+//!   `/dev/null`, output to `<run-dir>/<vm>.log`, no inherited fds: libvirt waits for the
+//!   hook's stdout and stderr to close). Then waits until the owner answers on its socket. An
+//!   owner that exits or does not answer in time fails the hook, with the end of its log on
+//!   stderr, which libvirt shows as `virsh start`'s error.
+//! * `release end`: asks the owner to stop and waits for its process to go. Idempotent.
+//! * Anything else: nothing.
+//!
+//! Which VMs: those with a config file `<config-dir>/<vm>.toml` (default `/etc/pageless/vms`)
+//! or a `<pageless:vm>` element in the domain's `<metadata>`; the file wins. Other domains are
+//! left alone: the hook runs for every domain.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use log::debug;
+use thiserror::Error;
+
+mod config;
+mod launch;
+
+use config::{find_config, plan};
+pub use config::{OwnerPlan, VhostUser};
+pub use launch::unit_name;
+use launch::{start, stop};
+
+/// Where per-VM config files live: `<dir>/<vm>.toml`.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/pageless/vms";
+/// The XML namespace of pageless's domain metadata.
+pub const XML_NAMESPACE: &str = "https://pageless.dev/xmlns/libvirt/1";
+/// libvirt's QEMU driver config, whose `user = "…"` QEMU runs as.
+pub const QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
+
+/// What libvirt asked, and where to look.
+#[derive(Clone, Debug)]
+pub struct HookOptions {
+    pub vm: String,
+    pub operation: String,
+    pub subop: String,
+    pub config_dir: PathBuf,
+    /// libvirt's qemu.conf, for the user QEMU runs as.
+    pub qemu_conf: PathBuf,
+    /// The `pageless` binary the owner runs (this one).
+    pub pageless: PathBuf,
+    /// Start owners as transient systemd units (`/run/systemd/system` exists).
+    pub systemd: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum HookError {
+    #[error("cannot read the domain XML from stdin: {0}")]
+    Stdin(#[source] std::io::Error),
+    #[error("VM {vm:?}: {source_desc}: {why}")]
+    Config { vm: String, source_desc: String, why: String },
+    #[error("VM {vm:?}: the domain XML on stdin cannot be parsed ({why}): is this hook run by libvirt?")]
+    Xml { vm: String, why: String },
+    #[error(
+        "VM {vm:?}: no memory size: set `size` in its pageless config, or give the domain XML (with <memory>) on stdin"
+    )]
+    NoSize { vm: String },
+    #[error("VM {vm:?}: {source_desc} sets the QEMU user {user:?}, which does not exist: fix qemu_user, or set allow_uid")]
+    NoSuchUser { vm: String, source_desc: String, user: String },
+    #[error(
+        "VM {vm:?} already has a memory owner (pid {pid}, {socket}), a leftover from an earlier run: stop it with `pageless stop --vm {vm}` if it still runs, and start the VM again"
+    )]
+    AlreadyRunning { vm: String, pid: u32, socket: String },
+    #[error("VM {vm:?}: cannot start its memory owner ({what}): {source}")]
+    Spawn {
+        vm: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the memory owner of VM {vm:?} (pageless serve) could not start: {why}. {log}\nFix {source_desc} and start the VM again.")]
+    OwnerFailed { vm: String, why: String, log: String, source_desc: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HookError {
+    let what = what.into();
+    move |source| HookError::Io { what, source }
+}
+
+/// Runs the hook. Reads the domain XML from stdin for every operation (libvirt writes it).
+pub fn run(options: &HookOptions, stdin: &mut dyn Read) -> Result<(), HookError> {
+    let mut xml = String::new();
+    stdin.read_to_string(&mut xml).map_err(HookError::Stdin)?;
+    let action = match (options.operation.as_str(), options.subop.as_str()) {
+        ("prepare", "begin") => Action::Start,
+        ("release", "end") => Action::Stop,
+        (operation, subop) => {
+            debug!("VM {:?}: nothing to do on {operation} {subop}", options.vm);
+            return Ok(());
+        }
+    };
+    driver::check_name(&options.vm).map_err(|e| HookError::Config {
+        vm: options.vm.clone(),
+        source_desc: "the VM's name".into(),
+        why: e.to_string(),
+    })?;
+    let Some(found) = find_config(&options.vm, &options.config_dir, &xml)? else {
+        debug!("VM {:?}: no pageless config and no pageless metadata: not a pageless VM", options.vm);
+        return Ok(());
+    };
+    let plan = plan(&options.vm, found, &xml, &options.qemu_conf)?;
+    match action {
+        Action::Start => start(options, &plan),
+        Action::Stop => stop(options, &plan),
+    }
+}
+
+enum Action {
+    Start,
+    Stop,
+}
