@@ -9,8 +9,8 @@ use protocol::frame::{recv_message, send_message, Message};
 use protocol::memory::encode_mem_table;
 use protocol::VhostUserMemoryRegion;
 
+use crate::owner::Owner;
 use crate::peer::Peer;
-use crate::serve::Owner;
 
 /// The most offsets one FIND reply lists.
 const FIND_LIMIT: usize = 1024;

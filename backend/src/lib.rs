@@ -16,6 +16,7 @@ pub mod status;
 
 mod clock;
 mod control_server;
+mod owner;
 mod peer;
 
 use std::path::{Path, PathBuf};

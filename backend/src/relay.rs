@@ -21,8 +21,8 @@ use protocol::memory::{
 use protocol::{FrontendReq, VhostUserMemoryRegion};
 
 use crate::clock::unix_now;
+use crate::owner::Owner;
 use crate::peer::Peer;
-use crate::serve::Owner;
 
 /// `--vhost-user NAME=BACKEND_SOCKET`.
 #[derive(Clone, Debug, PartialEq, Eq)]

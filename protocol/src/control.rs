@@ -259,7 +259,18 @@ impl ControlClient {
     }
 
     fn call(&self, request: u32, payload: Vec<u8>) -> Result<Message, ControlError> {
-        send_message(&self.sock, &Message::new(request, FLAG_VERSION_1, payload, vec![]))?;
+        if let Err(e) = send_message(&self.sock, &Message::new(request, FLAG_VERSION_1, payload, vec![])) {
+            // The owner may have refused (e.g. this user) and hung up before reading: its
+            // reason is still queued for us.
+            if let Ok(Some(refusal)) = recv_message(&self.sock, LIMITS) {
+                if refusal.header.flags & FLAG_ERROR != 0 {
+                    return Err(ControlError::Refused(
+                        String::from_utf8_lossy(&refusal.payload).into_owned(),
+                    ));
+                }
+            }
+            return Err(e.into());
+        }
         let answer = recv_message(&self.sock, LIMITS)?.ok_or(ControlError::Closed)?;
         if answer.header.request != request || !answer.header.is_reply() {
             return Err(ControlError::Protocol(format!(
@@ -280,6 +291,18 @@ mod tests {
 
     fn request(code: u32, payload: &[u8]) -> Result<Request, String> {
         Request::parse(&Message::new(code, FLAG_VERSION_1, payload.to_vec(), vec![]))
+    }
+
+    #[test]
+    fn a_refusal_sent_before_hanging_up_is_reported() {
+        let (client, owner) = UnixStream::pair().unwrap();
+        send_message(&owner, &error_reply(code::HELLO, "uid 1 may not use VM")).unwrap();
+        drop(owner);
+        let client = ControlClient { sock: client };
+        match client.call(code::HELLO, CONTROL_VERSION.to_ne_bytes().to_vec()) {
+            Err(ControlError::Refused(why)) => assert_eq!(why, "uid 1 may not use VM"),
+            other => panic!("expected the refusal, got {other:?}"),
+        }
     }
 
     #[test]

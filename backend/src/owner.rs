@@ -1,0 +1,218 @@
+//! The owner's shared state: the VM's memory, the control clients and relayed device backends
+//! that use it, and what STATUS reports of them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use driver::{Allocation, Mapping, Pool, PoolKind};
+use log::{error, info, warn};
+use protocol::control::{ClientStatus, ConsumerStatus, ExtentStatus, RegionStatus, VmStatus};
+
+use crate::clock::unix_now;
+use crate::peer::{AccessPolicy, Peer};
+
+/// The state every connection thread shares.
+pub(crate) struct Owner {
+    pub vm: String,
+    pub pool: Pool,
+    pub allocation: Allocation,
+    pub mapping: Mapping,
+    pub reattached: bool,
+    pub started: u64,
+    pub policy: AccessPolicy,
+    clients: Mutex<BTreeMap<u64, ClientStatus>>,
+    consumers: Mutex<BTreeMap<u64, ConsumerStatus>>,
+    /// Processes that were given the memory (clients, device backends), to wait for at exit.
+    mappers: Mutex<BTreeSet<u32>>,
+    next_client: AtomicU64,
+    stop_request: File,
+}
+
+impl Owner {
+    /// The state of a freshly started owner; `stop_request` wakes its main loop.
+    pub fn new(
+        vm: String,
+        pool: Pool,
+        allocation: Allocation,
+        mapping: Mapping,
+        reattached: bool,
+        policy: AccessPolicy,
+        stop_request: File,
+    ) -> Owner {
+        Owner {
+            vm,
+            pool,
+            allocation,
+            mapping,
+            reattached,
+            started: unix_now(),
+            policy,
+            clients: Mutex::new(BTreeMap::new()),
+            consumers: Mutex::new(BTreeMap::new()),
+            mappers: Mutex::new(BTreeSet::new()),
+            next_client: AtomicU64::new(1),
+            stop_request,
+        }
+    }
+}
+
+impl Owner {
+    /// Registers a connected client; it is listed by STATUS until [`Owner::forget_client`].
+    pub fn add_client(&self, peer: Peer) -> u64 {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let client =
+            ClientStatus { id, pid: peer.pid, uid: peer.uid, since: unix_now(), ..Default::default() };
+        self.clients.lock().expect("clients lock").insert(id, client);
+        id
+    }
+
+    pub fn update_client(&self, id: u64, update: impl FnOnce(&mut ClientStatus)) {
+        if let Some(client) = self.clients.lock().expect("clients lock").get_mut(&id) {
+            update(client);
+            if client.has_memory {
+                self.mappers.lock().expect("mappers lock").insert(client.pid);
+            }
+        }
+    }
+
+    /// Registers a relayed device backend; listed by STATUS until [`Owner::forget_consumer`].
+    pub fn add_consumer(&self, consumer: ConsumerStatus) -> u64 {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        if let Some(pid) = consumer.backend_pid {
+            self.mappers.lock().expect("mappers lock").insert(pid);
+        }
+        self.consumers.lock().expect("consumers lock").insert(id, consumer);
+        id
+    }
+
+    pub fn set_consumer_regions(&self, id: u64, regions: Vec<RegionStatus>) {
+        if let Some(consumer) = self.consumers.lock().expect("consumers lock").get_mut(&id) {
+            consumer.regions = regions;
+        }
+    }
+
+    pub fn add_consumer_region(&self, id: u64, region: RegionStatus) {
+        if let Some(consumer) = self.consumers.lock().expect("consumers lock").get_mut(&id) {
+            consumer.regions.push(region);
+        }
+    }
+
+    pub fn remove_consumer_region(&self, id: u64, guest_phys_addr: u64, size: u64) {
+        if let Some(consumer) = self.consumers.lock().expect("consumers lock").get_mut(&id) {
+            consumer.regions.retain(|r| (r.guest_phys_addr, r.size) != (guest_phys_addr, size));
+        }
+    }
+
+    pub fn forget_consumer(&self, id: u64) {
+        self.consumers.lock().expect("consumers lock").remove(&id);
+    }
+
+    pub fn forget_client(&self, id: u64) {
+        self.clients.lock().expect("clients lock").remove(&id);
+    }
+
+    /// Wakes the main loop to shut down (the STOP request).
+    pub fn request_stop(&self) {
+        if let Err(e) = (&self.stop_request).write_all(&[1]) {
+            error!("cannot signal the main loop to stop: {e}");
+        }
+    }
+
+    pub fn status(&self) -> VmStatus {
+        let stats = self.pool.stats().map_err(|e| warn!("pool statistics: {e}")).ok();
+        let extents = self.allocation.extents().map_err(|e| warn!("extents: {e}")).unwrap_or_default();
+        let id = self.allocation.id();
+        VmStatus {
+            vm: self.vm.clone(),
+            pid: std::process::id(),
+            size: self.allocation.size(),
+            pool: self.pool.spec().to_string(),
+            memory: match self.allocation.kind() {
+                PoolKind::Memfd if self.pool.page_size() > 4096 => "memfd-hugetlb".into(),
+                PoolKind::Memfd => "memfd".into(),
+                PoolKind::Directory(fs) => fs.to_string(),
+            },
+            page_size: self.allocation.page_size(),
+            path: self.allocation.path().map(|p| p.display().to_string()),
+            dev: id.dev,
+            inode: id.ino,
+            reattached: self.reattached,
+            started: self.started,
+            pool_total: stats.map_or(0, |s| s.total),
+            pool_free: stats.map_or(0, |s| s.free),
+            extents: extents
+                .into_iter()
+                .map(|e| ExtentStatus { logical: e.logical, physical: e.physical, length: e.length })
+                .collect(),
+            clients: self.clients.lock().expect("clients lock").values().cloned().collect(),
+            consumers: self.consumers.lock().expect("consumers lock").values().cloned().collect(),
+        }
+    }
+
+    /// Who still uses the memory: relayed devices, and processes that still map the file.
+    fn remaining_consumers(&self) -> Vec<String> {
+        let mut remaining: Vec<String> = self
+            .consumers
+            .lock()
+            .expect("consumers lock")
+            .values()
+            .map(|c| {
+                format!(
+                    "device {} (backend pid {})",
+                    c.device,
+                    c.backend_pid.map_or("?".into(), |p| p.to_string())
+                )
+            })
+            .collect();
+        let id = self.allocation.id();
+        for &pid in self.mappers.lock().expect("mappers lock").iter() {
+            if pid != std::process::id() && process_maps_file(pid, id) {
+                remaining.push(format!("pid {pid} maps the memory"));
+            }
+        }
+        remaining
+    }
+
+    /// Waits until nobody uses the memory any more, at most `timeout`.
+    pub fn wait_for_consumers(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut reported = false;
+        loop {
+            let remaining = self.remaining_consumers();
+            if remaining.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    "consumers still use VM {:?}'s memory after {timeout:?}: {}; releasing it anyway (the memory lives on while they hold it)",
+                    self.vm,
+                    remaining.join(", ")
+                );
+                return;
+            }
+            if !reported {
+                info!("waiting up to {timeout:?} for the memory's consumers to go: {}", remaining.join(", "));
+                reported = true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Whether process `pid` maps the file `id` (from /proc/<pid>/maps: `major:minor inode`).
+fn process_maps_file(pid: u32, id: driver::FileId) -> bool {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return false };
+    let (major, minor) = (libc::major(id.dev), libc::minor(id.dev));
+    maps.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(3);
+        let (Some(dev), Some(inode)) = (fields.next(), fields.next()) else { return false };
+        let Some((maj, min)) = dev.split_once(':') else { return false };
+        inode.parse() == Ok(id.ino)
+            && u32::from_str_radix(maj, 16) == Ok(major)
+            && u32::from_str_radix(min, 16) == Ok(minor)
+    })
+}
