@@ -170,8 +170,8 @@ impl Owner {
             .collect();
         let id = self.allocation.id();
         for &pid in self.mappers.lock().expect("mappers lock").iter() {
-            if pid != std::process::id() && process_maps_file(pid, id) {
-                remaining.push(format!("pid {pid} maps the memory"));
+            if pid != std::process::id() && process_uses_file(pid, id) {
+                remaining.push(format!("pid {pid} still uses the memory"));
             }
         }
         remaining
@@ -203,9 +203,34 @@ impl Owner {
     }
 }
 
-/// Whether process `pid` maps the file `id` (from /proc/<pid>/maps: `major:minor inode`).
-fn process_maps_file(pid: u32, id: driver::FileId) -> bool {
-    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return false };
+/// Whether process `pid` may still reach the file `id`: it maps it, holds an fd to it, or
+/// holds a VFIO fd (VFIO type1 keeps IOMMU mappings of PFN-only memory without a reference to
+/// the file, and an exiting process drops its mappings before it closes its fds). A process we
+/// cannot inspect counts as using it while it lives; a zombie or a gone one does not.
+fn process_uses_file(pid: u32, id: driver::FileId) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // `pid (comm) S …`: comm may hold spaces and parentheses; the state follows the last ')'.
+    if stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) == Some('Z') {
+        return false;
+    }
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return true };
+    if maps_file(&maps, id) {
+        return true;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return true };
+    fds.filter_map(Result::ok).any(|fd| {
+        let path = fd.path();
+        let to_vfio = std::fs::read_link(&path).is_ok_and(|target| target.starts_with("/dev/vfio"));
+        let to_file = std::fs::metadata(&path).is_ok_and(|meta| {
+            std::os::unix::fs::MetadataExt::ino(&meta) == id.ino
+                && std::os::unix::fs::MetadataExt::dev(&meta) == id.dev
+        });
+        to_vfio || to_file
+    })
+}
+
+/// Whether a /proc/<pid>/maps text maps the file `id` (`major:minor inode` columns).
+fn maps_file(maps: &str, id: driver::FileId) -> bool {
     let (major, minor) = (libc::major(id.dev), libc::minor(id.dev));
     maps.lines().any(|line| {
         let mut fields = line.split_whitespace().skip(3);
@@ -215,4 +240,30 @@ fn process_maps_file(pid: u32, id: driver::FileId) -> bool {
             && u32::from_str_radix(maj, 16) == Ok(major)
             && u32::from_str_radix(min, 16) == Ok(minor)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_file_matches_device_and_inode() {
+        let id = driver::FileId { dev: libc::makedev(0, 0x1a), ino: 1234 };
+        let maps =
+            "7f00-7f10 rw-s 00000000 00:1a 1234   /dev/shm/vm\n7f10-7f20 r--p 00000000 fd:01 99 /usr/lib/x";
+        assert!(maps_file(maps, id));
+        assert!(!maps_file("7f00-7f10 rw-s 00000000 00:1b 1234 /x", id), "another device");
+        assert!(!maps_file("7f00-7f10 rw-s 00000000 00:1a 12345 /x", id), "another inode");
+        assert!(!maps_file("garbage", id));
+    }
+
+    #[test]
+    fn a_process_holding_the_file_open_uses_it() {
+        let file = tempfile::tempfile().unwrap();
+        let id = driver::FileId::of(&file).unwrap();
+        assert!(process_uses_file(std::process::id(), id), "this process holds an fd to it");
+        drop(file);
+        assert!(!process_uses_file(std::process::id(), id), "no longer");
+        assert!(!process_uses_file(u32::MAX, id), "no such process");
+    }
 }

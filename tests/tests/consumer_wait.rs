@@ -62,7 +62,7 @@ fn owner_waits_for_consumers_within_its_timeout() {
     let log = owner.log();
     assert!(log.contains("waiting up to 4s for the memory's consumers to go"), "{log}");
     assert!(
-        log.contains("device disk0") && log.contains(&format!("pid {} maps the memory", vm.pid())),
+        log.contains("device disk0") && log.contains(&format!("pid {} still uses the memory", vm.pid())),
         "{log}"
     );
     assert!(log.contains("releasing it anyway"), "{log}");
