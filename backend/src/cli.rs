@@ -48,8 +48,10 @@ pub enum Command {
         /// Allocate every page before serving, so that the guest cannot run short later.
         #[arg(long)]
         prefault: bool,
-        /// Also let this user id use the socket (repeatable). Root and the owner's own user
-        /// always may.
+        /// Also let this user id use the sockets (repeatable). Root and the owner's own user
+        /// always may. When root runs the owner, the sockets and a directory pool's file are
+        /// handed to the first such user (e.g. libvirt's QEMU user), who could not open them
+        /// otherwise.
         #[arg(long = "allow-uid", value_name = "UID")]
         allow_uids: Vec<u32>,
         /// Remove a directory pool's file when stopping (by default it is kept for the next
@@ -76,7 +78,8 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "QEMU")]
         command: Vec<String>,
     },
-    /// Show the VMs served under the run dir: size, pool, page size, extents, clients.
+    /// Show the VMs served under the run dir: size, pool, page size, extents, clients and the
+    /// device backends that map the memory.
     Status {
         /// Only this VM.
         #[arg(long)]
