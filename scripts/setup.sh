@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything pageless needs on a fresh Debian 12 (bookworm) machine, then builds it.
-#  - apt: bookworm-backports for QEMU 10 and libvirt 11, busybox-static, cpio, build tools
+#  - apt: bookworm-backports for QEMU 10 and libvirt 11, busybox-static, cpio, build tools,
+#    ndctl (copied into the driver benchmark's guest for device-dax)
 #  - the 6.12 cloud kernel image, unpacked (not installed) under .cache/kernel/ for test guests,
 #    and its headers, against which driver/kmod builds
 #  - cargo build of the workspace
@@ -35,7 +36,7 @@ $SUDO apt-get update -q
 log "installing packages (QEMU 10 and libvirt from backports)"
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     build-essential bc kmod cpio busybox-static xz-utils zstd e2fsprogs util-linux python3 \
-    ca-certificates curl pkg-config
+    ca-certificates curl pkg-config ndctl
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     -t bookworm-backports qemu-system-x86 qemu-utils qemu-block-extra ovmf seabios ipxe-qemu \
     qemu-system-data

@@ -7,6 +7,7 @@
 mod bench;
 mod blk;
 mod checks;
+mod struct_page;
 mod util;
 mod vfio;
 mod vfio_bench;
@@ -144,6 +145,33 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Benchmark: struct page bytes per GiB: System RAM, pagelessfs, hugetlb (HVO off/on),
+    /// device-dax over a legacy pmem namespace (ndctl, map=mem and map=dev).
+    StructPage {
+        /// System RAM's boot memmap per GiB.
+        #[arg(long)]
+        ram: bool,
+        /// The pool ranges (SIZE@START,...): with --ram, no memory block may overlap them;
+        /// with --pageless, the pool capacity is compared with them.
+        #[arg(long)]
+        ranges: Option<String>,
+        /// A pagelessfs mount: allocate, map and touch --size there.
+        #[arg(long)]
+        pageless: Option<PathBuf>,
+        /// Reserve 1 GiB of 2M and of 1G hugetlb pages, HVO on (held in files under
+        /// --hold-dir until power-off) and off (left free).
+        #[arg(long)]
+        hugetlb: bool,
+        #[arg(long, default_value = "/run/pageless-hugetlb")]
+        hold_dir: PathBuf,
+        /// A pmem namespace (e.g. namespace0.0) to turn into device-dax with ndctl.
+        #[arg(long)]
+        devdax: Option<String>,
+        #[arg(long, default_value = "ndctl")]
+        ndctl: PathBuf,
+        #[arg(long, default_value = "1G", value_parser = util::parse_size)]
+        size: u64,
+    },
 }
 
 fn main() {
@@ -185,6 +213,21 @@ fn main() {
                 runs,
             },
         ),
+        Cmd::StructPage { ram, ranges, pageless, hugetlb, hold_dir, devdax, ndctl, size } => {
+            struct_page::struct_page(
+                &mut r,
+                &struct_page::Args {
+                    ram,
+                    ranges: ranges.as_deref(),
+                    pageless: pageless.as_deref(),
+                    hugetlb,
+                    hold_dir: &hold_dir,
+                    devdax: devdax.as_deref(),
+                    ndctl: &ndctl,
+                    size,
+                },
+            )
+        }
     };
     if let Err(e) = res {
         r.check(
