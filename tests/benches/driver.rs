@@ -24,11 +24,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use pageless_tests::checks::{parse, results};
-use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
-use pageless_tests::nested::{add_qemu, inner_initramfs};
+use pageless_tests::nested::outer_initramfs;
+use pageless_tests::repo_root;
 use pageless_tests::vm::{Vm, VmConfig};
-use pageless_tests::{bins, kmod, repo_root};
 
 /// Nested boots per memory kind (ABBA order, after one warm-up boot); bench-driver.sh's
 /// INNER_RUNS.
@@ -132,27 +131,14 @@ fn required() -> Vec<String> {
 
 fn build_initrd(dir: &Path) -> std::path::PathBuf {
     let kernel = Kernel::get();
-    let module = kmod::build(&kernel);
-    let inner_initrd = dir.join("inner-initrd");
-    let inner_script = std::fs::read_to_string(repo_root().join("tests/vm/seed-inner.sh")).unwrap();
-    inner_initramfs(&inner_initrd, &["virtio_blk"], &inner_script);
-
     let script = std::fs::read_to_string(repo_root().join("tests/vm/bench-driver.sh")).unwrap();
-    let mut outer = Initramfs::new();
-    outer
-        .kernel_modules(&kernel, &["vfio_iommu_type1", "vfio-pci"])
-        .file(&module, "/pageless.ko")
-        .file(&kernel.vmlinuz(), "/inner/vmlinuz")
-        .file(&inner_initrd, "/inner/initrd")
-        .binary(&bins::pageless(), "/usr/bin/pageless")
-        .binary(&bins::build("pageless-guest", "pageless-guest"), "/usr/bin/pageless-guest");
+    let mut outer = outer_initramfs(dir);
     let ndctl = Path::new("/usr/bin/ndctl");
     assert!(ndctl.exists(), "{} is missing: run scripts/setup.sh (it installs ndctl)", ndctl.display());
     outer.binary(ndctl, "/usr/bin/ndctl");
     for module in PMEM_MODULES {
         outer.kernel_module_file(&kernel, module, &format!("/mods/{module}.ko"));
     }
-    add_qemu(&mut outer);
     let initrd = dir.join("outer-initrd");
     outer.init(&format!("INNER_RUNS={INNER_RUNS}\n{script}")).build(&initrd).unwrap();
     initrd

@@ -106,7 +106,8 @@ fn main() {
     }
     println!("\nevery run, in order (direct and relay alternate):");
     for (metric, _) in METRICS {
-        let runs = |samples: &Vec<f64>| samples.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" ");
+        let runs =
+            |samples: &Vec<f64>| samples.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" ");
         println!("{metric:<20} direct: {:<40} relay: {}", runs(&direct[metric]), runs(&relayed[metric]));
     }
     println!("\nratio: relay performance as a fraction of direct (latency inverted), goal >= 0.98");

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::initramfs::Initramfs;
 use crate::kernel::Kernel;
+use crate::{bins, kmod, repo_root};
 
 /// The data files QEMU opens for a `-kernel` boot with `-nodefaults` (found with strace).
 const QEMU_FIRMWARE: &[&str] = &[
@@ -31,4 +32,29 @@ pub fn inner_initramfs(out: &Path, modules: &[&str], body: &str) {
         .init(body)
         .build(out)
         .expect("build the inner initramfs");
+}
+
+/// The outer guest that boots nested VMs (the seed scenario, the driver benchmark), without its
+/// /init: pageless.ko, the vfio-pci modules (loaded), `pageless` and `pageless-guest`, QEMU and
+/// qemu-storage-daemon, tests/vm/nested.sh as /nested.sh, and the nested guest's kernel and
+/// initramfs (tests/vm/seed-inner.sh) as /inner/vmlinuz and /inner/initrd. `work` holds the
+/// nested initramfs while the image is built.
+pub fn outer_initramfs(work: &Path) -> Initramfs {
+    let kernel = Kernel::get();
+    let module = kmod::build(&kernel);
+    let inner_initrd = work.join("inner-initrd");
+    let inner_script =
+        std::fs::read_to_string(repo_root().join("tests/vm/seed-inner.sh")).expect("seed-inner.sh");
+    inner_initramfs(&inner_initrd, &["virtio_blk"], &inner_script);
+    let mut outer = Initramfs::new();
+    outer
+        .kernel_modules(&kernel, &["vfio_iommu_type1", "vfio-pci"])
+        .file(&module, "/pageless.ko")
+        .file(&repo_root().join("tests/vm/nested.sh"), "/nested.sh")
+        .file(&kernel.vmlinuz(), "/inner/vmlinuz")
+        .file(&inner_initrd, "/inner/initrd")
+        .binary(&bins::pageless(), "/usr/bin/pageless")
+        .binary(&bins::build("pageless-guest", "pageless-guest"), "/usr/bin/pageless-guest");
+    add_qemu(&mut outer);
+    outer
 }

@@ -14,11 +14,9 @@
 
 use std::time::Duration;
 
-use pageless_tests::initramfs::Initramfs;
-use pageless_tests::kernel::Kernel;
-use pageless_tests::nested::{add_qemu, inner_initramfs};
+use pageless_tests::nested::outer_initramfs;
 use pageless_tests::vm::{Vm, VmConfig};
-use pageless_tests::{bins, checks, kmod, repo_root};
+use pageless_tests::{checks, repo_root};
 
 const VFIO_CHECKS: &[&str] = &[
     "vfio-setup",
@@ -62,23 +60,9 @@ fn required() -> Vec<String> {
 
 #[test]
 fn nested_vm_on_pfn_only_memory_with_vhost_user_and_vfio() {
-    let kernel = Kernel::get();
-    let module = kmod::build(&kernel);
     let dir = tempfile::tempdir().unwrap();
-    let inner_initrd = dir.path().join("inner-initrd");
-    let inner_script = std::fs::read_to_string(repo_root().join("tests/vm/seed-inner.sh")).unwrap();
-    inner_initramfs(&inner_initrd, &["virtio_blk"], &inner_script);
-
     let outer_script = std::fs::read_to_string(repo_root().join("tests/vm/seed-outer.sh")).unwrap();
-    let mut outer = Initramfs::new();
-    outer
-        .kernel_modules(&kernel, &["vfio_iommu_type1", "vfio-pci"])
-        .file(&module, "/pageless.ko")
-        .file(&kernel.vmlinuz(), "/inner/vmlinuz")
-        .file(&inner_initrd, "/inner/initrd")
-        .binary(&bins::pageless(), "/usr/bin/pageless")
-        .binary(&bins::build("pageless-guest", "pageless-guest"), "/usr/bin/pageless-guest");
-    add_qemu(&mut outer);
+    let mut outer = outer_initramfs(dir.path());
     let outer_initrd = dir.path().join("outer-initrd");
     outer.init(&outer_script).build(&outer_initrd).unwrap();
 

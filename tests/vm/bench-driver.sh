@@ -1,6 +1,6 @@
 # The outer guest of the driver benchmark (tests/benches/driver.rs), after the prelude.
 # Expects: /pageless.ko; /mods/{libnvdimm,nd_e820,nd_btt,nd_pmem,device_dax,dax_pmem}.ko (not
-# loaded: the System RAM baseline is taken before any pmem memmap exists); /inner/vmlinuz and
+# loaded: the System RAM baseline is taken before any pmem memmap exists); /nested.sh; /inner/vmlinuz and
 # /inner/initrd (tests/vm/seed-inner.sh); on PATH pageless, pageless-guest, ndctl,
 # qemu-system-x86_64, qemu-storage-daemon; the vfio-pci modules loaded. QEMU: q35 with
 # -device intel-iommu -device edu, -m 10G; kernel cmdline intel_iommu=on memmap=1G$4G
@@ -8,15 +8,12 @@
 # hugepagesz=1G hugepages=1 (keeps a free 1 GiB-aligned GiB for run-time 1G pages).
 # Prints RESULT lines (measurements) and CHECK lines (every step that can fail), then
 # CHECKS-DONE.
+. /nested.sh
 RANGES=1G@4G,512M@6G
-RUN=/run/pageless
 G=pageless-guest
 INNER_RUNS=${INNER_RUNS:-2}
 INNER_BOOT_SECS=${INNER_BOOT_SECS:-400}
 H1G=/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages
-say() { echo "# $*"; }
-now() { cut -d' ' -f1 /proc/uptime; } # seconds, 10 ms resolution
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 phase() { say "phase $1 at $(now) s"; }
 
 phase setup
@@ -54,12 +51,7 @@ $G bench-faults --pageless /mnt/pl/1g --pageless /mnt/pl/2m --pageless /mnt/pl/4
 
 # 3. VFIO_IOMMU_MAP_DMA of 1 GiB: edu, behind the vIOMMU, bound to vfio-pci gives the container.
 phase vfio
-echo 1234 11e8 >/sys/bus/pci/drivers/vfio-pci/new_id
-BDF=
-for d in /sys/bus/pci/devices/*; do
-    if [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ]; then BDF=${d##*/}; fi
-done
-check edu-on-vfio-pci sh -c "[ -n '$BDF' ] && [ \$(basename \$(readlink /sys/bus/pci/devices/$BDF/driver)) = vfio-pci ] && echo $BDF"
+bind_edu
 $G vfio-map-bench --bdf "$BDF" --pageless /mnt/pl/1g /mnt/pl/2m --hugetlbfs /mnt/huge1g /mnt/huge2m \
     --memfd --size 1G --runs 3
 umount /mnt/huge2m /mnt/huge1g
@@ -72,40 +64,13 @@ echo 1 >$H1G
 # with vfio-pci), booted on pagelessfs (2M mount) and memfd: seconds from QEMU's start to the
 # inner guest's INNER-READY. One warm-up boot first (not counted), then INNER_RUNS of each in
 # ABBA order, so that neither kind always boots first.
-wait_line() { # file pattern seconds
-    i=0
-    while [ $i -lt $(($3 * 10)) ]; do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        i=$((i + 1))
-        [ $((i % 600)) = 0 ] && say "waiting for '$2' in $1: $((i / 10)) s"
-        sleep 0.1
-    done
-    return 1
-}
 run_inner() { # label pool run
     label=$1 pool=$2 n=$3 vm=inner-$1-$3
-    disk=/tmp/disk-$vm.img qsd=/run/qsd-$vm.sock log=/tmp/$vm.log
+    disk=/tmp/disk-$vm.img log=/tmp/$vm.log
     echo "HOST-DISK-TOKEN-$vm" >"$disk" && truncate -s 16M "$disk"
-    qemu-storage-daemon --blockdev driver=file,node-name=f0,filename="$disk",cache.direct=off \
-        --blockdev driver=raw,node-name=d0,file=f0 \
-        --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$qsd",writable=on \
-        >/tmp/qsd-$vm.log 2>&1 &
-    qsd_pid=$!
-    for i in $(seq 100); do [ -S "$qsd" ] && break; sleep 0.1; done
-    pageless serve --vm "$vm" --size 160M --pool "$pool" --run-dir $RUN --vhost-user disk0="$qsd" \
-        --consumer-timeout 5 >/tmp/owner-$vm.log 2>&1 &
-    owner_pid=$!
-    for i in $(seq 100); do pageless status --vm "$vm" --run-dir $RUN >/dev/null 2>&1 && break; sleep 0.1; done
-    start=$(now)
-    pageless qemu --vm "$vm" --run-dir $RUN -- qemu-system-x86_64 -accel tcg -m 160M -nodefaults \
-        -display none -monitor none -serial file:"$log" -no-reboot \
-        -kernel /inner/vmlinuz -initrd /inner/initrd -append "console=ttyS0 panic=-1 quiet" \
-        -chardev socket,id=disk0,path=$RUN/$vm/disk0.sock,reconnect-ms=1000 \
-        -device vhost-user-blk-pci,chardev=disk0 -device vfio-pci,host="$BDF" \
-        >/tmp/qemu-$vm.err 2>&1 &
-    qemu_pid=$!
+    start_nested "$vm" "$pool" "$disk" "$log"
     if wait_line "$log" INNER-READY "$INNER_BOOT_SECS"; then
-        secs=$(since "$start")
+        secs=$(since "$nested_start")
         echo "RESULT inner_boot_secs_${label}_$n=$secs"
         status=$(pageless status --vm "$vm" --run-dir $RUN --json | tr -d ' \n')
         case "$status" in
@@ -116,9 +81,7 @@ run_inner() { # label pool run
     else
         fail "$vm-boots" "no INNER-READY in $INNER_BOOT_SECS s: $(tail -c 300 "$log" | tr '\n' ' ') $(tr '\n' ' ' </tmp/qemu-$vm.err)"
     fi
-    kill "$qemu_pid"; wait "$qemu_pid" 2>/dev/null
-    pageless stop --vm "$vm" --run-dir $RUN; wait "$owner_pid" 2>/dev/null
-    kill "$qsd_pid"; wait "$qsd_pid" 2>/dev/null
+    stop_nested "$vm"
     rm -f "/mnt/pl/2m/$vm" "$disk"
 }
 phase inner
