@@ -24,6 +24,6 @@ pub mod size;
 pub use allocation::{Allocation, FileId};
 pub use error::{Error, Result};
 pub use fiemap::Extent;
-pub use fs::FsKind;
+pub use fs::{FsKind, PAGELESSFS_MAGIC};
 pub use mapping::Mapping;
 pub use pool::{check_name, Pool, PoolKind, PoolSpec, PoolStats};

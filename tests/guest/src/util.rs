@@ -12,8 +12,8 @@ use std::time::Instant;
 pub const PAGE: usize = 4096;
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
-/// statfs f_type of pagelessfs ("PGLS").
-pub const PAGELESSFS_MAGIC: i64 = 0x5047_4c53;
+/// statfs f_type of pagelessfs ("PGLS"): the value the driver crate recognizes pools by.
+pub use driver::PAGELESSFS_MAGIC;
 
 /// Collects CHECK lines; the process exit status says whether all passed.
 #[derive(Default)]
@@ -332,27 +332,17 @@ pub fn fork_child(f: impl FnOnce() -> i32) -> nix::unistd::Pid {
     }
 }
 
+/// A size as the driver crate parses them (`4K`, `2M`, `1G`, bytes), or hex bytes (`0x…`), as
+/// in the module's `ranges=`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let (num, mult) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], MIB),
-        Some('G' | 'g') => (&s[..s.len() - 1], GIB),
-        _ => (s, 1),
-    };
-    let v = if let Some(h) = num.strip_prefix("0x") { u64::from_str_radix(h, 16) } else { num.parse() }
-        .map_err(|e| format!("bad size {s}: {e}"))?;
-    v.checked_mul(mult).ok_or_else(|| format!("size {s} overflows"))
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).map_err(|e| format!("bad size {s}: {e}")),
+        None => driver::size::parse_size(s),
+    }
 }
 
+/// A byte count in the largest binary unit that divides it (`2M`, `1G`, `1536K`).
 pub fn human(b: u64) -> String {
-    if b >= GIB && b & (GIB - 1) == 0 {
-        format!("{}G", b / GIB)
-    } else if b >= MIB && b & (MIB - 1) == 0 {
-        format!("{}M", b / MIB)
-    } else if b & 1023 == 0 {
-        format!("{}K", b / 1024)
-    } else {
-        b.to_string()
-    }
+    driver::size::Size(b).to_string()
 }
