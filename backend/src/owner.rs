@@ -13,7 +13,7 @@ use log::{error, info, warn};
 use protocol::control::{ClientStatus, ConsumerStatus, ExtentStatus, RegionStatus, VmStatus};
 
 use crate::clock::unix_now;
-use crate::peer::{AccessPolicy, Peer};
+use crate::peer::{process_alive, AccessPolicy, Peer};
 
 /// The state every connection thread shares.
 pub(crate) struct Owner {
@@ -208,9 +208,7 @@ impl Owner {
 /// the file, and an exiting process drops its mappings before it closes its fds). A process we
 /// cannot inspect counts as using it while it lives; a zombie or a gone one does not.
 fn process_uses_file(pid: u32, id: driver::FileId) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    // `pid (comm) S …`: comm may hold spaces and parentheses; the state follows the last ')'.
-    if stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) == Some('Z') {
+    if !process_alive(pid) {
         return false;
     }
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return true };

@@ -31,3 +31,12 @@ impl AccessPolicy {
         uid == 0 || uid == self.owner_uid || self.allowed_uids.contains(&uid)
     }
 }
+
+/// Whether process `pid` exists and is not a zombie (a zombie has closed all its files).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S …`: comm may hold spaces and parentheses; the state follows the last ')'.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}

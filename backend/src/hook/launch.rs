@@ -15,6 +15,7 @@ use protocol::control::ControlClient;
 use super::config::OwnerPlan;
 use super::{io_error, HookError, HookOptions};
 use crate::lock_path;
+use crate::peer::process_alive;
 
 /// A systemd unit name for the VM's owner: `pageless-<vm>`, escaped like systemd-escape.
 pub fn unit_name(vm: &str) -> String {
@@ -244,15 +245,6 @@ fn log_tail(path: &Path, start: u64) -> String {
     }
     let tail = &lines[lines.len().saturating_sub(LINES)..];
     format!("The end of its log {}:\n    {}", path.display(), tail.join("\n    "))
-}
-
-/// Whether `pid` runs (a zombie does not).
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // `pid (comm) S …`: the state follows the last ')'.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
-        Err(_) => false,
-    }
 }
 
 /// The pid of the VM's owner: from its socket, else from its lock file while the lock is held.
