@@ -97,6 +97,12 @@ pub fn disk_image_with_token(path: &Path, size: usize) -> String {
     token
 }
 
+/// The first line of 512-byte sector `n` of a disk image, as the host reads it now.
+pub fn image_sector_line(image: &Path, n: usize) -> String {
+    let data = std::fs::read(image).expect("read the disk image");
+    String::from_utf8_lossy(&data[n * 512..(n + 1) * 512]).lines().next().unwrap_or_default().to_string()
+}
+
 /// A tool that scripts/setup.sh installs under .cache/tools/bin.
 pub fn tool(name: &str) -> PathBuf {
     let path = repo_root().join(".cache/tools/bin").join(name);

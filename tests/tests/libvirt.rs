@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pageless_tests::backends::{disk_image_with_token, Backend};
+use pageless_tests::backends::{disk_image_with_token, image_sector_line, Backend};
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::{bins, random_token, repo_root};
@@ -282,10 +282,6 @@ fn wait_for_line(console: &Path, needle: &str, timeout: Duration, context: &dyn 
     }
 }
 
-fn sector(image: &[u8], n: usize) -> String {
-    String::from_utf8_lossy(&image[n * 512..(n + 1) * 512]).lines().next().unwrap_or_default().to_string()
-}
-
 #[test]
 fn libvirt_starts_and_stops_the_owner_with_the_domain() {
     let mut libvirt = Libvirt::setup();
@@ -345,7 +341,7 @@ fn libvirt_starts_and_stops_the_owner_with_the_domain() {
     assert!(read.ends_with(&host_token), "the guest read {read:?}, not the host's token {host_token}");
     let wrote = wait_for_line(&console, "DISK-WROTE", BOOT, &context);
     let disk_token = wrote.split_whitespace().nth(1).unwrap().to_string();
-    assert_eq!(sector(&std::fs::read(&image).unwrap(), 8), disk_token, "the guest's write is in the image");
+    assert_eq!(image_sector_line(&image, 8), disk_token, "the guest's write is in the image");
     let ram_line = wait_for_line(&console, "GUEST-TOKEN", BOOT, &context);
     let ram_token = ram_line.split_whitespace().nth(1).unwrap().to_string();
     eprintln!("guest up {:?} after virsh start: {read} / {wrote} / {ram_line}", started.elapsed());

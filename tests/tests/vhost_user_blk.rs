@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pageless_tests::backends::{disk_image_with_token, maps_inode, Backend};
+use pageless_tests::backends::{disk_image_with_token, image_sector_line, maps_inode, Backend};
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::owner::Owner;
@@ -34,10 +34,6 @@ while read -r cmd; do
 done
 finish
 "#;
-
-fn sector(image: &[u8], n: usize) -> String {
-    String::from_utf8_lossy(&image[n * 512..(n + 1) * 512]).lines().next().unwrap_or_default().to_string()
-}
 
 #[test]
 fn guest_disk_io_through_the_relay_survives_a_backend_restart() {
@@ -69,7 +65,7 @@ fn guest_disk_io_through_the_relay_survives_a_backend_restart() {
     assert!(read.ends_with(&host_token), "the guest read {read:?}, not the host's token {host_token}");
     let wrote = vm.wait_for("DISK-WROTE 0", STEP).unwrap();
     let guest_token = wrote.split_whitespace().nth(2).unwrap().to_string();
-    assert_eq!(sector(&std::fs::read(&image).unwrap(), 8), guest_token, "the guest's write is in the image");
+    assert_eq!(image_sector_line(&image, 8), guest_token, "the guest's write is in the image");
 
     // The backend maps the owner's file, and is listed as a consumer of it.
     let status = owner.status();
@@ -88,7 +84,7 @@ fn guest_disk_io_through_the_relay_survives_a_backend_restart() {
     let wrote = vm.wait_for("DISK-WROTE 1", STEP).expect("I/O after the backend's restart");
     assert!(wrote.ends_with(&host_token), "{wrote}");
     let guest_token = wrote.split_whitespace().nth(2).unwrap().to_string();
-    assert_eq!(sector(&std::fs::read(&image).unwrap(), 9), guest_token);
+    assert_eq!(image_sector_line(&image, 9), guest_token);
     assert!(maps_inode(qsd.pid(), owner.status().inode), "the new backend maps the owner's file");
     assert!(owner.log().contains("backend side ended"), "the relay saw the backend go:\n{}", owner.log());
     assert!(
