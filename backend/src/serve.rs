@@ -77,8 +77,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let lock = lock_vm(&options)?;
 
     let pool = Pool::open(&options.pool)?;
-    let size = pool.check_size(options.size)?;
-    let (allocation, reattached) = pool.attach_or_allocate(&options.vm, size)?;
+    let (allocation, reattached) = pool.attach_or_allocate(&options.vm, options.size)?;
     if options.prefault {
         allocation.prefault()?;
     }
