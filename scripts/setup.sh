@@ -17,8 +17,12 @@ for arg in "$@"; do
     esac
 done
 here=$(cd "$(dirname "$0")/.." && pwd)
-cache="$here/.cache"
-mkdir -p "$cache"
+# Downloads and builds (kernels, build roots, tools) are cached under ~/.cache/pageless, shared by
+# every clone of the repository; <repo>/.cache is a symlink to it (a real directory is kept).
+cache_home="${XDG_CACHE_HOME:-$HOME/.cache}/pageless"
+mkdir -p "$cache_home"
+[ -e "$here/.cache" ] || ln -s "$cache_home" "$here/.cache"
+cache=$(readlink -f "$here/.cache")
 
 log() { printf '\n==> %s\n' "$*"; }
 SUDO=""
