@@ -3,17 +3,21 @@
  * pageless: module parameters, claiming the boot-reserved ranges, load and
  * unload.
  *
- * ranges=SIZE@START[,SIZE@START...] names memory the firmware map marks
+ * ranges=SIZE@START[,SIZE@START...] names memory the kernel's map marks
  * "Reserved" because the kernel was booted with memmap=SIZE$START.  Each range
- * is checked (outside System RAM, wholly reserved, unclaimed, 2 MiB aligned),
- * claimed with request_mem_region(), mapped write-back with memremap() (which
- * also records WB in the x86 PAT memtype tree, so user mappings of it are WB
- * rather than UC-), and added to the pool.  Any failure undoes everything.
+ * is checked (2 MiB aligned, outside System RAM, usable RAM in the firmware's
+ * own memory map, wholly reserved, unclaimed), claimed with
+ * request_mem_region(), mapped write-back with memremap() (which also records
+ * WB in the x86 PAT memtype tree, so user mappings of it are WB rather than
+ * UC-), and added to the pool.  Any failure undoes everything.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/align.h>
 #include <linux/cpufeature.h>
+#include <linux/err.h>
+#include <linux/fcntl.h>
+#include <linux/fs.h>
 #include <linux/init.h>
 #include <linux/io.h>
 #include <linux/ioport.h>
@@ -63,6 +67,232 @@ static int pl_count_reserved(struct resource *res, void *arg)
 	return 0;
 }
 
+#if defined(CONFIG_X86) && defined(CONFIG_FIRMWARE_MEMMAP)
+/*
+ * The firmware's memory map as the kernel received it, before memmap= added
+ * its "Reserved" entries: memmap=SIZE$START reserves a hole or MMIO just as
+ * readily as RAM, so the kernel's map alone cannot tell them apart.  The
+ * kernel keeps that map in e820_table_firmware, but e820__mapped_raw_any(),
+ * the only exported reader, is exported to the KVM modules alone since 6.19;
+ * /sys/firmware/memmap (Documentation/ABI/testing/sysfs-firmware-memmap) shows
+ * the same map on every kernel, so it is read from there, once per load.
+ */
+#define PL_FW_MEMMAP	"/sys/firmware/memmap"
+#define PL_FW_RAM	"System RAM"
+
+struct pl_fw_entry {
+	u64 start;
+	u64 end;			/* inclusive, as the map shows it */
+	char type[40];
+};
+
+static struct pl_fw_entry *pl_fw;
+static unsigned int pl_fw_nr;
+
+struct pl_fw_dir {
+	struct dir_context ctx;
+	unsigned int *ids;
+	unsigned int nr;
+	unsigned int cap;
+	int err;
+};
+
+/* Collects the entry numbers; the entries are read once the walk is over. */
+static bool pl_fw_dir_actor(struct dir_context *ctx, const char *name,
+			    int len, loff_t off, u64 ino, unsigned int type)
+{
+	struct pl_fw_dir *d = container_of(ctx, struct pl_fw_dir, ctx);
+	unsigned int id, *ids;
+	char num[12];
+
+	if (len <= 0 || len >= sizeof(num))
+		return true;
+	memcpy(num, name, len);
+	num[len] = '\0';
+	if (kstrtouint(num, 10, &id))
+		return true;		/* "." and ".." */
+	if (d->nr == d->cap) {
+		ids = krealloc_array(d->ids, d->cap * 2 + 16, sizeof(*ids),
+				     GFP_KERNEL);
+		if (!ids) {
+			d->err = -ENOMEM;
+			return false;
+		}
+		d->ids = ids;
+		d->cap = d->cap * 2 + 16;
+	}
+	d->ids[d->nr++] = id;
+	return true;
+}
+
+static int pl_fw_read(unsigned int id, const char *attr, char *buf,
+		      size_t len)
+{
+	struct file *f;
+	loff_t pos = 0;
+	char path[64];
+	ssize_t n;
+
+	snprintf(path, sizeof(path), PL_FW_MEMMAP "/%u/%s", id, attr);
+	f = filp_open(path, O_RDONLY, 0);
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	n = kernel_read(f, buf, len - 1, &pos);
+	filp_close(f, NULL);
+	if (n < 0)
+		return n;
+	buf[n] = '\0';
+	if (n && buf[n - 1] == '\n')
+		buf[n - 1] = '\0';
+	return 0;
+}
+
+static int pl_fw_read_entry(unsigned int id, struct pl_fw_entry *e)
+{
+	char num[32];
+	int ret;
+
+	ret = pl_fw_read(id, "start", num, sizeof(num));
+	if (!ret)
+		ret = kstrtoull(num, 0, &e->start);
+	if (!ret)
+		ret = pl_fw_read(id, "end", num, sizeof(num));
+	if (!ret)
+		ret = kstrtoull(num, 0, &e->end);
+	if (!ret)
+		ret = pl_fw_read(id, "type", e->type, sizeof(e->type));
+	if (!ret && e->end < e->start)
+		ret = -EINVAL;
+	return ret;
+}
+
+static void pl_fw_free(void)
+{
+	kfree(pl_fw);
+	pl_fw = NULL;
+	pl_fw_nr = 0;
+}
+
+static int pl_fw_load(void)
+{
+	struct pl_fw_dir d = { .ctx.actor = pl_fw_dir_actor };
+	struct file *dir;
+	unsigned int i, seen;
+	int ret;
+
+	dir = filp_open(PL_FW_MEMMAP, O_RDONLY | O_DIRECTORY, 0);
+	if (IS_ERR(dir)) {
+		ret = PTR_ERR(dir);
+		goto err;
+	}
+	do {
+		seen = d.nr;
+		ret = iterate_dir(dir, &d.ctx);
+	} while (!ret && !d.err && d.nr != seen);
+	filp_close(dir, NULL);
+	if (!ret)
+		ret = d.err;
+	if (!ret && !d.nr)
+		ret = -ENOENT;
+	if (ret)
+		goto err_ids;
+
+	pl_fw = kcalloc(d.nr, sizeof(*pl_fw), GFP_KERNEL);
+	if (!pl_fw) {
+		ret = -ENOMEM;
+		goto err_ids;
+	}
+	for (i = 0; i < d.nr; i++) {
+		ret = pl_fw_read_entry(d.ids[i], &pl_fw[pl_fw_nr]);
+		if (ret == -ENOENT)	/* removed meanwhile (memory hot-remove) */
+			continue;
+		if (ret)
+			goto err_free;
+		pl_fw_nr++;
+	}
+	kfree(d.ids);
+	return 0;
+
+err_free:
+	pl_fw_free();
+err_ids:
+	kfree(d.ids);
+err:
+	pr_err("cannot read the firmware memory map %s: %d\n", PL_FW_MEMMAP,
+	       ret);
+	return ret;
+}
+
+/* The entry holding @addr, of type @ram or of any other type. */
+static const struct pl_fw_entry *pl_fw_find(u64 addr, bool ram)
+{
+	unsigned int i;
+
+	for (i = 0; i < pl_fw_nr; i++) {
+		if (addr < pl_fw[i].start || addr > pl_fw[i].end)
+			continue;
+		if ((strcmp(pl_fw[i].type, PL_FW_RAM) == 0) == ram)
+			return &pl_fw[i];
+	}
+	return NULL;
+}
+
+/*
+ * Is all of [start, end] usable RAM in the firmware's map?  Walks the range
+ * from RAM entry to RAM entry; the first address no RAM entry holds is
+ * reported with what the firmware has there: another type, or nothing.
+ */
+static int pl_fw_check(u64 start, u64 end)
+{
+	const struct pl_fw_entry *e;
+	u64 pos = start, stop;
+	unsigned int i;
+
+	for (;;) {
+		e = pl_fw_find(pos, true);
+		if (!e)
+			break;
+		if (e->end >= end)
+			return 0;
+		pos = e->end + 1;
+	}
+	e = pl_fw_find(pos, false);
+	if (e) {
+		pr_err("range [%#llx-%#llx]: firmware reports \"%s\" at [%#llx-%#llx], not RAM (see %s)\n",
+		       start, end, e->type, pos, min(e->end, end),
+		       PL_FW_MEMMAP);
+		return -EINVAL;
+	}
+	stop = end;
+	for (i = 0; i < pl_fw_nr; i++)
+		if (pl_fw[i].start > pos && pl_fw[i].start <= stop)
+			stop = pl_fw[i].start - 1;
+	pr_err("range [%#llx-%#llx]: firmware reports no memory at [%#llx-%#llx] (see %s)\n",
+	       start, end, pos, stop, PL_FW_MEMMAP);
+	return -EINVAL;
+}
+#else
+/*
+ * No firmware map to consult (not x86, or CONFIG_FIRMWARE_MEMMAP=n): ranges
+ * are checked against the kernel's map only, as memmap= left it.
+ */
+static int pl_fw_load(void)
+{
+	if (IS_ENABLED(CONFIG_X86))
+		pr_warn("no firmware memory map (CONFIG_FIRMWARE_MEMMAP=n): ranges are not checked against it\n");
+	return 0;
+}
+
+static void pl_fw_free(void)
+{
+}
+
+static int pl_fw_check(u64 start, u64 end)
+{
+	return 0;
+}
+#endif
+
 static int pl_parse_one(char *s, u64 *start, u64 *size)
 {
 	char *end;
@@ -110,10 +340,13 @@ static int pl_claim_range(u64 start, u64 size)
 		       start, end, size, start);
 		return -EINVAL;
 	}
+	ret = pl_fw_check(start, end);
+	if (ret)
+		return ret;
 	walk_iomem_res_desc(IORES_DESC_RESERVED, IORESOURCE_MEM, start, end,
 			    &covered, pl_count_reserved);
 	if (covered != size) {
-		pr_err("range [%#llx-%#llx] is not wholly firmware-reserved memory (%llu of %llu bytes are): boot with memmap=%#llx$%#llx\n",
+		pr_err("range [%#llx-%#llx] is not wholly reserved memory (%llu of %llu bytes are): boot with memmap=%#llx$%#llx\n",
 		       start, end, covered, size, size, start);
 		return -EINVAL;
 	}
@@ -186,9 +419,14 @@ static int pl_claim_ranges(void)
 		pr_err("no memory: load with ranges=SIZE@START[,...] matching the memmap=SIZE$START boot parameters\n");
 		return -EINVAL;
 	}
+	ret = pl_fw_load();
+	if (ret)
+		return ret;
 	buf = kstrdup(ranges, GFP_KERNEL);
-	if (!buf)
-		return -ENOMEM;
+	if (!buf) {
+		ret = -ENOMEM;
+		goto out_fw;
+	}
 	p = buf;
 	while ((item = strsep(&p, ",")) != NULL) {
 		if (!*item)
@@ -213,6 +451,8 @@ static int pl_claim_ranges(void)
 		pr_err("ranges=: no range given\n");
 		ret = -EINVAL;
 	}
+out_fw:
+	pl_fw_free();
 	return ret;
 }
 

@@ -5,7 +5,12 @@
 #   guest kernel   the 6.12 cloud kernel the module was built for (.cache/kernel/current)
 #   kernel cmdline console=ttyS0 memmap=1G$4G memmap=512M$6G  (plus anything else, e.g. quiet
 #                  panic=-1); QEMU: -m 6G (RAM must exist above 6.5G so both ranges sit
-#                  inside the E820 map as "Reserved"), -smp 2, TCG is fine (~1 minute)
+#                  inside the E820 map as "Reserved"), -smp 2, TCG is fine (~1 minute).
+#                  For the refusals of ranges that are not RAM also memmap=256M$0x280000000
+#                  (a reservation past the end of RAM: 10 GiB, above QEMU's 64-bit PCI window)
+#                  and memmap=256M%0x1b0000000-1 (RAM taken out of the kernel's map, neither
+#                  System RAM nor reserved); and QEMU's firmware "Reserved" entry at
+#                  0xfd00000000 (the AMD HyperTransport hole, present with TCG's -cpu max)
 #   /pageless.ko   the module (override: PAGELESS_KO=path)
 #   PATH           must contain pageless-guest (tests/guest, e.g. a static build:
 #                  RUSTFLAGS="-C target-feature=+crt-static" cargo build --release
@@ -89,8 +94,26 @@ bad_load load-system-ram 'overlaps System RAM' ranges=512M@1G
 bad_load load-partly-ram 'overlaps System RAM' ranges=2G@4G
 bad_load load-overlap 'overlaps range' ranges=1G@4G,512M@0x120000000
 bad_load load-unaligned 'multiples of 2 MiB' ranges=1G@0x100001000
-bad_load load-not-reserved 'not wholly firmware-reserved' ranges=512M@0x200000000
+bad_load load-not-reserved 'not wholly reserved memory' ranges=256M@0x1b0000000
 bad_load load-unwind 'overlaps System RAM' ranges=1G@4G,512M@0x140000000
+# Reserved in the kernel's map (so the checks above pass), but not RAM in the firmware's map.
+reserved_top() { # iomem-range: a top-level "Reserved" entry of /proc/iomem
+	grep -q "^$1 : Reserved\$" /proc/iomem
+}
+if reserved_top 280000000-28fffffff; then
+	bad_load load-past-ram-end 'firmware reports no memory at \[0x280000000-0x28fffffff\]' \
+		ranges=256M@0x280000000
+	bad_load load-past-ram-end-unwind 'firmware reports no memory at' ranges=1G@4G,256M@0x280000000
+else
+	check load-past-ram-end FAIL "needs memmap=256M\$0x280000000 past the end of RAM"
+	check load-past-ram-end-unwind FAIL "needs memmap=256M\$0x280000000 past the end of RAM"
+fi
+if reserved_top fd00000000-ffffffffff && grep -qx 0xfd00000000 /sys/firmware/memmap/*/start; then
+	bad_load load-firmware-reserved 'firmware reports "Reserved" at \[0xfd00000000-0xfd001fffff\]' \
+		ranges=2M@0xfd00000000
+else
+	check load-firmware-reserved FAIL "needs QEMU's firmware-reserved [0xfd00000000-0xffffffffff] (-cpu max under TCG)"
+fi
 bad_load load-parse 'cannot parse' ranges=1G
 bad_load load-no-ranges 'no memory'
 

@@ -1,6 +1,8 @@
 //! The kernel module in a VM: builds driver/kmod against the 6.12 cloud headers, boots the
 //! 6.12 cloud kernel under TCG with boot-reserved memory (memmap=1G$4G memmap=512M$6G, -m 6G)
-//! and a busybox initramfs holding pageless.ko, the in-guest checks (tests/guest) and the
+//! plus the bait for the refusals of ranges that are not RAM (memmap=256M$0x280000000: reserved
+//! past the end of RAM; memmap=256M%0x1b0000000-1: RAM neither System RAM nor reserved) and a
+//! busybox initramfs holding pageless.ko, the in-guest checks (tests/guest) and the
 //! `pageless` binary, and turns each CHECK line on the serial console into pass/fail.
 //!
 //! In the guest, first `pageless serve --pool pagelessfs:…` serves a pagelessfs allocation to a
@@ -60,6 +62,9 @@ const REQUIRED: &[&str] = &[
     "load-unaligned",
     "load-not-reserved",
     "load-unwind",
+    "load-past-ram-end",
+    "load-past-ram-end-unwind",
+    "load-firmware-reserved",
     "load-parse",
     "load-no-ranges",
     "load",
@@ -178,7 +183,7 @@ fn pagelessfs_in_a_vm() {
     let mut config = VmConfig::new("kmod", initrd);
     config.memory = "6G".into();
     config.smp = 2;
-    config.append = "memmap=1G$4G memmap=512M$6G".into();
+    config.append = "memmap=1G$4G memmap=512M$6G memmap=256M$0x280000000 memmap=256M%0x1b0000000-1".into();
     let mut vm = Vm::start(&config);
     vm.wait_for("CHECKS-DONE", Duration::from_secs(900)).expect("the guest's checks finish");
     let _ = vm.wait_exit(Duration::from_secs(60));
