@@ -269,9 +269,8 @@ unsigned int pl_quarantine_reap(void)
 	}
 	if (n && empty)
 		module_put(THIS_MODULE);
-	else if (!empty)
-		mod_delayed_work(system_wq, &pl_quar_work,
-				 PL_QUARANTINE_PERIOD);
+	else if (!empty)	/* no-op while already pending */
+		schedule_delayed_work(&pl_quar_work, PL_QUARANTINE_PERIOD);
 	return n;
 }
 
