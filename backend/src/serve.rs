@@ -284,9 +284,10 @@ fn wait_for_holders(
                 owner.vm
             ),
             Some(Report::StillHeld) => warn!(
-                "VM {:?}'s memory is still held after {:?}: {who}; keeping it until they exit, since a device may still reach it (stop them to release it; SIGKILL of the owner leaves the memory file in place)",
+                "VM {:?}'s memory is still held after {} s (--consumer-timeout {}): {who}; keeping it until they exit, since a device may still reach it (stop them to release it; SIGKILL of the owner leaves the memory file in place)",
                 owner.vm,
-                owner.stop_state().map_or(timeout, |s| s.started.elapsed()),
+                owner.stop_state().map_or(timeout, |s| s.started.elapsed()).as_secs(),
+                timeout.as_secs(),
             ),
             None => {}
         }
