@@ -20,6 +20,7 @@
 #include <linux/pgtable.h>
 #include <linux/sched/mm.h>
 #include <linux/uio.h>
+#include <linux/uaccess.h>
 
 #include "pageless.h"
 
@@ -142,27 +143,35 @@ static int pl_shrink(struct inode *inode, u64 newsize)
 
 	/* Let read()/write() copies that looked the tail up finish. */
 	synchronize_srcu(&pl_io_srcu);
-	pl_pool_release(tail);
+	/* A device may still reach the tail by DMA: see quarantine.c. */
+	pl_quarantine_free(pi, tail, false);
 	pl_extents_free(gone);
 	return 0;
 }
 
 /*
  * Set the size of a regular file: a multiple of the mount page size, or
- * -EINVAL.  Growing allocates (all or nothing; -ENOSPC), shrinking zaps,
- * scrubs and frees the tail.  Called with i_rwsem held.
+ * -EINVAL; -EPERM if a seal forbids the change.  Growing allocates (all or
+ * nothing; -ENOSPC), shrinking zaps the tail and frees it through the
+ * quarantine (scrubbed before reuse).  Called with i_rwsem held.
  */
 int pl_setsize(struct inode *inode, loff_t newsize)
 {
 	struct pl_sb_info *sbi = PL_SB(inode->i_sb);
 	loff_t old = i_size_read(inode);
+	u32 seals = PL_I(inode)->seals;
 
 	if (newsize < 0 || !IS_ALIGNED(newsize, sbi->psize))
 		return -EINVAL;
 	if (newsize == old)
 		return 0;
-	if (newsize > old)
+	if (newsize > old) {
+		if (seals & PAGELESS_SEAL_GROW)
+			return -EPERM;
 		return pl_grow(inode, old, newsize);
+	}
+	if (seals & PAGELESS_SEAL_SHRINK)
+		return -EPERM;
 	return pl_shrink(inode, newsize);
 }
 
@@ -447,14 +456,25 @@ static const struct vm_operations_struct pl_vm_ops = {
 #endif
 };
 
+/*
+ * Shared mappings only (no struct page, no copy-on-write).  Every process
+ * that maps the file is remembered, for the quarantine; VM_DONTCOPY keeps
+ * fork() from giving a child the mapping without this (MADV_DOFORK is refused
+ * on VM_IO mappings), so a child maps the file itself.
+ */
 static int pl_mmap(struct file *file, struct vm_area_struct *vma)
 {
-	struct pl_sb_info *sbi = PL_SB(file_inode(file)->i_sb);
-	vm_flags_t flags = VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP;
+	struct inode *inode = file_inode(file);
+	struct pl_sb_info *sbi = PL_SB(inode->i_sb);
+	vm_flags_t flags = VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP |
+			   VM_DONTCOPY;
+	int ret;
 
-	/* No struct page, no copy-on-write: shared mappings only. */
 	if (!(vma->vm_flags & VM_MAYSHARE))
 		return -EINVAL;
+	ret = pl_mappers_add(PL_I(inode), task_tgid(current));
+	if (ret)
+		return ret;
 	if (sbi->psize > PAGE_SIZE)
 		flags |= VM_HUGEPAGE;
 	file_accessed(file);
@@ -487,6 +507,36 @@ static unsigned long pl_get_unmapped_area(struct file *file,
 			return ret + ((off - ret) & (align - 1));
 	}
 	return mm_get_unmapped_area(current->mm, file, addr, len, pgoff, flags);
+}
+
+/* PAGELESS_IOC_ADD_SEALS / PAGELESS_IOC_GET_SEALS, see pageless_uapi.h. */
+static long pl_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct inode *inode = file_inode(file);
+	struct pl_inode *pi = PL_I(inode);
+	u32 __user *argp = (u32 __user *)arg;
+	u32 seals;
+
+	switch (cmd) {
+	case PAGELESS_IOC_GET_SEALS:
+		inode_lock_shared(inode);
+		seals = pi->seals;
+		inode_unlock_shared(inode);
+		return put_user(seals, argp);
+	case PAGELESS_IOC_ADD_SEALS:
+		if (get_user(seals, argp))
+			return -EFAULT;
+		if (seals & ~PAGELESS_SEALS_ALL)
+			return -EINVAL;
+		if (!(file->f_mode & FMODE_WRITE))
+			return -EPERM;
+		inode_lock(inode);
+		pi->seals |= seals;
+		inode_unlock(inode);
+		return 0;
+	default:
+		return -ENOTTY;
+	}
 }
 
 static int pl_open(struct inode *inode, struct file *file)
@@ -563,6 +613,8 @@ const struct file_operations pl_file_fops = {
 	.mmap			= pl_mmap,
 	.get_unmapped_area	= pl_get_unmapped_area,
 	.fsync			= noop_fsync,
+	.unlocked_ioctl		= pl_ioctl,
+	.compat_ioctl		= compat_ptr_ioctl,
 	.splice_read		= copy_splice_read,
 	.splice_write		= iter_file_splice_write,
 };

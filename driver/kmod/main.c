@@ -235,11 +235,18 @@ static int __init pl_init(void)
 		pr_err("cannot register filesystem pagelessfs: %d\n", ret);
 		goto err_pool;
 	}
+	ret = pl_sysfs_init();
+	if (ret) {
+		pr_err("cannot create /sys/fs/pagelessfs: %d\n", ret);
+		goto err_fs;
+	}
 	pl_mce_init();
 	pr_info("pagelessfs ready%s\n",
 		pl_pud_ok ? "" : " (no 1 GiB page table entries on this CPU)");
 	return 0;
 
+err_fs:
+	pl_fs_unregister();
 err_pool:
 	pl_pool_exit(false);
 	pl_unclaim_all();
@@ -248,8 +255,13 @@ err_pool:
 
 static void __exit pl_exit(void)
 {
-	/* No mount exists: the filesystem holds a module reference. */
+	/*
+	 * No mount exists (the filesystem holds a module reference) and nothing
+	 * is quarantined (so does the quarantine).
+	 */
+	pl_sysfs_exit();
 	pl_fs_unregister();
+	pl_quarantine_exit();
 	pl_mce_exit();
 	pl_pool_exit(true);
 	pl_poison_destroy();

@@ -24,6 +24,10 @@
  *	nothing else is taken under it (memory allocation and the lockless
  *	pl_poison look-up aside).
  *
+ *   pl_inode->mappers_lock (mutex), pl_quar.lock (mutex)
+ *	The processes that mapped a file, and the quarantine (quarantine.c).
+ *	Leaf locks: freed extents reach pl_pool.lock after dropping them.
+ *
  * Memory errors (mce.c) take pl_files_lock, then pl_inode->lock; the poison
  * xarray pl_poison has its own internal lock.
  */
@@ -32,9 +36,12 @@
 
 #include <linux/fs.h>
 #include <linux/list.h>
+#include <linux/mutex.h>
 #include <linux/rwsem.h>
 #include <linux/srcu.h>
 #include <linux/types.h>
+
+#include "pageless_uapi.h"
 
 /* statfs f_type of pagelessfs: "PGLS" */
 #define PAGELESSFS_MAGIC	0x50474c53
@@ -76,6 +83,20 @@ void pl_pool_release(struct pl_extents *ex);
 void pl_pool_release_clean(struct pl_extents *ex);
 void pl_pool_stat(u64 align, u64 *blocks, u64 *bfree);
 
+/* The pool's numbers, for sysfs. */
+struct pl_counts {
+	u64 capacity;
+	u64 free;
+	u64 scrubbing;
+	unsigned long poisoned;
+};
+
+void pl_pool_counts(struct pl_counts *c);
+
+/* sysfs.c */
+int pl_sysfs_init(void);
+void pl_sysfs_exit(void);
+
 /* super.c */
 int pl_fs_register(void);
 void pl_fs_unregister(void);
@@ -88,9 +109,14 @@ struct pl_sb_info {
 	umode_t mode;		/* root directory mode */
 };
 
+struct pl_pids;
+
 struct pl_inode {
 	struct rw_semaphore lock;	/* see the top of this file */
 	struct pl_extents *layout;	/* NULL while empty */
+	struct mutex mappers_lock;
+	struct pl_pids *mappers;	/* processes that mapped it, quarantine.c */
+	u32 seals;			/* PAGELESS_SEAL_*, under i_rwsem */
 	struct list_head files;		/* pl_files (regular files), mce.c */
 	struct inode vfs_inode;
 };
@@ -116,6 +142,14 @@ void pl_files_del(struct pl_inode *pi);
 void pl_mce_init(void);
 void pl_mce_exit(void);
 void pl_poison_destroy(void);
+
+/* quarantine.c: memory a device may still reach by DMA */
+int pl_mappers_add(struct pl_inode *pi, struct pid *pid);
+void pl_mappers_free(struct pl_inode *pi);
+void pl_quarantine_free(struct pl_inode *pi, struct pl_extents *ex, bool final);
+unsigned int pl_quarantine_reap(void);
+u64 pl_quarantine_bytes(void);
+void pl_quarantine_exit(void);
 
 /* file.c */
 extern const struct file_operations pl_file_fops;

@@ -468,7 +468,8 @@ out:
 /*
  * Allocate @bytes in extents aligned to @align (file offsets left 0).
  * Waits while extents being scrubbed would make the request fit; -ENOSPC if
- * the pool cannot satisfy it even then, -EINTR if killed while waiting.
+ * the pool cannot satisfy it even then (quarantined memory whose processes
+ * still live does not count), -EINTR if killed while waiting.
  */
 int pl_pool_alloc(u64 bytes, u64 align, struct pl_extents **res)
 {
@@ -485,6 +486,9 @@ int pl_pool_alloc(u64 bytes, u64 align, struct pl_extents **res)
 			break;
 		if (!pl_pool.scrub_bytes) {
 			mutex_unlock(&pl_pool.lock);
+			/* Quarantined memory whose processes are gone: scrub it. */
+			if (pl_quarantine_reap())
+				continue;
 			return -ENOSPC;
 		}
 		gen = pl_pool.gen;
@@ -588,6 +592,24 @@ void pl_pool_stat(u64 align, u64 *blocks, u64 *bfree)
 	*bfree = pl_avail_pending_locked(align);
 	mutex_unlock(&pl_pool.lock);
 	*bfree = min(*bfree, total);
+}
+
+void pl_pool_counts(struct pl_counts *c)
+{
+	/* Pairs with the release in pl_pool_add_range(). */
+	unsigned int i, n = smp_load_acquire(&pl_pool.nr_ranges);
+	struct pl_free *f;
+
+	c->capacity = 0;
+	for (i = 0; i < n; i++)
+		c->capacity += pl_pool.ranges[i].size;
+	c->free = 0;
+	mutex_lock(&pl_pool.lock);
+	list_for_each_entry(f, &pl_pool.free, node)
+		c->free += f->len;
+	c->scrubbing = pl_pool.scrub_bytes;
+	c->poisoned = pl_pool.poisoned;
+	mutex_unlock(&pl_pool.lock);
 }
 
 /*

@@ -150,6 +150,8 @@ static struct inode *pl_alloc_inode(struct super_block *sb)
 	if (!pi)
 		return NULL;
 	pi->layout = NULL;
+	pi->mappers = NULL;
+	pi->seals = 0;
 	INIT_LIST_HEAD(&pi->files);
 	return &pi->vfs_inode;
 }
@@ -164,12 +166,14 @@ static void pl_inode_init_once(void *p)
 	struct pl_inode *pi = p;
 
 	init_rwsem(&pi->lock);
+	mutex_init(&pi->mappers_lock);
 	inode_init_once(&pi->vfs_inode);
 }
 
 /*
- * The last reference is gone: no fd, no mapping, no link.  Nothing can
- * reach the extents any more; scrub and free them.
+ * The last reference is gone: no fd, no mapping, no link.  No process can
+ * reach the extents any more, but a device may, by DMA: they are scrubbed and
+ * freed once every process that mapped the file is gone (quarantine.c).
  */
 static void pl_evict_inode(struct inode *inode)
 {
@@ -179,8 +183,9 @@ static void pl_evict_inode(struct inode *inode)
 	clear_inode(inode);
 	if (!list_empty(&pi->files))
 		pl_files_del(pi);
-	pl_pool_release(pi->layout);
+	pl_quarantine_free(pi, pi->layout, true);
 	pi->layout = NULL;
+	pl_mappers_free(pi);
 }
 
 static int pl_statfs(struct dentry *dentry, struct kstatfs *buf)
@@ -192,6 +197,8 @@ static int pl_statfs(struct dentry *dentry, struct kstatfs *buf)
 	ret = simple_statfs(dentry, buf);
 	if (ret)
 		return ret;
+	/* Quarantined memory is not free; what no process holds any more is. */
+	pl_quarantine_reap();
 	pl_pool_stat(sbi->psize, &blocks, &bfree);
 	buf->f_bsize = sbi->psize;
 	buf->f_frsize = sbi->psize;
@@ -369,6 +376,8 @@ static void pl_kill_sb(struct super_block *sb)
 {
 	kill_litter_super(sb);	/* evicts every inode: extents are scrubbed */
 	kfree(sb->s_fs_info);
+	/* Release at once what only waited for processes that are gone. */
+	pl_quarantine_reap();
 }
 
 static struct file_system_type pl_fs_type = {

@@ -156,6 +156,12 @@ $G pat "$RANGES" --name pat-after-faults
 $G share $M/2m
 $G share $M/1g
 
+# --- DMA isolation: no fork inheritance, seals, quarantine while a mapper lives -------------
+$G fork-dontcopy $M/2m
+$G seals $M/2m
+$G quarantine-unlink $M/2m
+$G quarantine-unlink $M/1g
+
 # --- read/write, cp, dd, cmp, FIEMAP, directories -------------------------------------------
 dd if=/dev/urandom of=/tmp/rnd bs=1M count=8 2>/dev/null
 expect dd-cmp "truncate -s 8M, dd conv=notrunc in, cmp" sh -c "
@@ -219,7 +225,25 @@ if [ "${PAGELESS_BENCH:-0}" = 1 ]; then
 fi
 
 # --- unload and reload --------------------------------------------------------------------
+# Quarantined memory keeps the module loaded (a device may still reach it by DMA), even with
+# nothing mounted; it goes once the process that mapped it is gone.
+$G quarantine-holder $M/2m/held >/tmp/holder.out 2>&1 &
+holder=$!
+for i in $(seq 100); do grep -q HOLDER-READY /tmp/holder.out && break; sleep 0.1; done
 for ps in 1g 2m 4k; do umount $M/$ps; done
+held=$(cat /sys/fs/pagelessfs/quarantined_bytes)
+if rmmod pageless 2>/tmp/rmmod.err; then
+	check unload-refused-quarantined FAIL "rmmod succeeded with $held bytes quarantined: $(cat /tmp/holder.out)"
+	insmod "$KO" ranges="$RANGES"
+	for ps in 1g 2m 4k; do mount -t pagelessfs -o pagesize=$(echo $ps | tr gmk GMK) none $M/$ps; done
+	for ps in 1g 2m 4k; do umount $M/$ps; done
+else
+	check unload-refused-quarantined ok "nothing mounted, $held bytes quarantined by pid $holder: rmmod refused: $(tr '\n' ' ' </tmp/rmmod.err)"
+fi
+kill $holder
+wait $holder 2>/dev/null
+for i in $(seq 50); do [ "$(cat /sys/fs/pagelessfs/quarantined_bytes 2>/dev/null)" = 0 ] && break; sleep 0.1; done
+echo "# quarantined_bytes after the holder exited: $(cat /sys/fs/pagelessfs/quarantined_bytes 2>&1)"
 dmesg_mark
 expect unload "rmmod after umount; ranges released" sh -c "rmmod pageless && ! claimed"
 expect pat-released "no PAT entry left for the pool" sh -c \

@@ -62,6 +62,10 @@ fn required() -> Vec<String> {
             .to_vec();
     names.push("struct-page-with-nested-vm".into());
     names.extend(OWNER_STOP_CHECKS.iter().map(|c| format!("pagelessfs-{c}")));
+    for give_back in ["truncate", "unlink"] {
+        names.push(format!("dma-isolation-{give_back}"));
+        names.push(format!("dma-isolation-{give_back}-released"));
+    }
     names.push("unload".into());
     for prefix in ["pagelessfs-vfio", "memfd-vfio"] {
         names.extend(VFIO_CHECKS.iter().map(|c| format!("{prefix}-{c}")));

@@ -17,6 +17,11 @@ bind_edu
 pageless-guest vfio-edu --bdf "$BDF" --file /mnt/pl/dma --name pagelessfs-vfio
 pageless-guest vfio-edu --bdf "$BDF" --memfd --name memfd-vfio
 
+# DMA isolation: a process that DMA-mapped a file gives its memory back with the container
+# open; another file takes the pool; the device must never read that file's data.
+pageless-guest vfio-reuse --bdf "$BDF" --dir /mnt/pl --give-back truncate
+pageless-guest vfio-reuse --bdf "$BDF" --dir /mnt/pl --give-back unlink
+
 # 1, 2 and 3b: a nested VM whose RAM comes from POOL, with a vhost-user disk through the
 # relay to qemu-storage-daemon and edu passed through with vfio-pci.
 run_inner() { # label pool

@@ -272,7 +272,7 @@ pub fn share(r: &mut Report, dir: &Path) -> io::Result<()> {
 }
 
 /// Wait until the mount reports `want` free blocks (scrubbing finished), up to `secs`.
-fn wait_free(dir: &Path, want: u64, secs: u64) -> io::Result<u64> {
+pub fn wait_free(dir: &Path, want: u64, secs: u64) -> io::Result<u64> {
     let t0 = Instant::now();
     loop {
         let s = statfs(dir)?;
@@ -297,7 +297,9 @@ fn stamp(m: &Map, tag: u64, base: u64) {
     }
 }
 
-/// Stamp the whole pool through one file, unlink it, allocate it again: zeros only.
+/// Stamp the whole pool through one file (mapped by a child that exits), unlink it, allocate
+/// it again: zeros only. The mappings live in children: memory freed from a file stays
+/// quarantined while a process that mapped it lives.
 pub fn scrub_unlink(r: &mut Report, dir: &Path) -> io::Result<()> {
     let st = statfs(dir)?;
     let size = st.bfree * st.bsize;
@@ -305,9 +307,13 @@ pub fn scrub_unlink(r: &mut Report, dir: &Path) -> io::Result<()> {
     let fa = create(&pa)?;
     fa.set_len(size)?;
     let ea = fiemap(&fa)?;
-    let m = Map::shared(&fa, size as usize, 0)?;
-    stamp(&m, 2, 0);
-    drop(m);
+    in_child(|| match Map::shared(&fa, size as usize, 0) {
+        Ok(m) => {
+            stamp(&m, 2, 0);
+            0
+        }
+        Err(_) => u64::MAX,
+    })?;
     drop(fa);
     std::fs::remove_file(&pa)?;
 
@@ -318,9 +324,11 @@ pub fn scrub_unlink(r: &mut Report, dir: &Path) -> io::Result<()> {
     let wait = t0.elapsed().as_millis();
     let eb = fiemap(&fb)?;
     let overlap = phys_overlap(&ea, &eb);
-    let m = Map::shared(&fb, size as usize, 0)?;
     let t1 = Instant::now();
-    let nz = m.count_nonzero(0, size as usize);
+    let nz = in_child(|| match Map::shared(&fb, size as usize, 0) {
+        Ok(m) => m.count_nonzero(0, size as usize) as u64,
+        Err(_) => u64::MAX,
+    })?;
     let scan = t1.elapsed().as_millis();
     let mut buf = vec![0u8; 2 * MIB as usize];
     fb.read_exact_at(&mut buf, size - 2 * MIB)?;
@@ -336,7 +344,6 @@ pub fn scrub_unlink(r: &mut Report, dir: &Path) -> io::Result<()> {
             overlap >> 20
         ),
     );
-    drop(m);
     drop(fb);
     std::fs::remove_file(&pb)?;
     let free = wait_free(dir, st.bfree, 60)?;
@@ -349,45 +356,73 @@ pub fn scrub_unlink(r: &mut Report, dir: &Path) -> io::Result<()> {
 }
 
 /// Stamp the pool through one file, shrink it to half, grow it back: the tail reads zeros,
-/// the head keeps its data.
+/// the head keeps its data. While the process that mapped the file lives, the shrunk tail is
+/// quarantined (a device may still reach it by DMA): not free, not allocatable, counted in
+/// /sys/fs/pagelessfs/quarantined_bytes; once it has exited, growing reuses the tail.
 pub fn scrub_truncate(r: &mut Report, dir: &Path) -> io::Result<()> {
     let st = statfs(dir)?;
-    let size = st.bfree * st.bsize;
-    let half = (st.bfree / 2) * st.bsize;
+    let ps = st.bsize;
+    let size = st.bfree * ps;
+    let half = (st.bfree / 2) * ps;
     let p = dir.join("scrub-t");
     let f = create(&p)?;
     f.set_len(size)?;
     let e0 = fiemap(&f)?;
-    {
-        let m = Map::shared(&f, size as usize, 0)?;
+    let q0 = pool_counter("quarantined_bytes")?;
+    // The child maps and stamps everything, keeps the mapping across the shrink, and reports
+    // what it sees: [quarantined bytes, free blocks, errno of growing back].
+    let seen = Map::new(-1, PAGE, 0, libc::MAP_SHARED | libc::MAP_ANONYMOUS)?;
+    let mapper = in_child(|| {
+        let Ok(m) = Map::shared(&f, size as usize, 0) else { return 1 };
         stamp(&m, 3, 0);
-    }
-    // A mapping alive across the shrink must lose the tail (SIGBUS there, not old data).
-    let keep = Map::shared(&f, size as usize, 0)?;
-    f.set_len(half)?;
-    f.set_len(size)?; // reuses the tail extents once scrubbed
+        if f.set_len(half).is_err() {
+            return 2;
+        }
+        seen.write_u64(0, pool_counter("quarantined_bytes").unwrap_or(u64::MAX));
+        seen.write_u64(8, statfs(dir).map_or(u64::MAX, |s| s.bfree));
+        let grow = f.set_len(size);
+        seen.write_u64(16, grow.err().and_then(|e| e.raw_os_error()).unwrap_or(0) as u64);
+        drop(m);
+        0
+    })?;
+    let (quarantined, free_while, grow_errno) = (seen.read_u64(0), seen.read_u64(8), seen.read_u64(16));
+    let q_ok = mapper == 0 && quarantined == q0 + (size - half) && free_while == 0 && grow_errno == libc::ENOSPC as u64;
+    r.check(
+        &format!("quarantine-truncate-{}", human(ps)),
+        q_ok,
+        format!(
+            "shrunk from {} to {} by a process that maps it: quarantined_bytes {q0} -> {quarantined} (want +{}), free blocks {free_while} (want 0), growing back while it lives: {} (want ENOSPC); child result {mapper}",
+            human(size),
+            human(half),
+            size - half,
+            if grow_errno == 0 { "succeeded".to_string() } else { format!("errno {grow_errno}") }
+        ),
+    );
+
+    // The mapper is gone: the tail is scrubbed and growing reuses it.
+    f.set_len(size)?;
     let e1 = fiemap(&f)?;
     let old_tail = phys_of_range(&e0, half, size - half);
     let new_tail = phys_of_range(&e1, half, size - half);
     let overlap = phys_overlap(&old_tail, &new_tail);
-    let tail_nz = keep.count_nonzero(half as usize, (size - half) as usize);
-    let mut head_bad = 0;
-    for p in (0..half as usize).step_by(PAGE) {
-        if keep.read_u64(p + PAGE - 8) != pattern(3, p as u64) {
-            head_bad += 1;
-        }
-    }
+    let bad = in_child(|| {
+        let Ok(m) = Map::shared(&f, size as usize, 0) else { return u64::MAX };
+        let tail_nz = m.count_nonzero(half as usize, (size - half) as usize) as u64;
+        let head_bad =
+            (0..half as usize).step_by(PAGE).filter(|p| m.read_u64(p + PAGE - 8) != pattern(3, *p as u64)).count();
+        (tail_nz << 32) | head_bad as u64
+    })?;
+    let (tail_nz, head_bad) = (bad >> 32, bad & 0xffff_ffff);
     r.check(
-        &format!("scrub-truncate-{}", human(st.bsize)),
-        overlap == size - half && tail_nz == 0 && head_bad == 0,
+        &format!("scrub-truncate-{}", human(ps)),
+        overlap == size - half && bad == 0,
         format!(
-            "{} stamped, shrunk to {}, grown back: new tail reuses {} MiB of the old tail, {tail_nz} non-zero words in it, {head_bad} head pages lost their data",
+            "{} stamped, shrunk to {}, grown back after the mapper exited: new tail reuses {} MiB of the old tail, {tail_nz} non-zero words in it, {head_bad} head pages lost their data",
             human(size),
             human(half),
             overlap >> 20
         ),
     );
-    drop(keep);
     drop(f);
     std::fs::remove_file(&p)?;
     wait_free(dir, st.bfree, 60)?;
@@ -466,16 +501,17 @@ pub fn errors(r: &mut Report, dir: &Path) -> io::Result<()> {
     );
     drop(res);
 
-    // SIGBUS past EOF (mapping longer than the file), in a child.
-    let m = Map::shared(&f, 2 * ps as usize, 0)?;
-    let inside = fork_child(|| {
-        m.write_u64(ps as usize - 8, 7);
-        0
-    });
-    let past = fork_child(|| {
-        m.write_u64(ps as usize, 7);
-        0
-    });
+    // SIGBUS past EOF (mapping longer than the file), in children that map it themselves.
+    let touch_at = |off: usize| {
+        let f = &f;
+        fork_child(move || {
+            let Ok(m) = Map::shared(f, 2 * ps as usize, 0) else { return 1 };
+            m.write_u64(off, 7);
+            0
+        })
+    };
+    let inside = touch_at(ps as usize - 8);
+    let past = touch_at(ps as usize);
     let s_in = waitpid(inside, None)?;
     let s_past = child_signal(past)?;
     r.check(
@@ -483,7 +519,6 @@ pub fn errors(r: &mut Report, dir: &Path) -> io::Result<()> {
         s_past == Some(Signal::SIGBUS) && matches!(s_in, WaitStatus::Exited(_, 0)),
         format!("touch below EOF: {s_in:?}; touch past EOF: {s_past:?}"),
     );
-    drop(m);
 
     // write() never extends: EFBIG at EOF, short across it.
     let at = f.write_at(b"x", ps);
@@ -557,8 +592,9 @@ pub fn hold_pool(r: &mut Report, dir: &Path, base: &Path) -> io::Result<()> {
     memmap_check(r, base, "struct-page-pool-allocated")?;
     drop(m);
     drop(f);
+    // Quarantined until this process exits (it mapped the file); the next check's statfs
+    // sees it free again.
     std::fs::remove_file(&p)?;
-    wait_free(dir, st.bfree, 60)?;
     Ok(())
 }
 
@@ -745,9 +781,10 @@ pub fn memory_error(r: &mut Report, dir: &Path, inject: &Path) -> io::Result<()>
     let p = dir.join("mce");
     let f = create(&p)?;
     f.set_len(size)?;
-    let m = Map::shared(&f, size as usize, 0)?;
-    for off in (0..size as usize).step_by(PAGE) {
-        m.write_u64(off, pattern(5, off as u64));
+    // This process never maps the file: the page's retirement is checked by allocating the
+    // whole pool after the file is gone, which quarantine would delay while a mapper lives.
+    for off in (0..size).step_by(PAGE) {
+        f.write_all_at(&pattern(5, off).to_ne_bytes(), off)?;
     }
     let target = size / 2 + 2 * PAGE as u64; // inside the second huge page
     let ext = fiemap(&f)?;
@@ -791,13 +828,23 @@ pub fn memory_error(r: &mut Report, dir: &Path, inject: &Path) -> io::Result<()>
         ),
     );
 
-    // Touch the poisoned page in a child (through the old mapping, zapped since); its
-    // SIGBUS handler reports si_code and si_addr through a pipe.
-    let expect_addr = m.addr() + target as usize;
+    // A child maps the file, reads the pages around the poisoned one through its mapping,
+    // reports that and its mapping's address, then touches the poisoned page; its SIGBUS
+    // handler reports si_code and si_addr through the same pipe.
     let (rfd, wfd) = nix::unistd::pipe()?;
     let wraw = wfd.as_raw_fd();
     let child = fork_child(|| {
         REPORT_FD.store(wraw, std::sync::atomic::Ordering::Relaxed);
+        let Ok(m) = Map::shared(&f, size as usize, 0) else { return 1 };
+        let around = [0usize, target as usize - PAGE, target as usize + PAGE, size as usize - PAGE];
+        let ok_around = around.iter().all(|&off| m.read_u64(off) == pattern(5, off as u64));
+        let mut head = [0u8; 16];
+        head[..8].copy_from_slice(&u64::from(ok_around).to_ne_bytes());
+        head[8..].copy_from_slice(&(m.addr() as u64).to_ne_bytes());
+        // SAFETY: wraw is the pipe's write end, open in this child; head is 16 valid bytes.
+        if unsafe { libc::write(wraw, head.as_ptr().cast(), head.len()) } != 16 {
+            return 2;
+        }
         // SAFETY: zeroed sigaction, then handler and flags set; the handler only calls
         // async-signal-safe functions.
         let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -809,15 +856,14 @@ pub fn memory_error(r: &mut Report, dir: &Path, inject: &Path) -> io::Result<()>
         0
     });
     drop(wfd);
-    let mut rep = [0u8; 16];
+    let mut rep = [0u8; 32];
     let got = File::from(rfd).read_exact(&mut rep).is_ok();
     let status = waitpid(child, None)?;
-    let code = i64::from_ne_bytes(rep[..8].try_into().unwrap_or([0; 8]));
-    let addr = u64::from_ne_bytes(rep[8..].try_into().unwrap_or([0; 8])) as usize;
-    let mut ok_around = true;
-    for off in [0usize, target as usize - PAGE, target as usize + PAGE, size as usize - PAGE] {
-        ok_around &= m.read_u64(off) == pattern(5, off as u64);
-    }
+    let word = |i: usize| u64::from_ne_bytes(rep[8 * i..8 * i + 8].try_into().unwrap_or([0; 8]));
+    let ok_around = word(0) == 1;
+    let expect_addr = word(1) as usize + target as usize;
+    let code = word(2) as i64;
+    let addr = word(3) as usize;
     r.check(
         &format!("mce-sigbus-mceerr-ar-{}", human(ps)),
         matches!(status, WaitStatus::Exited(_, 3))
@@ -830,7 +876,6 @@ pub fn memory_error(r: &mut Report, dir: &Path, inject: &Path) -> io::Result<()>
             libc::BUS_MCEERR_AR
         ),
     );
-    drop(m);
     drop(f);
     std::fs::remove_file(&p)?;
 

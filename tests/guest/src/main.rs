@@ -7,10 +7,12 @@
 mod bench;
 mod blk;
 mod checks;
+mod isolation;
 mod struct_page;
 mod util;
 mod vfio;
 mod vfio_bench;
+mod vfio_reuse;
 
 use std::path::PathBuf;
 
@@ -61,6 +63,28 @@ enum Cmd {
     ScrubTruncate { dir: PathBuf },
     /// ENOSPC, EINVAL, MAP_PRIVATE, SIGBUS and EFBIG past EOF, statfs magic.
     Errors { dir: PathBuf },
+    /// Seals: a sealed file cannot be shrunk or grown through any fd.
+    Seals { dir: PathBuf },
+    /// fork() does not pass pagelessfs mappings to the child.
+    ForkDontcopy { dir: PathBuf },
+    /// Memory of an unlinked file stays quarantined while a process that mapped it lives.
+    QuarantineUnlink { dir: PathBuf },
+    /// Create FILE, map, unmap, close and unlink it, print HOLDER-READY and sleep until
+    /// killed (its memory stays quarantined meanwhile).
+    QuarantineHolder { file: PathBuf },
+    /// The DMA attack: VFIO-map a file, give the memory back with the container open, let
+    /// another file take the pool; the device must never read the other file's data.
+    VfioReuse {
+        /// PCI address of the edu device (1234:11e8), bound to vfio-pci.
+        #[arg(long)]
+        bdf: String,
+        /// A pagelessfs mount (the whole pool is used).
+        #[arg(long)]
+        dir: PathBuf,
+        /// How the first process gives the memory back.
+        #[arg(long, value_enum)]
+        give_back: vfio_reuse::GiveBack,
+    },
     /// Print FIEMAP extents (like filefrag -v) and check them.
     Fiemap { files: Vec<PathBuf> },
     /// Allocate and map the whole pool via DIR, compare struct page counters with BASE.
@@ -189,6 +213,11 @@ fn main() {
         Cmd::ScrubUnlink { dir } => checks::scrub_unlink(&mut r, &dir),
         Cmd::ScrubTruncate { dir } => checks::scrub_truncate(&mut r, &dir),
         Cmd::Errors { dir } => checks::errors(&mut r, &dir),
+        Cmd::Seals { dir } => isolation::seals(&mut r, &dir),
+        Cmd::ForkDontcopy { dir } => isolation::fork_dontcopy(&mut r, &dir),
+        Cmd::QuarantineUnlink { dir } => isolation::quarantine_unlink(&mut r, &dir),
+        Cmd::QuarantineHolder { file } => isolation::quarantine_holder(&file),
+        Cmd::VfioReuse { bdf, dir, give_back } => vfio_reuse::vfio_reuse(&mut r, &bdf, &dir, give_back),
         Cmd::Fiemap { files } => checks::fiemap_cmd(&mut r, &files),
         Cmd::HoldPool { dir, base } => checks::hold_pool(&mut r, &dir, &base),
         Cmd::RmmodBusy { module } => checks::rmmod_busy(&mut r, &module),

@@ -332,6 +332,29 @@ pub fn fork_child(f: impl FnOnce() -> i32) -> nix::unistd::Pid {
     }
 }
 
+/// Runs `f` in a forked child and returns the u64 it produced (through a shared anonymous
+/// page), or an error naming how the child ended. Processes that map a pagelessfs file keep
+/// the memory freed from it quarantined until they exit: checks that map and then expect the
+/// memory back do their mapping in such a child.
+pub fn in_child(f: impl FnOnce() -> u64) -> io::Result<u64> {
+    let out = Map::new(-1, PAGE, 0, libc::MAP_SHARED | libc::MAP_ANONYMOUS)?;
+    let child = fork_child(|| {
+        out.write_u64(0, f());
+        0
+    });
+    match nix::sys::wait::waitpid(child, None)? {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(out.read_u64(0)),
+        status => Err(io::Error::other(format!("child ended with {status:?}"))),
+    }
+}
+
+/// A number from /sys/fs/pagelessfs/NAME (the module's pool counters).
+pub fn pool_counter(name: &str) -> io::Result<u64> {
+    let path = format!("/sys/fs/pagelessfs/{name}");
+    let text = std::fs::read_to_string(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    text.trim().parse().map_err(|e| io::Error::other(format!("{path}: {text:?}: {e}")))
+}
+
 /// A size as the driver crate parses them (`4K`, `2M`, `1G`, bytes), or hex bytes (`0x…`), as
 /// in the module's `ranges=`.
 pub fn parse_size(s: &str) -> Result<u64, String> {

@@ -429,8 +429,8 @@ const EDU_DMA_CNT: u64 = 0x90;
 const EDU_DMA_CMD: u64 = 0x98;
 const EDU_DMA_RUN: u32 = 0x1;
 const EDU_DMA_TO_RAM: u32 = 0x2; // direction 1: device buffer → RAM
-const EDU_BUF: u64 = 0x40000; // the device's internal buffer, as a DMA address
-const EDU_BUF_SIZE: u64 = 4096;
+pub(crate) const EDU_BUF: u64 = 0x40000; // the device's internal buffer, as a DMA address
+pub(crate) const EDU_BUF_SIZE: u64 = 4096;
 const EDU_DMA_MASK: u64 = (1 << 28) - 1;
 
 /// An open vfio-pci device: reads and writes go through the device fd at region offsets.
@@ -483,7 +483,7 @@ impl Device {
 
     /// One edu DMA transfer of `count` bytes; polls the command register until the run bit
     /// clears. Returns how long that took.
-    fn edu_dma(
+    pub(crate) fn edu_dma(
         &self,
         src: u64,
         dst: u64,
@@ -589,7 +589,7 @@ pub fn system_ram() -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn random_bytes(n: usize) -> io::Result<Vec<u8>> {
+pub(crate) fn random_bytes(n: usize) -> io::Result<Vec<u8>> {
     let mut v = vec![0u8; n];
     File::open("/dev/urandom")?.read_exact(&mut v)?;
     Ok(v)
