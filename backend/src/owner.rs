@@ -161,13 +161,8 @@ impl Owner {
 
     /// Enters the stopping state (once; a later request keeps the first reason and time).
     /// From then on no memory is handed out, so the holders can only go.
-    pub fn begin_stopping(&self, reason: &str, timeout: Duration) -> bool {
-        let mut stopping = self.stopping.lock().expect("stopping lock");
-        if stopping.is_some() {
-            return false;
-        }
-        *stopping = Some(StopState::new(reason, timeout));
-        true
+    pub fn begin_stopping(&self, reason: &str, timeout: Duration) {
+        self.stopping.lock().expect("stopping lock").get_or_insert_with(|| StopState::new(reason, timeout));
     }
 
     /// Since when and why the owner stops, if it does.
