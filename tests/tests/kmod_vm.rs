@@ -41,18 +41,30 @@ fi
 pageless-testbed owner-client /run/pageless/g.sock "$TOKEN"
 pageless-testbed relay-truncate /run/pageless/g.sock /run/pageless/g/dev0.sock /run/fake-backend.sock
 check serve-owner-sees-client sh -c "pageless find --vm g --run-dir /run/pageless $TOKEN | grep -qx 0x100000"
-# Quarantined memory is shown apart from free memory.
+# Quarantined memory is shown apart from free memory: a process maps a 2M file, unlinks it and
+# lives on, so the file's page is quarantined until it exits.
+pageless-guest quarantine-holder /mnt/serve/held >/tmp/qholder.out 2>&1 &
+qholder=$!
+for i in $(seq 100); do grep -q HOLDER-READY /tmp/qholder.out && break; sleep 0.1; done
 quarantined=$(cat /sys/fs/pagelessfs/quarantined_bytes)
 status=$(pageless status --vm g --run-dir /run/pageless --json | tr -d ' \n')
 human=$(pageless status --vm g --run-dir /run/pageless)
-case "$status" in
-    *"\"pool_quarantined\":$quarantined,"*)
-        if echo "$human" | grep -q "quarantined"; then
-            ok serve-status-quarantined "$quarantined bytes: $(echo "$human" | grep quarantined)"
+case "$quarantined:$status" in
+    "2097152:"*'"pool_quarantined":2097152,'*)
+        if echo "$human" | grep -q "free, 2M quarantined"; then
+            ok serve-status-quarantined "$(echo "$human" | grep quarantined)"
         else
             fail serve-status-quarantined "$human"
         fi ;;
-    *) fail serve-status-quarantined "sysfs $quarantined, status $status" ;;
+    *) fail serve-status-quarantined "sysfs $quarantined, status $status, holder $(cat /tmp/qholder.out)" ;;
+esac
+kill $qholder
+wait $qholder 2>/dev/null
+for i in $(seq 50); do [ "$(cat /sys/fs/pagelessfs/quarantined_bytes)" = 0 ] && break; sleep 0.1; done
+status=$(pageless status --vm g --run-dir /run/pageless --json | tr -d ' \n')
+case "$status" in
+    *'"pool_quarantined":0,'*) ok serve-status-quarantine-released "0 quarantined once the holder exited" ;;
+    *) fail serve-status-quarantine-released "sysfs $(cat /sys/fs/pagelessfs/quarantined_bytes), status $status" ;;
 esac
 pageless stop --vm g --run-dir /run/pageless
 wait
@@ -89,6 +101,7 @@ const REQUIRED: &[&str] = &[
     "relay-backend-size-kept",
     "serve-owner-sees-client",
     "serve-status-quarantined",
+    "serve-status-quarantine-released",
     "serve-stopped",
     "serve-reattach-sealed",
     "environment",
