@@ -204,29 +204,28 @@ impl Owner {
     /// them), and processes the memory was handed to that still map it or hold an fd of it or
     /// a VFIO fd.
     fn holders(&self) -> Vec<MemoryHolder> {
-        let mut holders: Vec<MemoryHolder> = self
-            .consumers
-            .lock()
-            .expect("consumers lock")
-            .values()
-            .map(|c| MemoryHolder {
-                pid: c.backend_pid,
-                what: format!(
-                    "backend of device {} at {}: its relay connection is open",
-                    c.device, c.backend_socket
-                ),
-            })
-            .collect();
-        let mut by_pid: BTreeMap<u32, Vec<&'static str>> = BTreeMap::new();
+        let mut unknown_pid = Vec::new();
+        let mut by_pid: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for c in self.consumers.lock().expect("consumers lock").values() {
+            let how = format!(
+                "backend of device {} at {}: its relay connection is open",
+                c.device, c.backend_socket
+            );
+            match c.backend_pid {
+                Some(pid) => by_pid.entry(pid).or_default().push(how),
+                None => unknown_pid.push(MemoryHolder { pid: None, what: how }),
+            }
+        }
         for client in self.clients.lock().expect("clients lock").values().filter(|c| c.has_memory) {
-            by_pid.entry(client.pid).or_default().push("received the memory and is still connected");
+            by_pid.entry(client.pid).or_default().push("received the memory and is still connected".into());
         }
         let id = self.allocation.id();
         for &pid in self.mappers.lock().expect("mappers lock").iter() {
             if pid != std::process::id() {
-                by_pid.entry(pid).or_default().extend(process_holds(pid, id));
+                by_pid.entry(pid).or_default().extend(process_holds(pid, id).into_iter().map(String::from));
             }
         }
+        let mut holders = unknown_pid;
         holders.extend(by_pid.into_iter().filter(|(_, how)| !how.is_empty()).map(|(pid, how)| {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             MemoryHolder { pid: Some(pid), what: format!("{}: {}", comm.trim(), how.join(", ")) }
