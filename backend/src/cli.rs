@@ -31,7 +31,7 @@ pub struct RunDir {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Own a VM's memory: create (or re-attach to) it and serve it on <run-dir>/<vm>.sock until
-    /// SIGTERM or `pageless stop`.
+    /// SIGTERM or `pageless stop`, then until no process it handed the memory to holds it.
     Serve {
         /// The VM's name (also the allocation's file name in directory pools).
         #[arg(long)]
@@ -63,8 +63,12 @@ pub enum Command {
         /// hands the backend the owner's own fd for the VM's memory.
         #[arg(long = "vhost-user", value_name = "NAME=BACKEND_SOCKET")]
         vhost_user: Vec<RelaySpec>,
-        /// Seconds a stopping owner waits for the memory's consumers (device backends, QEMU) to go.
-        #[arg(long, default_value_t = 30)]
+        /// Seconds after a stop request after which the owner warns (then every minute) that
+        /// processes it handed the memory to (QEMU, device backends) still hold it. It never
+        /// releases the memory while they do, however long that takes: a device they assigned
+        /// could still reach it. `pageless status` says whom it waits for; SIGKILL ends the
+        /// owner at once and leaves the memory file in place.
+        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
         consumer_timeout: u64,
     },
     /// Run QEMU with the VM's RAM from its owner: `pageless qemu --vm NAME -- qemu-system-x86_64 ARGS…`.

@@ -65,11 +65,13 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64) -> Result<(), String>
                 reply(code, CONTROL_VERSION.to_ne_bytes().to_vec(), vec![])
             }
             _ if !greeted => return Err(refuse(sock, code, "the first request must be HELLO")),
-            Request::GetMemory => {
-                let memory = memory_table(owner).map_err(|e| refuse(sock, code, &e))?;
-                owner.update_client(id, |c| c.has_memory = true);
-                memory
-            }
+            Request::GetMemory => match owner.hand_out_memory(id) {
+                Ok(()) => memory_table(owner).map_err(|e| refuse(sock, code, &e))?,
+                Err(why) => {
+                    info!("control client {id}: refused GET_MEMORY: {why}");
+                    error_reply(code, &why)
+                }
+            },
             Request::Status => {
                 reply(code, serde_json::to_vec(&owner.status()).expect("status serializes"), vec![])
             }
@@ -78,7 +80,9 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64) -> Result<(), String>
                 reply(code, serde_json::to_vec(&offsets).expect("offsets serialize"), vec![])
             }
             Request::Write { offset, data } => {
-                let written = usize::try_from(offset)
+                let written = owner
+                    .check_not_stopping()
+                    .and_then(|()| usize::try_from(offset).map_err(|e| e.to_string()))
                     .map_err(|e| e.to_string())
                     .and_then(|offset| owner.mapping.write(offset, &data).map_err(|e| e.to_string()));
                 match written {

@@ -18,6 +18,7 @@ mod clock;
 mod control_server;
 mod owner;
 mod peer;
+mod stopping;
 
 use std::path::{Path, PathBuf};
 

@@ -6,14 +6,15 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use driver::{Allocation, Mapping, Pool, PoolKind};
-use log::{error, info, warn};
-use protocol::control::{ClientStatus, ConsumerStatus, ExtentStatus, RegionStatus, VmStatus};
+use log::{error, warn};
+use protocol::control::{ClientStatus, ConsumerStatus, ExtentStatus, MemoryHolder, RegionStatus, VmStatus};
 
 use crate::clock::unix_now;
 use crate::peer::{process_alive, AccessPolicy, Peer};
+use crate::stopping::StopState;
 
 /// The state every connection thread shares.
 pub(crate) struct Owner {
@@ -28,6 +29,8 @@ pub(crate) struct Owner {
     consumers: Mutex<BTreeMap<u64, ConsumerStatus>>,
     /// Processes that were given the memory (clients, device backends), to wait for at exit.
     mappers: Mutex<BTreeSet<u32>>,
+    /// Set once the owner was asked to stop.
+    stopping: Mutex<Option<StopState>>,
     next_client: AtomicU64,
     stop_request: File,
 }
@@ -54,6 +57,7 @@ impl Owner {
             clients: Mutex::new(BTreeMap::new()),
             consumers: Mutex::new(BTreeMap::new()),
             mappers: Mutex::new(BTreeSet::new()),
+            stopping: Mutex::new(None),
             next_client: AtomicU64::new(1),
             stop_request,
         }
@@ -144,87 +148,127 @@ impl Owner {
             started: self.started,
             pool_total: stats.map_or(0, |s| s.total),
             pool_free: stats.map_or(0, |s| s.free),
+            pool_quarantined: stats.and_then(|s| s.quarantined),
             extents: extents
                 .into_iter()
                 .map(|e| ExtentStatus { logical: e.logical, physical: e.physical, length: e.length })
                 .collect(),
             clients: self.clients.lock().expect("clients lock").values().cloned().collect(),
             consumers: self.consumers.lock().expect("consumers lock").values().cloned().collect(),
+            stopping: self.stop_state().map(|s| s.status()),
         }
     }
 
-    /// Who still uses the memory: relayed devices, and processes that still map the file.
-    fn remaining_consumers(&self) -> Vec<String> {
-        let mut remaining: Vec<String> = self
+    /// Enters the stopping state (once; a later request keeps the first reason and time).
+    /// From then on no memory is handed out, so the holders can only go.
+    pub fn begin_stopping(&self, reason: &str, timeout: Duration) {
+        self.stopping.lock().expect("stopping lock").get_or_insert_with(|| StopState::new(reason, timeout));
+    }
+
+    /// Since when and why the owner stops, if it does.
+    pub fn stop_state(&self) -> Option<StopState> {
+        self.stopping.lock().expect("stopping lock").clone()
+    }
+
+    /// Marks client `id` as having received the memory, unless the owner is stopping (then
+    /// returns why it refuses). Checked and marked under the stopping lock, so that a stopping
+    /// owner sees every client it handed the memory to.
+    pub fn hand_out_memory(&self, id: u64) -> Result<(), String> {
+        let stopping = self.stopping.lock().expect("stopping lock");
+        if let Some(state) = stopping.as_ref() {
+            return Err(state.refusal());
+        }
+        self.update_client(id, |c| c.has_memory = true);
+        Ok(())
+    }
+
+    /// Refuses with the reason while the owner is stopping.
+    pub fn check_not_stopping(&self) -> Result<(), String> {
+        match self.stopping.lock().expect("stopping lock").as_ref() {
+            Some(state) => Err(state.refusal()),
+            None => Ok(()),
+        }
+    }
+
+    /// Looks again at what holds the memory, records it for STATUS and returns it.
+    pub fn refresh_holders(&self) -> Vec<MemoryHolder> {
+        let holders = self.holders();
+        if let Some(state) = self.stopping.lock().expect("stopping lock").as_mut() {
+            state.holders = holders.clone();
+        }
+        holders
+    }
+
+    /// What still holds the memory: relayed devices (their connection lives), control clients
+    /// that received the memory and are still connected (an fd may still be on its way to
+    /// them), and processes the memory was handed to that still map it or hold an fd of it or
+    /// a VFIO fd.
+    fn holders(&self) -> Vec<MemoryHolder> {
+        let mut holders: Vec<MemoryHolder> = self
             .consumers
             .lock()
             .expect("consumers lock")
             .values()
-            .map(|c| {
-                format!(
-                    "device {} (backend pid {})",
-                    c.device,
-                    c.backend_pid.map_or("?".into(), |p| p.to_string())
-                )
+            .map(|c| MemoryHolder {
+                pid: c.backend_pid,
+                what: format!(
+                    "backend of device {} at {}: its relay connection is open",
+                    c.device, c.backend_socket
+                ),
             })
             .collect();
+        let mut by_pid: BTreeMap<u32, Vec<&'static str>> = BTreeMap::new();
+        for client in self.clients.lock().expect("clients lock").values().filter(|c| c.has_memory) {
+            by_pid.entry(client.pid).or_default().push("received the memory and is still connected");
+        }
         let id = self.allocation.id();
         for &pid in self.mappers.lock().expect("mappers lock").iter() {
-            if pid != std::process::id() && process_uses_file(pid, id) {
-                remaining.push(format!("pid {pid} still uses the memory"));
+            if pid != std::process::id() {
+                by_pid.entry(pid).or_default().extend(process_holds(pid, id));
             }
         }
-        remaining
-    }
-
-    /// Waits until nobody uses the memory any more, at most `timeout`.
-    pub fn wait_for_consumers(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut reported = false;
-        loop {
-            let remaining = self.remaining_consumers();
-            if remaining.is_empty() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                warn!(
-                    "consumers still use VM {:?}'s memory after {timeout:?}: {}; releasing it anyway (the memory lives on while they hold it)",
-                    self.vm,
-                    remaining.join(", ")
-                );
-                return;
-            }
-            if !reported {
-                info!("waiting up to {timeout:?} for the memory's consumers to go: {}", remaining.join(", "));
-                reported = true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        holders.extend(by_pid.into_iter().filter(|(_, how)| !how.is_empty()).map(|(pid, how)| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            MemoryHolder { pid: Some(pid), what: format!("{}: {}", comm.trim(), how.join(", ")) }
+        }));
+        holders
     }
 }
 
-/// Whether process `pid` may still reach the file `id`: it maps it, holds an fd to it, or
-/// holds a VFIO fd (VFIO type1 keeps IOMMU mappings of PFN-only memory without a reference to
-/// the file, and an exiting process drops its mappings before it closes its fds). A process we
-/// cannot inspect counts as using it while it lives; a zombie or a gone one does not.
-fn process_uses_file(pid: u32, id: driver::FileId) -> bool {
+/// How process `pid` may still reach the file `id`: it maps it, holds an fd to it, or holds a
+/// VFIO fd (VFIO type1 keeps IOMMU mappings of PFN-only memory without a reference to the file,
+/// and an exiting process drops its mappings before it closes its fds). A process we cannot
+/// inspect counts as holding it while it lives; a zombie or a gone one does not.
+fn process_holds(pid: u32, id: driver::FileId) -> Vec<&'static str> {
     if !process_alive(pid) {
-        return false;
+        return Vec::new();
     }
-    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return true };
-    if maps_file(&maps, id) {
-        return true;
+    let mut how = Vec::new();
+    match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+        Ok(maps) if maps_file(&maps, id) => how.push("maps the memory"),
+        Ok(_) => {}
+        Err(_) => how.push("cannot be inspected (its /proc/PID/maps is unreadable)"),
     }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return true };
-    fds.filter_map(Result::ok).any(|fd| {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        how.push("cannot be inspected (its /proc/PID/fd is unreadable)");
+        return how;
+    };
+    let (mut to_file, mut to_vfio) = (false, false);
+    for fd in fds.filter_map(Result::ok) {
         let path = fd.path();
-        let to_vfio = std::fs::read_link(&path).is_ok_and(|target| target.starts_with("/dev/vfio"));
-        let to_file = std::fs::metadata(&path).is_ok_and(|meta| {
+        to_vfio |= std::fs::read_link(&path).is_ok_and(|target| target.starts_with("/dev/vfio"));
+        to_file |= std::fs::metadata(&path).is_ok_and(|meta| {
             std::os::unix::fs::MetadataExt::ino(&meta) == id.ino
                 && std::os::unix::fs::MetadataExt::dev(&meta) == id.dev
         });
-        to_vfio || to_file
-    })
+    }
+    if to_file {
+        how.push("holds an fd of the memory");
+    }
+    if to_vfio {
+        how.push("holds a VFIO fd (its IOMMU mappings may still reach the memory)");
+    }
+    how
 }
 
 /// Whether a /proc/<pid>/maps text maps the file `id` (`major:minor inode` columns).
@@ -256,12 +300,20 @@ mod tests {
     }
 
     #[test]
-    fn a_process_holding_the_file_open_uses_it() {
+    fn a_process_holding_the_file_open_holds_it() {
         let file = tempfile::tempfile().unwrap();
         let id = driver::FileId::of(&file).unwrap();
-        assert!(process_uses_file(std::process::id(), id), "this process holds an fd to it");
+        assert_eq!(process_holds(std::process::id(), id), vec!["holds an fd of the memory"]);
+        file.set_len(4096).unwrap();
+        let mapping = driver::Mapping::new(&file, 4096).unwrap();
         drop(file);
-        assert!(!process_uses_file(std::process::id(), id), "no longer");
-        assert!(!process_uses_file(u32::MAX, id), "no such process");
+        assert_eq!(
+            process_holds(std::process::id(), id),
+            vec!["maps the memory", "holds an fd of the memory"],
+            "the mapping keeps an fd of its own"
+        );
+        drop(mapping);
+        assert!(process_holds(std::process::id(), id).is_empty(), "no longer");
+        assert!(process_holds(u32::MAX, id).is_empty(), "no such process");
     }
 }

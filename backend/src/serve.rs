@@ -3,12 +3,12 @@
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use driver::size::Size;
 use driver::{Allocation, Pool, PoolSpec};
@@ -23,6 +23,7 @@ use crate::control_server;
 use crate::owner::Owner;
 use crate::peer::AccessPolicy;
 use crate::relay::{self, RelaySpec};
+use crate::stopping::{self, Report, ReportSchedule, REPORT_EVERY};
 use crate::{control_socket_path, lock_path, relay_dir};
 
 /// What `pageless serve` was asked to do.
@@ -37,7 +38,8 @@ pub struct ServeOptions {
     pub remove_on_exit: bool,
     /// vhost-user devices to relay: `<run-dir>/<vm>/<name>.sock` → the backend's socket.
     pub vhost_user: Vec<RelaySpec>,
-    /// How long a stopping owner waits for the memory's consumers to go.
+    /// How long a stopping owner waits for the memory's holders (QEMU, device backends) before
+    /// it warns that they keep the memory. It waits for them however long it takes.
     pub consumer_timeout: Duration,
 }
 
@@ -60,7 +62,8 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeErro
     move |source| ServeError::Io { what, source }
 }
 
-/// Runs the owner until SIGTERM/SIGINT/SIGHUP or a STOP request.
+/// Runs the owner until SIGTERM/SIGINT/SIGHUP or a STOP request, and then until no process it
+/// handed the memory to holds it any more.
 pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     driver::check_name(&options.vm)?;
     // Block the stop signals before any thread exists, so that every thread inherits the mask
@@ -117,18 +120,27 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
             spec.backend.display()
         );
     }
-    let reason = accept_until_stopped(&owner, &listener, &relays, &signal_fd, stop_wait);
+    let reason = loop {
+        if let Some(reason) =
+            serve_once(&owner, &listener, &relays, &signal_fd, &stop_wait, PollTimeout::NONE)
+        {
+            break reason;
+        }
+    };
     info!("stopping ({reason})");
-    drop(listener);
-    if let Err(e) = std::fs::remove_file(&socket_path) {
-        warn!("cannot remove {}: {e}", socket_path.display());
-    }
+    owner.begin_stopping(&reason, options.consumer_timeout);
+    // No new device connections; those open stay until QEMU or the backend ends them.
     for (spec, listener) in relays {
         drop(listener);
         let _ = std::fs::remove_file(relay_socket(&options, &spec));
     }
     let _ = std::fs::remove_dir(relay_dir(&options.run_dir, &options.vm));
-    owner.wait_for_consumers(options.consumer_timeout);
+    // The control socket stays: STATUS says why the owner still runs.
+    wait_for_holders(&owner, &listener, &signal_fd, &stop_wait, options.consumer_timeout);
+    drop(listener);
+    if let Err(e) = std::fs::remove_file(&socket_path) {
+        warn!("cannot remove {}: {e}", socket_path.display());
+    }
     if options.remove_on_exit {
         owner.allocation.remove()?;
     } else if let Some(path) = owner.allocation.path() {
@@ -248,57 +260,108 @@ fn listen_relays(options: &ServeOptions) -> Result<Vec<(RelaySpec, UnixListener)
     Ok(relays)
 }
 
-/// Accepts control and relay connections until a stop signal or STOP request; returns why it
-/// stopped.
-fn accept_until_stopped(
+/// Waits until no process the memory was handed to holds it any more, answering the control
+/// socket meanwhile. `timeout` (`--consumer-timeout`) only decides when the wait is logged as a
+/// warning: the memory is never released under a live holder, and another stop request or
+/// signal does not change that (SIGKILL does: it leaves the memory file in place).
+fn wait_for_holders(
+    owner: &Arc<Owner>,
+    listener: &UnixListener,
+    signals: &SignalFd,
+    stop: &OwnedFd,
+    timeout: Duration,
+) {
+    let mut schedule = ReportSchedule::new(Instant::now(), timeout, REPORT_EVERY);
+    loop {
+        let holders = owner.refresh_holders();
+        if holders.is_empty() {
+            return;
+        }
+        let who = stopping::describe(&holders);
+        match schedule.due(Instant::now()) {
+            Some(Report::Waiting) => info!(
+                "waiting for what holds VM {:?}'s memory to go: {who} (warning after --consumer-timeout {timeout:?})",
+                owner.vm
+            ),
+            Some(Report::StillHeld) => warn!(
+                "VM {:?}'s memory is still held after {} s (--consumer-timeout {}): {who}; keeping it until they exit, since a device may still reach it (stop them to release it; SIGKILL of the owner leaves the memory file in place)",
+                owner.vm,
+                owner.stop_state().map_or(timeout, |s| s.started.elapsed()).as_secs(),
+                timeout.as_secs(),
+            ),
+            None => {}
+        }
+        if let Some(again) = serve_once(owner, listener, &[], signals, stop, PollTimeout::from(WAIT_POLL_MS))
+        {
+            warn!(
+                "{again} while stopping: still waiting for {who}; the memory is released only once they are gone (SIGKILL of the owner leaves the memory file in place)"
+            );
+        }
+    }
+}
+
+/// How often a stopping owner looks again at what holds the memory.
+const WAIT_POLL_MS: u16 = 200;
+
+/// Waits up to `timeout` for a connection or a stop; accepts control and relay connections.
+/// Returns why to stop, if a stop signal or STOP request came.
+fn serve_once(
     owner: &Arc<Owner>,
     listener: &UnixListener,
     relays: &[(RelaySpec, UnixListener)],
     signals: &SignalFd,
-    stop: OwnedFd,
-) -> String {
-    loop {
-        let mut fds = vec![
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-        ];
-        fds.extend(relays.iter().map(|(_, relay)| PollFd::new(relay.as_fd(), PollFlags::POLLIN)));
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return format!("poll failed: {e}"),
+    stop: &OwnedFd,
+    timeout: PollTimeout,
+) -> Option<String> {
+    let mut fds = vec![
+        PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+        PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+        PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+    ];
+    fds.extend(relays.iter().map(|(_, relay)| PollFd::new(relay.as_fd(), PollFlags::POLLIN)));
+    match poll(&mut fds, timeout) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EINTR) => return None,
+        Err(e) => {
+            // Not expected; do not spin on it.
+            error!("poll failed: {e}");
+            std::thread::sleep(Duration::from_millis(u64::from(WAIT_POLL_MS)));
+            return None;
         }
-        let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
-        if ready(1) {
-            return match signals.read_signal() {
-                Ok(Some(info)) => {
-                    format!("signal {}", Signal::try_from(info.ssi_signo as i32).map_or("?", |s| s.as_str()))
-                }
-                _ => "signal".into(),
-            };
-        }
-        if ready(2) {
-            return "STOP request".into();
-        }
-        if ready(0) {
-            match listener.accept() {
-                Ok((sock, _)) => spawn("control", owner, move |owner| control_server::handle(owner, sock)),
-                Err(e) => warn!("accept on the control socket: {e}"),
+    }
+    let ready: Vec<bool> = fds.iter().map(|fd| fd.revents().is_some_and(|r| !r.is_empty())).collect();
+    drop(fds);
+    if ready[1] {
+        return Some(match signals.read_signal() {
+            Ok(Some(info)) => {
+                format!("signal {}", Signal::try_from(info.ssi_signo as i32).map_or("?", |s| s.as_str()))
             }
+            _ => "signal".into(),
+        });
+    }
+    if ready[2] {
+        // Drain the request, so that the next poll waits again.
+        let _ = nix::unistd::read(stop.as_raw_fd(), &mut [0u8; 64]);
+        return Some("STOP request".into());
+    }
+    if ready[0] {
+        match listener.accept() {
+            Ok((sock, _)) => spawn("control", owner, move |owner| control_server::handle(owner, sock)),
+            Err(e) => warn!("accept on the control socket: {e}"),
         }
-        for (i, (spec, relay)) in relays.iter().enumerate() {
-            if ready(3 + i) {
-                match relay.accept() {
-                    Ok((sock, _)) => {
-                        let spec = spec.clone();
-                        spawn("relay", owner, move |owner| relay::relay(owner, &spec, sock));
-                    }
-                    Err(e) => warn!("accept on device {}'s socket: {e}", spec.name),
+    }
+    for (i, (spec, relay)) in relays.iter().enumerate() {
+        if ready[3 + i] {
+            match relay.accept() {
+                Ok((sock, _)) => {
+                    let spec = spec.clone();
+                    spawn("relay", owner, move |owner| relay::relay(owner, &spec, sock));
                 }
+                Err(e) => warn!("accept on device {}'s socket: {e}", spec.name),
             }
         }
     }
+    None
 }
 
 /// Runs `work` on a thread of its own.

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use driver::size::Size;
-use protocol::control::{ControlClient, VmStatus};
+use protocol::control::{ControlClient, StoppingStatus, VmStatus};
 
 /// One owner socket and what it answered.
 #[derive(Debug)]
@@ -48,15 +48,15 @@ pub fn render(entries: &[Entry]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<20} {:>8} {:<28} {:>6} {:>8} {:>8} {:>10} {:>8}",
-        "VM", "SIZE", "POOL", "PAGE", "EXTENTS", "CLIENTS", "CONSUMERS", "PID"
+        "{:<20} {:>8} {:<28} {:>6} {:>8} {:>8} {:>10} {:>8} {:<8}",
+        "VM", "SIZE", "POOL", "PAGE", "EXTENTS", "CLIENTS", "CONSUMERS", "PID", "STATE"
     );
     for entry in entries {
         match &entry.status {
             Ok(s) => {
                 let _ = writeln!(
                     out,
-                    "{:<20} {:>8} {:<28} {:>6} {:>8} {:>8} {:>10} {:>8}",
+                    "{:<20} {:>8} {:<28} {:>6} {:>8} {:>8} {:>10} {:>8} {:<8}",
                     s.vm,
                     Size(s.size).to_string(),
                     s.pool,
@@ -64,7 +64,8 @@ pub fn render(entries: &[Entry]) -> String {
                     s.extents.len(),
                     s.clients.len(),
                     s.consumers.len(),
-                    s.pid
+                    s.pid,
+                    if s.stopping.is_some() { "stopping" } else { "serving" }
                 );
             }
             Err(why) => {
@@ -88,6 +89,19 @@ pub fn render(entries: &[Entry]) -> String {
             s.inode,
             if s.reattached { ", re-attached after a restart" } else { "" }
         );
+        let quarantined = s
+            .pool_quarantined
+            .map(|q| format!(", {} quarantined (freed, held back until its mappers exit)", Size(q)));
+        let _ = writeln!(
+            out,
+            "  pool    {} total, {} free{}",
+            Size(s.pool_total),
+            Size(s.pool_free),
+            quarantined.unwrap_or_default()
+        );
+        if let Some(stopping) = &s.stopping {
+            render_stopping(&mut out, stopping);
+        }
         for e in &s.extents {
             let physical = e.physical.map_or("-".to_string(), |p| format!("{p:#x}"));
             let _ = writeln!(
@@ -128,4 +142,68 @@ pub fn render(entries: &[Entry]) -> String {
         }
     }
     out
+}
+
+/// What a stopping owner waits for.
+fn render_stopping(out: &mut String, stopping: &StoppingStatus) {
+    let ago = crate::clock::unix_now().saturating_sub(stopping.since);
+    let _ = writeln!(
+        out,
+        "  STOPPING since {ago} s ago ({}); {}",
+        stopping.reason,
+        if stopping.waiting_for.is_empty() {
+            "nothing holds the memory any more: releasing it".to_string()
+        } else {
+            format!(
+                "keeps the memory until these are gone{}:",
+                if stopping.past_timeout {
+                    format!(" (past its --consumer-timeout of {} s)", stopping.consumer_timeout)
+                } else {
+                    String::new()
+                }
+            )
+        }
+    );
+    for holder in &stopping.waiting_for {
+        let pid = holder.pid.map_or("pid ?".to_string(), |p| format!("pid {p}"));
+        let _ = writeln!(out, "    waiting for {pid}: {}", holder.what);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::control::MemoryHolder;
+
+    #[test]
+    fn shows_quarantine_and_what_a_stopping_owner_waits_for() {
+        let status = VmStatus {
+            vm: "vm1".into(),
+            pool_total: 1 << 30,
+            pool_free: 512 << 20,
+            pool_quarantined: Some(2 << 20),
+            stopping: Some(StoppingStatus {
+                since: crate::clock::unix_now(),
+                reason: "signal SIGTERM".into(),
+                consumer_timeout: 5,
+                past_timeout: true,
+                waiting_for: vec![MemoryHolder {
+                    pid: Some(4242),
+                    what: "qemu-system-x86: maps the memory".into(),
+                }],
+            }),
+            ..Default::default()
+        };
+        let text = render(&[Entry { vm: "vm1".into(), status: Ok(status.clone()) }]);
+        assert!(text.contains("pool    1G total, 512M free, 2M quarantined"), "{text}");
+        assert!(text.contains("stopping"), "{text}");
+        assert!(text.contains("STOPPING since 0 s ago (signal SIGTERM)"), "{text}");
+        assert!(text.contains("(past its --consumer-timeout of 5 s)"), "{text}");
+        assert!(text.contains("waiting for pid 4242: qemu-system-x86: maps the memory"), "{text}");
+
+        let serving = VmStatus { pool_quarantined: None, stopping: None, ..status };
+        let text = render(&[Entry { vm: "vm1".into(), status: Ok(serving) }]);
+        assert!(!text.contains("quarantined") && !text.contains("STOPPING"), "{text}");
+        assert!(text.contains("serving"), "{text}");
+    }
 }

@@ -39,6 +39,27 @@ pub enum Error {
     #[error("a memfd pool cannot re-attach to {name:?}: memfd memory has no name in the file system; use a directory pool (dir:, hugetlbfs:, pagelessfs:) to survive restarts")]
     NoReattach { name: String },
 
+    #[error("{path} is on a pagelessfs whose module cannot seal files (no PAGELESS_IOC_ADD_SEALS): load the pageless.ko of this release (driver/kmod), which lets pageless seal VM memory against shrinking by its consumers")]
+    SealUnsupported { path: PathBuf },
+
+    #[error("cannot {what} the size seals of {path}: {source} (the owner needs the file open read-write, on a pagelessfs module with seal support)")]
+    Seal {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{path} still lacks the shrink and grow seals after sealing (seals {seals:#x}): the pagelessfs module does not keep seals; load the pageless.ko of this release")]
+    SealMissing { path: PathBuf, seals: u32 },
+
+    #[error("cannot read the pool statistic {path}: {source}")]
+    PoolStat {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -19,6 +19,7 @@ mod fiemap;
 mod fs;
 mod mapping;
 mod pool;
+mod seal;
 pub mod size;
 
 pub use allocation::{Allocation, FileId};
@@ -26,4 +27,5 @@ pub use error::{Error, Result};
 pub use fiemap::Extent;
 pub use fs::{FsKind, PAGELESSFS_MAGIC};
 pub use mapping::Mapping;
-pub use pool::{check_name, Pool, PoolKind, PoolSpec, PoolStats};
+pub use pool::{check_name, Pool, PoolKind, PoolSpec, PoolStats, PAGELESSFS_SYSFS};
+pub use seal::{pagelessfs_seals, PAGELESS_SEAL_GROW, PAGELESS_SEAL_SHRINK, PAGELESS_SIZE_SEALS};

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::allocation::Allocation;
 use crate::fs::{FsInfo, FsKind};
+use crate::seal;
 use crate::size::{parse_size, round_up, Size};
 use crate::{Error, Result};
 
@@ -87,7 +88,13 @@ pub struct PoolStats {
     pub page_size: u64,
     pub total: u64,
     pub free: u64,
+    /// pagelessfs only: memory freed from files that were mapped, held back until every
+    /// process that mapped them has exited (it may still be reachable by DMA); not in `free`.
+    pub quarantined: Option<u64>,
 }
+
+/// Where the pagelessfs module publishes its pool's counters.
+pub const PAGELESSFS_SYSFS: &str = "/sys/fs/pagelessfs";
 
 /// A source of named allocations.
 #[derive(Debug)]
@@ -181,7 +188,13 @@ impl Pool {
             None if self.is_hugetlb() => hugetlb_pages(self.page_size)?,
             None => host_memory()?,
         };
-        Ok(PoolStats { page_size: self.page_size, total, free })
+        let quarantined = match self.kind {
+            PoolKind::Directory(FsKind::Pagelessfs) => {
+                sysfs_counter(Path::new(PAGELESSFS_SYSFS), "quarantined_bytes")?
+            }
+            _ => None,
+        };
+        Ok(PoolStats { page_size: self.page_size, total, free, quarantined })
     }
 
     /// Checks `size` against the page size; returns it unchanged when it is a multiple.
@@ -235,8 +248,11 @@ impl Pool {
                 _ => Error::io(format!("set the size of allocation {name:?} to {size}"), e),
             });
         }
-        if path.is_none() {
-            seal_size(&file)?;
+        if let Err(e) = self.seal(&file, path.as_deref()) {
+            if let Some(path) = &path {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
         }
         info!("allocated {name:?}: {} from pool {}", Size(size), self.spec);
         Allocation::new(file, name, path, self.kind, self.page_size)
@@ -265,6 +281,7 @@ impl Pool {
         if size == 0 || size % self.page_size != 0 {
             return Err(Error::CorruptAllocation { path, size, page_size: self.page_size });
         }
+        self.seal(&file, Some(&path))?;
         info!("re-attached {name:?}: {} in pool {}", Size(size), self.spec);
         Allocation::new(file, name, Some(path), self.kind, self.page_size)
     }
@@ -287,6 +304,16 @@ impl Pool {
         }
     }
 
+    /// Seals an allocation's size where the pool's files can be sealed (memfd, pagelessfs), so
+    /// that no process holding its fd can shrink (free) or grow the VM's memory.
+    fn seal(&self, file: &File, path: Option<&Path>) -> Result<()> {
+        match (self.kind, path) {
+            (PoolKind::Memfd, _) => seal::seal_memfd(file),
+            (PoolKind::Directory(FsKind::Pagelessfs), Some(path)) => seal::seal_pagelessfs(file, path),
+            _ => Ok(()),
+        }
+    }
+
     fn memfd(&self, name: &str) -> Result<File> {
         let mut flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING;
         if self.is_hugetlb() {
@@ -303,15 +330,6 @@ impl Pool {
             .map(File::from)
             .map_err(|e| Error::io(format!("memfd_create {memfd_name:?}"), e))
     }
-}
-
-/// Seals a memfd's size so that no consumer can shrink it under the others (SIGBUS) or grow it.
-fn seal_size(file: &File) -> Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
-    fcntl(std::os::fd::AsRawFd::as_raw_fd(file), FcntlArg::F_ADD_SEALS(seals))
-        .map(drop)
-        .map_err(|e| Error::io("seal the memfd's size", e))
 }
 
 /// Checks that `name` can name an allocation (and a socket): non-empty, no `/` or NUL, not
@@ -339,6 +357,24 @@ fn hugetlb_pages(page_size: u64) -> Result<(u64, u64)> {
             .map_err(|e| Error::io(format!("parse {}", path.display()), std::io::Error::other(e)))
     };
     Ok((read("nr_hugepages")? * page_size, read("free_hugepages")? * page_size))
+}
+
+/// A counter of the pagelessfs module (`<dir>/<name>`: a decimal number and a newline);
+/// `None` when the module does not publish it (not loaded, or older than the counter).
+fn sysfs_counter(dir: &Path, name: &str) -> Result<Option<u64>> {
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|e| Error::PoolStat { path, source: std::io::Error::new(ErrorKind::InvalidData, e) }),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            debug!("{} is missing: the pagelessfs module does not report it", path.display());
+            Ok(None)
+        }
+        Err(source) => Err(Error::PoolStat { path, source }),
+    }
 }
 
 /// MemTotal and MemAvailable from /proc/meminfo.
@@ -376,6 +412,16 @@ mod tests {
         for spec in ["memfd", "memfd:1G", "hugetlbfs:/a", "dir:/b", "pagelessfs:/c"] {
             assert_eq!(spec.parse::<PoolSpec>().unwrap().to_string(), spec);
         }
+    }
+
+    #[test]
+    fn reads_sysfs_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("quarantined_bytes"), "2097152\n").unwrap();
+        std::fs::write(dir.path().join("bad"), "lots\n").unwrap();
+        assert_eq!(sysfs_counter(dir.path(), "quarantined_bytes").unwrap(), Some(2 << 20));
+        assert_eq!(sysfs_counter(dir.path(), "missing").unwrap(), None);
+        assert!(matches!(sysfs_counter(dir.path(), "bad"), Err(Error::PoolStat { .. })));
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //! |              |                         | what GET_MEMORY gives the same peers)            |
 //! | `STOP`       | —                       | empty; the owner then shuts down                 |
 //!
+//! A stopping owner keeps answering until every process it gave the memory to has exited:
+//! STATUS then carries [`StoppingStatus`], and GET_MEMORY and WRITE are refused.
+//!
 //! Replies carry [`FLAG_REPLY`]; a refused request is answered with [`FLAG_ERROR`] and a UTF-8
 //! reason, and the owner may close the connection after it.
 
@@ -153,9 +156,42 @@ pub struct VmStatus {
     pub started: u64,
     pub pool_total: u64,
     pub pool_free: u64,
+    /// pagelessfs pools: bytes freed from files that were mapped, held back (not free) until
+    /// every process that mapped them has exited. `None` for other pools.
+    #[serde(default)]
+    pub pool_quarantined: Option<u64>,
     pub extents: Vec<ExtentStatus>,
     pub clients: Vec<ClientStatus>,
     pub consumers: Vec<ConsumerStatus>,
+    /// Set once the owner was asked to stop: it keeps the memory while any process it handed
+    /// the memory to is alive, and says which.
+    #[serde(default)]
+    pub stopping: Option<StoppingStatus>,
+}
+
+/// A stopping owner that still waits for the memory's holders to go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoppingStatus {
+    /// Unix time the stop was asked for.
+    pub since: u64,
+    /// What asked (`STOP request`, `signal SIGTERM`, …).
+    pub reason: String,
+    /// `--consumer-timeout`, in seconds: past it the owner says so in its log, and keeps waiting.
+    pub consumer_timeout: u64,
+    /// Whether it has been waiting longer than `consumer_timeout`.
+    pub past_timeout: bool,
+    /// What still holds the memory, as of the owner's last look (at most a few tenths of a
+    /// second ago).
+    pub waiting_for: Vec<MemoryHolder>,
+}
+
+/// A process (or relayed device) that still holds a stopping owner's memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryHolder {
+    /// Its process id, when known.
+    pub pid: Option<u32>,
+    /// What it is and how it holds the memory.
+    pub what: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

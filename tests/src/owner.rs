@@ -97,21 +97,31 @@ impl Owner {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, and waits for a clean exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("send SIGTERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// Sends `signal` to the owner, without waiting.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal)
+            .expect("signal the owner");
+    }
+
+    /// Waits up to `timeout` for the owner to exit; `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
+                return Some(status);
             }
-            assert!(Instant::now() < deadline, "owner did not stop on SIGTERM:\n{}", self.log());
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("owner did not stop on SIGTERM:\n{}", self.log()))
     }
 }
 

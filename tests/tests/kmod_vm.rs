@@ -6,7 +6,9 @@
 //! `pageless` binary, and turns each CHECK line on the serial console into pass/fail.
 //!
 //! In the guest, first `pageless serve --pool pagelessfs:…` serves a pagelessfs allocation to a
-//! client process, then tests/guest/kmod-checks.sh runs the module's whole check sequence.
+//! client process and, through its relay, to a fake vhost-user backend: neither can shrink or
+//! grow it (the owner seals it); then tests/guest/kmod-checks.sh runs the module's whole check
+//! sequence.
 
 use std::time::Duration;
 
@@ -21,7 +23,8 @@ const SERVE_ON_PAGELESSFS: &str = r#"
 TOKEN=@TOKEN@
 insmod /pageless.ko ranges=1G@4G,512M@6G
 mkdir -p /mnt/serve && mount -t pagelessfs -o pagesize=2M none /mnt/serve
-pageless serve --vm g --size 64M --pool pagelessfs:/mnt/serve --run-dir /run/pageless 2>/tmp/owner.log &
+pageless serve --vm g --size 64M --pool pagelessfs:/mnt/serve --run-dir /run/pageless \
+    --vhost-user dev0=/run/fake-backend.sock 2>/tmp/owner.log &
 for i in $(seq 100); do pageless status --vm g --run-dir /run/pageless >/dev/null 2>&1 && break; sleep 0.1; done
 status=$(pageless status --vm g --run-dir /run/pageless --json | tr -d ' \n')
 case "$status" in
@@ -35,11 +38,49 @@ if [ -n "$phys" ] && { [ "$phys" -ge 4294967296 ] && [ "$phys" -lt 5368709120 ] 
 else
     fail serve-extents "$status"
 fi
+# The client, and a fake device backend that got the owner's fd through the relay, try to
+# shrink and to grow the memory: the owner sealed it (EPERM), size and extents stay.
 pageless-testbed owner-client /run/pageless/g.sock "$TOKEN"
+pageless-testbed relay-truncate /run/pageless/g.sock /run/pageless/g/dev0.sock /run/fake-backend.sock
 check serve-owner-sees-client sh -c "pageless find --vm g --run-dir /run/pageless $TOKEN | grep -qx 0x100000"
+# Quarantined memory is shown apart from free memory: a process maps a 2M file, unlinks it and
+# lives on, so the file's page is quarantined until it exits.
+pageless-guest quarantine-holder /mnt/serve/held >/tmp/qholder.out 2>&1 &
+qholder=$!
+for i in $(seq 100); do grep -q HOLDER-READY /tmp/qholder.out && break; sleep 0.1; done
+quarantined=$(cat /sys/fs/pagelessfs/quarantined_bytes)
+status=$(pageless status --vm g --run-dir /run/pageless --json | tr -d ' \n')
+human=$(pageless status --vm g --run-dir /run/pageless)
+case "$quarantined:$status" in
+    "2097152:"*'"pool_quarantined":2097152,'*)
+        if echo "$human" | grep -q "free, 2M quarantined"; then
+            ok serve-status-quarantined "$(echo "$human" | grep quarantined)"
+        else
+            fail serve-status-quarantined "$human"
+        fi ;;
+    *) fail serve-status-quarantined "sysfs $quarantined, status $status, holder $(cat /tmp/qholder.out)" ;;
+esac
+kill $qholder
+wait $qholder 2>/dev/null
+for i in $(seq 50); do [ "$(cat /sys/fs/pagelessfs/quarantined_bytes)" = 0 ] && break; sleep 0.1; done
+status=$(pageless status --vm g --run-dir /run/pageless --json | tr -d ' \n')
+case "$status" in
+    *'"pool_quarantined":0,'*) ok serve-status-quarantine-released "0 quarantined once the holder exited" ;;
+    *) fail serve-status-quarantine-released "sysfs $(cat /sys/fs/pagelessfs/quarantined_bytes), status $status" ;;
+esac
 pageless stop --vm g --run-dir /run/pageless
 wait
 check serve-stopped sh -c "[ ! -e /run/pageless/g.sock ] && [ -e /mnt/serve/g ]"
+# A new owner re-attaches to the sealed file.
+pageless serve --vm g --size 64M --pool pagelessfs:/mnt/serve --run-dir /run/pageless 2>/tmp/owner2.log &
+for i in $(seq 100); do pageless status --vm g --run-dir /run/pageless >/dev/null 2>&1 && break; sleep 0.1; done
+status=$(pageless status --vm g --run-dir /run/pageless --json | tr -d ' \n')
+case "$status" in
+    *'"reattached":true'*) ok serve-reattach-sealed "re-attached to the sealed file" ;;
+    *) fail serve-reattach-sealed "$status $(cat /tmp/owner2.log)" ;;
+esac
+pageless stop --vm g --run-dir /run/pageless
+wait
 rm -f /mnt/serve/g
 umount /mnt/serve
 rmmod pageless
@@ -53,8 +94,18 @@ const REQUIRED: &[&str] = &[
     "serve-client-map",
     "serve-client-sees-owner",
     "serve-client-pfnmap",
+    "serve-client-shrink-eperm",
+    "serve-client-grow-eperm",
+    "serve-client-size-kept",
+    "relay-backend-memory",
+    "relay-backend-shrink-eperm",
+    "relay-backend-grow-eperm",
+    "relay-backend-size-kept",
     "serve-owner-sees-client",
+    "serve-status-quarantined",
+    "serve-status-quarantine-released",
     "serve-stopped",
+    "serve-reattach-sealed",
     "environment",
     "load-system-ram",
     "load-partly-ram",

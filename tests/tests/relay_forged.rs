@@ -1,7 +1,7 @@
 //! A forged frontend (this test, speaking vhost-user) sends memory regions whose fd is another
 //! file, or whose offset/size lies outside the allocation: the relay refuses them and the
 //! backend (a recording fake) never receives them. A genuine region reaches the backend with
-//! the owner's own fd, not the frontend's.
+//! the owner's own fd, not the frontend's, and cannot shrink it (sealed).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -18,8 +18,9 @@ use protocol::{FrontendReq, VhostUserMemoryRegion};
 
 const SIZE: u64 = 16 << 20;
 
-/// What the fake backend received: request code, and per fd its file and file offset.
-type Received = Arc<Mutex<Vec<(u32, Vec<(FileId, i64)>)>>>;
+/// What the fake backend received: request code, and per fd its file, file offset, and what
+/// its attempt to shrink the file to 0 through that fd returned.
+type Received = Arc<Mutex<Vec<(u32, Vec<(FileId, i64, nix::Result<()>)>)>>>;
 
 fn fake_backend(listener: UnixListener, received: Received) {
     std::thread::spawn(move || {
@@ -34,7 +35,9 @@ fn fake_backend(listener: UnixListener, received: Received) {
                         .map(|fd| {
                             let offset = nix::unistd::lseek(fd.as_raw_fd(), 0, nix::unistd::Whence::SeekCur)
                                 .unwrap_or(-1);
-                            (FileId::of(fd).unwrap(), offset)
+                            // A backend must not be able to free the VM's memory.
+                            let shrink = nix::unistd::ftruncate(fd, 0);
+                            (FileId::of(fd).unwrap(), offset, shrink)
                         })
                         .collect();
                     received.lock().unwrap().push((message.header.request, fds));
@@ -150,10 +153,12 @@ fn forged_memory_regions_never_reach_the_backend() {
     let (code, fds) = &received[0];
     assert_eq!(*code, u32::from(FrontendReq::SET_MEM_TABLE));
     assert_eq!(fds.len(), 2);
-    for (id, offset) in fds {
+    for (id, offset, shrink) in fds {
         assert_eq!(*id, memory_id, "the backend got the VM's memory");
         assert_ne!(*offset, 12345, "the backend got the owner's own fd, not the frontend's");
+        assert_eq!(*shrink, Err(nix::errno::Errno::EPERM), "the memory is sealed against shrinking");
     }
+    assert_eq!(std::fs::File::from(memory).metadata().unwrap().len(), SIZE, "the size is unchanged");
 
     let status = owner.status();
     let consumer = status.consumers.iter().find(|c| c.device == "dev0").expect("dev0 is a consumer");

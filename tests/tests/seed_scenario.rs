@@ -8,7 +8,10 @@
 //!    file;
 //! 3. edu, bound to vfio-pci behind the vIOMMU, DMAs into a pagelessfs file (VFIO type1), and the
 //!    inner QEMU runs with `-device vfio-pci` on pagelessfs RAM: all of it DMA-mapped;
-//! 4. the same device paths on memfd memory, as the control.
+//! 4. the same device paths on memfd memory, as the control;
+//! 5. the pagelessfs nested VM's owner, asked to stop while QEMU still runs, keeps the memory
+//!    (file, extents) past its --consumer-timeout, says in `pageless status` that it waits for
+//!    QEMU's pid, and releases the memory once QEMU is gone.
 //!
 //! See tests/vm/seed-outer.sh and tests/vm/seed-inner.sh.
 
@@ -42,12 +45,23 @@ const INNER_CHECKS: &[&str] = &[
     "vfio-passthrough",
 ];
 
+/// The pagelessfs nested VM's owner, asked to stop while QEMU (with a VFIO device on the VM's
+/// memory) still runs, keeps the memory until QEMU is gone.
+const OWNER_STOP_CHECKS: &[&str] = &[
+    "owner-keeps-memory",
+    "owner-extents-kept",
+    "owner-status-stopping",
+    "owner-log-names-qemu",
+    "owner-releases-after-qemu",
+];
+
 fn required() -> Vec<String> {
     let mut names: Vec<String> =
         ["load", "mount-2m", "edu-on-vfio-pci", "pagelessfs-qemu-maps-pfn-only", "memfd-qemu-maps-memfd"]
             .map(String::from)
             .to_vec();
     names.push("struct-page-with-nested-vm".into());
+    names.extend(OWNER_STOP_CHECKS.iter().map(|c| format!("pagelessfs-{c}")));
     for give_back in ["truncate", "unlink"] {
         names.push(format!("dma-isolation-{give_back}"));
         names.push(format!("dma-isolation-{give_back}-released"));

@@ -29,8 +29,9 @@ wait_line() {
 }
 
 # start_nested VM POOL DISK LOG: qemu-storage-daemon exporting the image DISK, `pageless serve`
-# owning VM's 160M on POOL and relaying the disk, and `pageless qemu` booting the nested guest
-# with the vhost-user disk and edu ($BDF) passed through with vfio-pci, its console in LOG.
+# owning VM's 160M on POOL (--consumer-timeout 5, plus $OWNER_ARGS if set) and relaying the
+# disk, and `pageless qemu` booting the nested guest with the vhost-user disk and edu ($BDF)
+# passed through with vfio-pci, its console in LOG.
 # Sets qsd_sock, qsd_pid, owner_pid, qemu_pid and nested_start (when QEMU started, see now).
 start_nested() {
     qsd_sock=/run/qsd-$1.sock
@@ -41,7 +42,7 @@ start_nested() {
     qsd_pid=$!
     for i in $(seq 100); do [ -S "$qsd_sock" ] && break; sleep 0.1; done
     pageless serve --vm "$1" --size 160M --pool "$2" --run-dir $RUN --vhost-user disk0="$qsd_sock" \
-        --consumer-timeout 5 >/tmp/owner-$1.log 2>&1 &
+        --consumer-timeout 5 ${OWNER_ARGS:-} >/tmp/owner-$1.log 2>&1 &
     owner_pid=$!
     for i in $(seq 100); do pageless status --vm "$1" --run-dir $RUN >/dev/null 2>&1 && break; sleep 0.1; done
     nested_start=$(now)
@@ -53,6 +54,9 @@ start_nested() {
         >/tmp/qemu-$1.err 2>&1 &
     qemu_pid=$!
 }
+
+# alive PID: the process exists and is not a zombie (kill -0 succeeds on an unreaped child).
+alive() { [ -r /proc/$1/stat ] && [ "$(sed 's/.*) //' /proc/$1/stat | cut -d' ' -f1)" != Z ]; }
 
 # stop_nested VM: stops what start_nested started, the nested QEMU first.
 stop_nested() {

@@ -29,7 +29,7 @@ run_inner() { # label pool
     disk=/tmp/disk-$label.img log=/tmp/inner-$label.log
     host_tok="HOST-DISK-TOKEN-$label-$(rand_hex 8)"
     echo "$host_tok" > "$disk" && truncate -s 16M "$disk"
-    start_nested "$vm" "$pool" "$disk" "$log"
+    OWNER_ARGS=--remove-on-exit start_nested "$vm" "$pool" "$disk" "$log"
     if wait_line "$log" INNER-READY "$INNER_BOOT_SECS"; then
         ok "$label-inner-boots" "in $(since "$nested_start") s"
     else
@@ -56,8 +56,60 @@ run_inner() { # label pool
     if [ "$label" = pagelessfs ]; then
         pageless-guest memmap-check /tmp/memmap.base struct-page-with-nested-vm
     fi
-    stop_nested "$vm"
+    if [ "$label" = pagelessfs ]; then
+        stop_under_qemu "$vm"
+    else
+        stop_nested "$vm"
+    fi
     rm -f "/mnt/pl/$vm" "$disk"
+}
+
+# stop_under_qemu VM: asks VM's owner (--remove-on-exit, --consumer-timeout 5) to stop while its
+# QEMU, with edu passed through by VFIO on the VM's pagelessfs memory, still runs. The owner
+# must keep the memory past its timeout (file and extents stay), say in `pageless status` that
+# it stops and waits for QEMU's pid, and release it (remove the file, exit) once QEMU is gone.
+stop_under_qemu() {
+    file=/mnt/pl/$1
+    extents() { pageless status --vm "$1" --run-dir $RUN --json | tr -d ' \n' | sed -n 's/.*"extents":\(\[[^]]*\]\).*/\1/p'; }
+    before=$(extents "$1")
+    pageless stop --vm "$1" --run-dir $RUN
+    asked=$(now)
+    sleep 8
+    if alive "$owner_pid" && alive "$qemu_pid" && [ -e "$file" ]; then
+        ok pagelessfs-owner-keeps-memory "owner $owner_pid alive $(since "$asked") s after the stop request (timeout 5 s), $file kept"
+    else
+        fail pagelessfs-owner-keeps-memory "owner alive: $(alive "$owner_pid" && echo yes), QEMU alive: $(alive "$qemu_pid" && echo yes), file: $(ls -l "$file" 2>&1); $(tail -n 5 /tmp/owner-$1.log | tr '\n' ' ')"
+    fi
+    after=$(extents "$1")
+    if [ -n "$before" ] && [ "$before" = "$after" ]; then
+        ok pagelessfs-owner-extents-kept "$after"
+    else
+        fail pagelessfs-owner-extents-kept "before $before, after $after"
+    fi
+    status=$(pageless status --vm "$1" --run-dir $RUN --json | tr -d ' \n')
+    human=$(pageless status --vm "$1" --run-dir $RUN)
+    case "$status" in
+        *'"stopping":{'*'"past_timeout":true'*"\"pid\":$qemu_pid,\"what\""*)
+            if echo "$human" | grep -q "STOPPING since" && echo "$human" | grep -q "waiting for pid $qemu_pid: "; then
+                ok pagelessfs-owner-status-stopping "$(echo "$human" | grep "waiting for pid $qemu_pid")"
+            else
+                fail pagelessfs-owner-status-stopping "$(echo "$human" | tr '\n' ' ')"
+            fi ;;
+        *) fail pagelessfs-owner-status-stopping "$status" ;;
+    esac
+    check pagelessfs-owner-log-names-qemu grep -m1 "still held after.*pid $qemu_pid (" /tmp/owner-$1.log
+    kill "$qemu_pid"; wait "$qemu_pid" 2>/dev/null
+    gone=$(now)
+    i=0
+    while alive "$owner_pid" && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+    if ! alive "$owner_pid" && [ ! -e "$file" ]; then
+        ok pagelessfs-owner-releases-after-qemu "owner exited $(since "$gone") s after QEMU, $file removed"
+    else
+        fail pagelessfs-owner-releases-after-qemu "owner alive: $(alive "$owner_pid" && echo yes), file: $(ls -l "$file" 2>&1); $(tail -n 5 /tmp/owner-$1.log | tr '\n' ' ')"
+        kill -9 "$owner_pid"
+    fi
+    wait "$owner_pid" 2>/dev/null
+    kill "$qsd_pid"; wait "$qsd_pid" 2>/dev/null
 }
 
 run_inner pagelessfs pagelessfs:/mnt/pl

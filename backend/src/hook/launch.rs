@@ -286,7 +286,9 @@ pub(super) fn stop(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookEr
         debug!("VM {vm:?}: no owner runs");
         return Ok(());
     };
-    // The owner waits up to consumer_timeout for the memory's consumers, then exits.
+    // The owner waits for the memory's holders (QEMU is gone by `release`; device backends
+    // unmap it when their connection ends), warning after consumer_timeout. One still waiting
+    // well after that is killed: SIGKILL releases nothing (the memory file stays in place).
     let timeout = Duration::from_secs(plan.consumer_timeout + 10);
     let deadline = Instant::now() + timeout;
     while process_alive(pid) {

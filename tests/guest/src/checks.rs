@@ -386,7 +386,10 @@ pub fn scrub_truncate(r: &mut Report, dir: &Path) -> io::Result<()> {
         0
     })?;
     let (quarantined, free_while, grow_errno) = (seen.read_u64(0), seen.read_u64(8), seen.read_u64(16));
-    let q_ok = mapper == 0 && quarantined == q0 + (size - half) && free_while == 0 && grow_errno == libc::ENOSPC as u64;
+    let q_ok = mapper == 0
+        && quarantined == q0 + (size - half)
+        && free_while == 0
+        && grow_errno == libc::ENOSPC as u64;
     r.check(
         &format!("quarantine-truncate-{}", human(ps)),
         q_ok,
@@ -408,8 +411,10 @@ pub fn scrub_truncate(r: &mut Report, dir: &Path) -> io::Result<()> {
     let bad = in_child(|| {
         let Ok(m) = Map::shared(&f, size as usize, 0) else { return u64::MAX };
         let tail_nz = m.count_nonzero(half as usize, (size - half) as usize) as u64;
-        let head_bad =
-            (0..half as usize).step_by(PAGE).filter(|p| m.read_u64(p + PAGE - 8) != pattern(3, *p as u64)).count();
+        let head_bad = (0..half as usize)
+            .step_by(PAGE)
+            .filter(|p| m.read_u64(p + PAGE - 8) != pattern(3, *p as u64))
+            .count();
         (tail_nz << 32) | head_bad as u64
     })?;
     let (tail_nz, head_bad) = (bad >> 32, bad & 0xffff_ffff);

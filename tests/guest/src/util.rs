@@ -351,7 +351,8 @@ pub fn in_child(f: impl FnOnce() -> u64) -> io::Result<u64> {
 /// A number from /sys/fs/pagelessfs/NAME (the module's pool counters).
 pub fn pool_counter(name: &str) -> io::Result<u64> {
     let path = format!("/sys/fs/pagelessfs/{name}");
-    let text = std::fs::read_to_string(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
     text.trim().parse().map_err(|e| io::Error::other(format!("{path}: {text:?}: {e}")))
 }
 

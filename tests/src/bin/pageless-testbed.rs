@@ -4,13 +4,28 @@
 //!   pageless-testbed token-guest OUT             build the token guest's initramfs at OUT
 //!   pageless-testbed owner-client SOCKET TOKEN   a separate client process of an owner: maps
 //!       the memory it hands out, writes TOKEN at 1 MiB, has the owner write OWNER-TOKEN at
-//!       2 MiB through its own mapping and reads it back; prints CHECK lines.
+//!       2 MiB through its own mapping and reads it back, then tries to shrink and to grow
+//!       the memory through its fd (both must fail with EPERM, size and extents unchanged);
+//!       prints CHECK lines.
+//!   pageless-testbed relay-truncate OWNER_SOCKET RELAY_SOCKET BACKEND_SOCKET
+//!       a fake vhost-user backend (a thread listening on BACKEND_SOCKET, which the owner's
+//!       `--vhost-user` relays to) and a frontend that sends the owner's memory through the relay
+//!       socket: the backend tries to shrink and to grow the fd the relay gave it; CHECK lines.
+//!   pageless-testbed hold-memory SOCKET          takes the owner's memory, maps it, prints
+//!       `HOLDING <size>`, and holds it until its stdin closes.
 
 use std::fs::File;
+use std::io::{BufRead, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use driver::Mapping;
-use protocol::control::ControlClient;
+use driver::{FileId, Mapping};
+use protocol::control::{ControlClient, VmStatus};
+use protocol::frame::{
+    recv_message, send_message, Limits, Message, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_1,
+};
+use protocol::memory::encode_mem_table;
+use protocol::{FrontendReq, VhostUserMemoryRegion};
 
 fn check(name: &str, ok: bool, detail: &str) -> bool {
     println!("CHECK {name} {} {detail}", if ok { "ok" } else { "FAIL" });
@@ -40,7 +55,8 @@ fn owner_client(socket: &Path, token: &str) -> bool {
         other => return check("serve-client-memory", false, &format!("{other:?}")),
     };
     let size = region.region.memory_size;
-    let mapping = match Mapping::new(&File::from(region.fd), size) {
+    let file = File::from(region.fd);
+    let mapping = match Mapping::new(&file, size) {
         Ok(mapping) => mapping,
         Err(e) => return check("serve-client-map", false, &e.to_string()),
     };
@@ -61,7 +77,140 @@ fn owner_client(socket: &Path, token: &str) -> bool {
         flags.split_whitespace().any(|f| f == "pf"),
         &format!("VmFlags: {flags}"),
     );
+    match client.status() {
+        Ok(before) => ok &= size_changes_refused("serve-client", &file, &before, &client),
+        Err(e) => ok &= check("serve-client-status", false, &e.to_string()),
+    }
     ok
+}
+
+/// `ftruncate` to 0 and to twice the size through `file` (a consumer's fd of the VM's memory)
+/// must fail with EPERM (sealed), and leave the file's size and the owner's extents as they were.
+fn size_changes_refused(prefix: &str, file: &File, before: &VmStatus, client: &ControlClient) -> bool {
+    let errno = |result: std::io::Result<()>| match result {
+        Ok(()) => "succeeded".to_string(),
+        Err(e) => format!("{e}"),
+    };
+    let shrink = file.set_len(0);
+    let mut ok = check(
+        &format!("{prefix}-shrink-eperm"),
+        shrink.as_ref().err().and_then(std::io::Error::raw_os_error) == Some(libc::EPERM),
+        &format!("ftruncate(fd, 0): {}", errno(shrink.map(drop))),
+    );
+    let grow = file.set_len(before.size * 2);
+    ok &= check(
+        &format!("{prefix}-grow-eperm"),
+        grow.as_ref().err().and_then(std::io::Error::raw_os_error) == Some(libc::EPERM),
+        &format!("ftruncate(fd, {}): {}", before.size * 2, errno(grow.map(drop))),
+    );
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let kept = match client.status() {
+        Ok(after) => {
+            let same = size == before.size
+                && after.size == before.size
+                && !after.extents.is_empty()
+                && after.extents == before.extents;
+            (
+                same,
+                format!(
+                    "size {size} (was {}), extents {:?} (were {:?})",
+                    before.size, after.extents, before.extents
+                ),
+            )
+        }
+        Err(e) => (false, format!("owner status: {e}")),
+    };
+    ok &= check(&format!("{prefix}-size-kept"), kept.0, &kept.1);
+    ok
+}
+
+/// The fake backend: accepts one relayed connection, and returns the fd of the first
+/// SET_MEM_TABLE after acknowledging it.
+fn fake_backend(listener: UnixListener) -> Result<File, String> {
+    let (conn, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    loop {
+        let mut message = recv_message(&conn, Limits::VHOST_USER)
+            .map_err(|e| e.to_string())?
+            .ok_or("the relay hung up before SET_MEM_TABLE")?;
+        if message.header.needs_reply() {
+            let ack = Message::new(
+                message.header.request,
+                FLAG_VERSION_1 | FLAG_REPLY,
+                0u64.to_ne_bytes().to_vec(),
+                vec![],
+            );
+            send_message(&conn, &ack).map_err(|e| e.to_string())?;
+        }
+        if message.header.request == u32::from(FrontendReq::SET_MEM_TABLE) {
+            let fd =
+                std::mem::take(&mut message.fds).into_iter().next().ok_or("SET_MEM_TABLE without an fd")?;
+            return Ok(File::from(fd));
+        }
+    }
+}
+
+fn relay_truncate(owner_socket: &Path, relay_socket: &Path, backend_socket: &Path) -> bool {
+    let listener = match UnixListener::bind(backend_socket) {
+        Ok(listener) => listener,
+        Err(e) => {
+            return check("relay-backend-memory", false, &format!("bind {}: {e}", backend_socket.display()))
+        }
+    };
+    let backend = std::thread::spawn(move || fake_backend(listener));
+    let got = (|| -> Result<(ControlClient, VmStatus), String> {
+        let client = ControlClient::connect(owner_socket, "relay-truncate").map_err(|e| e.to_string())?;
+        let before = client.status().map_err(|e| e.to_string())?;
+        let region = client.get_memory().map_err(|e| e.to_string())?.pop().ok_or("no memory region")?;
+        let table = [VhostUserMemoryRegion::new(0, region.region.memory_size, 0x7f00_0000_0000, 0)];
+        let front = UnixStream::connect(relay_socket)
+            .map_err(|e| format!("connect {}: {e}", relay_socket.display()))?;
+        let code = u32::from(FrontendReq::SET_MEM_TABLE);
+        let message = Message::new(
+            code,
+            FLAG_VERSION_1 | FLAG_NEED_REPLY,
+            encode_mem_table(table.iter()),
+            vec![region.fd],
+        );
+        send_message(&front, &message).map_err(|e| e.to_string())?;
+        let ack = recv_message(&front, Limits::VHOST_USER).map_err(|e| e.to_string())?.ok_or("no ack")?;
+        if ack.payload != 0u64.to_ne_bytes() {
+            return Err(format!("SET_MEM_TABLE not acknowledged: {:?}", ack.payload));
+        }
+        Ok((client, before))
+    })();
+    let (client, before) = match got {
+        Ok(got) => got,
+        Err(e) => return check("relay-backend-memory", false, &e),
+    };
+    let file = match backend.join() {
+        Ok(Ok(file)) => file,
+        Ok(Err(e)) => return check("relay-backend-memory", false, &e),
+        Err(_) => return check("relay-backend-memory", false, "the fake backend panicked"),
+    };
+    let id = FileId::of(&file).ok();
+    let mut ok = check(
+        "relay-backend-memory",
+        id == Some(FileId { dev: before.dev, ino: before.inode }),
+        &format!("the backend got {id:?}, the VM's memory is {}:{}", before.dev, before.inode),
+    );
+    ok &= size_changes_refused("relay-backend", &file, &before, &client);
+    ok
+}
+
+/// Holds the owner's memory (mapped) until stdin closes.
+fn hold_memory(socket: &Path) -> Result<(), String> {
+    let client = ControlClient::connect(socket, "hold-memory").map_err(|e| e.to_string())?;
+    let region = client.get_memory().map_err(|e| e.to_string())?.pop().ok_or("no memory region")?;
+    let size = region.region.memory_size;
+    let mapping = Mapping::new(&File::from(region.fd), size).map_err(|e| e.to_string())?;
+    drop(client);
+    println!("HOLDING {size}");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    for line in std::io::stdin().lock().lines() {
+        line.map_err(|e| e.to_string())?;
+    }
+    drop(mapping);
+    Ok(())
 }
 
 fn main() {
@@ -72,8 +221,18 @@ fn main() {
         ["owner-client", socket, token] => {
             std::process::exit(if owner_client(Path::new(socket), token) { 0 } else { 1 })
         }
+        ["relay-truncate", owner, relay, backend] => {
+            let ok = relay_truncate(Path::new(owner), Path::new(relay), Path::new(backend));
+            std::process::exit(if ok { 0 } else { 1 })
+        }
+        ["hold-memory", socket] => {
+            if let Err(e) = hold_memory(Path::new(socket)) {
+                eprintln!("pageless-testbed hold-memory: {e}");
+                std::process::exit(1);
+            }
+        }
         _ => {
-            eprintln!("usage: pageless-testbed kernel | token-guest OUT | owner-client SOCKET TOKEN");
+            eprintln!("usage: pageless-testbed kernel | token-guest OUT | owner-client SOCKET TOKEN | relay-truncate OWNER_SOCKET RELAY_SOCKET BACKEND_SOCKET | hold-memory SOCKET");
             std::process::exit(2);
         }
     }
