@@ -33,14 +33,15 @@ pub(crate) fn handle(owner: &Owner, sock: UnixStream) {
     }
     let id = owner.add_client(peer);
     debug!("control client {id}: pid {} uid {}", peer.pid, peer.uid);
-    if let Err(why) = serve_client(owner, &sock, id) {
+    if let Err(why) = serve_client(owner, &sock, id, peer) {
         warn!("control client {id} (pid {} uid {}): {why}; closing its connection", peer.pid, peer.uid);
     }
     owner.forget_client(id);
     debug!("control client {id} gone");
 }
 
-fn serve_client(owner: &Owner, sock: &UnixStream, id: u64) -> Result<(), String> {
+fn serve_client(owner: &Owner, sock: &UnixStream, id: u64, peer: Peer) -> Result<(), String> {
+    let trusted = owner.policy.trusts(peer.uid);
     let mut greeted = false;
     loop {
         let message = match recv_message(sock, control::LIMITS) {
@@ -65,13 +66,28 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64) -> Result<(), String>
                 reply(code, CONTROL_VERSION.to_ne_bytes().to_vec(), vec![])
             }
             _ if !greeted => return Err(refuse(sock, code, "the first request must be HELLO")),
-            Request::GetMemory => match owner.hand_out_memory(id) {
+            Request::GetMemory => match owner
+                .qemu
+                .memory_for(&owner.policy, &peer, sock)
+                .and_then(|_| owner.hand_out_memory(id))
+            {
                 Ok(()) => memory_table(owner).map_err(|e| refuse(sock, code, &e))?,
                 Err(why) => {
-                    info!("control client {id}: refused GET_MEMORY: {why}");
+                    warn!(
+                        "control client {id} (pid {} uid {}): refused GET_MEMORY: {why}",
+                        peer.pid, peer.uid
+                    );
                     error_reply(code, &why)
                 }
             },
+            Request::Find(_) | Request::Write { .. } | Request::Stop if !trusted => {
+                let why = format!(
+                    "only root and the owner's user (uid {}) may read, write or stop VM {:?}; uid {} may not",
+                    owner.policy.owner_uid, owner.vm, peer.uid
+                );
+                warn!("control client {id} (pid {} uid {}): refused: {why}", peer.pid, peer.uid);
+                error_reply(code, &why)
+            }
             Request::Status => {
                 reply(code, serde_json::to_vec(&owner.status()).expect("status serializes"), vec![])
             }

@@ -14,6 +14,7 @@ pub mod relay;
 pub mod serve;
 pub mod status;
 
+mod binding;
 mod clock;
 mod control_server;
 mod owner;

@@ -12,6 +12,7 @@ use driver::{Allocation, Mapping, Pool, PoolKind};
 use log::{error, warn};
 use protocol::control::{ClientStatus, ConsumerStatus, ExtentStatus, MemoryHolder, RegionStatus, VmStatus};
 
+use crate::binding::QemuBinding;
 use crate::clock::unix_now;
 use crate::peer::{process_alive, AccessPolicy, Peer};
 use crate::stopping::StopState;
@@ -31,6 +32,8 @@ pub(crate) struct Owner {
     mappers: Mutex<BTreeSet<u32>>,
     /// Set once the owner was asked to stop.
     stopping: Mutex<Option<StopState>>,
+    /// The VM's QEMU, the one untrusted process that may have the memory.
+    pub qemu: QemuBinding,
     next_client: AtomicU64,
     stop_request: File,
 }
@@ -58,6 +61,7 @@ impl Owner {
             consumers: Mutex::new(BTreeMap::new()),
             mappers: Mutex::new(BTreeSet::new()),
             stopping: Mutex::new(None),
+            qemu: QemuBinding::default(),
             next_client: AtomicU64::new(1),
             stop_request,
         }
@@ -156,6 +160,12 @@ impl Owner {
             clients: self.clients.lock().expect("clients lock").values().cloned().collect(),
             consumers: self.consumers.lock().expect("consumers lock").values().cloned().collect(),
             stopping: self.stop_state().map(|s| s.status()),
+            qemu: self.qemu.describe().map(|(pid, uid, since, running)| protocol::control::BoundQemuStatus {
+                pid,
+                uid,
+                since,
+                running,
+            }),
         }
     }
 

@@ -57,6 +57,9 @@ pub(crate) fn relay(owner: &Arc<Owner>, spec: &RelaySpec, front: UnixStream) {
             front_peer.pid, front_peer.uid
         );
     }
+    if let Err(why) = owner.qemu.frontend(&owner.policy, &front_peer) {
+        return warn!("device {device}: refused frontend: {why}");
+    }
     let back = match UnixStream::connect(&spec.backend) {
         Ok(back) => back,
         Err(e) => {

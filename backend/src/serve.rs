@@ -232,7 +232,24 @@ fn hand_over_file(allocation: &Allocation, allow_uids: &[u32]) -> Result<(), Ser
         return Ok(());
     }
     nix::unistd::fchown(std::os::fd::AsRawFd::as_raw_fd(allocation.file()), Some(uid.into()), None)
-        .map_err(|e| io_error(format!("chown {} to uid {uid}", path.display()))(e.into()))
+        .map_err(|e| io_error(format!("chown {} to uid {uid}", path.display()))(e.into()))?;
+    if let Some(dir) = path.parent().filter(|dir| searchable_by_others(dir, allow_uids)) {
+        warn!(
+            "{} now belongs to uid {uid}, and {} is searchable by the --allow-uid users: any of their processes can open the VM's memory by path, not just the VM's QEMU (which opens it through its inherited fd); make the directory root's, mode 0700",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether a user in `uids` (other than through root) can search `dir`: it owns it with the
+/// owner's x bit, or the group or others x bit is set (group membership is not resolved).
+fn searchable_by_others(dir: &std::path::Path, uids: &[u32]) -> bool {
+    std::fs::metadata(dir).is_ok_and(|meta| {
+        let mode = meta.mode();
+        (uids.contains(&meta.uid()) && mode & 0o100 != 0) || mode & 0o011 != 0
+    })
 }
 
 fn relay_socket(options: &ServeOptions, spec: &RelaySpec) -> PathBuf {

@@ -99,6 +99,16 @@ pub fn render(entries: &[Entry]) -> String {
             Size(s.pool_free),
             quarantined.unwrap_or_default()
         );
+        if let Some(q) = &s.qemu {
+            let _ = writeln!(
+                out,
+                "  qemu    pid {} uid {}: the VM's QEMU, bound {} s ago{}",
+                q.pid,
+                q.uid,
+                crate::clock::unix_now().saturating_sub(q.since),
+                if q.running { "" } else { " (exited: this owner hands the memory to no other QEMU)" }
+            );
+        }
         if let Some(stopping) = &s.stopping {
             render_stopping(&mut out, stopping);
         }

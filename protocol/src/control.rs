@@ -167,6 +167,21 @@ pub struct VmStatus {
     /// the memory to is alive, and says which.
     #[serde(default)]
     pub stopping: Option<StoppingStatus>,
+    /// The process bound as the VM's QEMU: the only process of an `--allow-uid` user that
+    /// gets the memory, for the owner's whole life.
+    #[serde(default)]
+    pub qemu: Option<BoundQemuStatus>,
+}
+
+/// The VM's QEMU, as bound by the owner (by a pidfd, not a reusable pid number).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundQemuStatus {
+    pub pid: u32,
+    pub uid: u32,
+    /// Unix time it was bound.
+    pub since: u64,
+    /// Whether it still runs; once it has exited, nobody else gets the memory from this owner.
+    pub running: bool,
 }
 
 /// A stopping owner that still waits for the memory's holders to go.

@@ -13,6 +13,8 @@
 //!       socket: the backend tries to shrink and to grow the fd the relay gave it; CHECK lines.
 //!   pageless-testbed hold-memory SOCKET          takes the owner's memory, maps it, prints
 //!       `HOLDING <size>`, and holds it until its stdin closes.
+//!   pageless-testbed ask-memory SOCKET           HELLO and GET_MEMORY as any other process
+//!       would: prints `GOT-MEMORY <size>` (exit 0) or `REFUSED <reason>` (exit 3).
 
 use std::fs::File;
 use std::io::{BufRead, Write};
@@ -213,6 +215,31 @@ fn hold_memory(socket: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// HELLO + GET_MEMORY; 0 if an fd came back, 3 if the owner refused, 1 on other errors.
+fn ask_memory(socket: &Path) -> i32 {
+    let client = match ControlClient::connect(socket, "ask-memory") {
+        Ok(client) => client,
+        Err(e) => {
+            println!("REFUSED {e}");
+            return 3;
+        }
+    };
+    match client.get_memory() {
+        Ok(regions) => {
+            println!("GOT-MEMORY {}", regions.iter().map(|r| r.region.memory_size).sum::<u64>());
+            0
+        }
+        Err(protocol::control::ControlError::Refused(reason)) => {
+            println!("REFUSED {reason}");
+            3
+        }
+        Err(e) => {
+            println!("ERROR {e}");
+            1
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -225,6 +252,7 @@ fn main() {
             let ok = relay_truncate(Path::new(owner), Path::new(relay), Path::new(backend));
             std::process::exit(if ok { 0 } else { 1 })
         }
+        ["ask-memory", socket] => std::process::exit(ask_memory(Path::new(socket))),
         ["hold-memory", socket] => {
             if let Err(e) = hold_memory(Path::new(socket)) {
                 eprintln!("pageless-testbed hold-memory: {e}");
@@ -232,7 +260,7 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: pageless-testbed kernel | token-guest OUT | owner-client SOCKET TOKEN | relay-truncate OWNER_SOCKET RELAY_SOCKET BACKEND_SOCKET | hold-memory SOCKET");
+            eprintln!("usage: pageless-testbed kernel | token-guest OUT | owner-client SOCKET TOKEN | relay-truncate OWNER_SOCKET RELAY_SOCKET BACKEND_SOCKET | hold-memory SOCKET | ask-memory SOCKET");
             std::process::exit(2);
         }
     }
