@@ -6,7 +6,8 @@ fn main() {
         .init();
     let cli = backend::cli::Cli::parse();
     if let Err(e) = backend::cli::run(cli) {
-        log::error!("{e}");
+        // Once, on stderr (the log goes there too: no second copy through it).
+        log::debug!("fatal: {e:?}");
         eprintln!("pageless: error: {e}");
         std::process::exit(1);
     }

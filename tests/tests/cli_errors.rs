@@ -15,7 +15,10 @@ fn fails_with(out: &Output, needles: &[&str]) {
     assert!(!out.status.success(), "should fail, but succeeded:\n{stderr}");
     for needle in needles {
         assert!(stderr.contains(needle), "expected {needle:?} in:\n{stderr}");
+        assert_eq!(stderr.matches(needle).count(), 1, "{needle:?} printed more than once:\n{stderr}");
     }
+    // One fatal error, printed once: ours (`pageless: error:`) or clap's usage error.
+    assert_eq!(stderr.lines().filter(|l| l.contains("error:")).count(), 1, "one error line:\n{stderr}");
 }
 
 #[test]
