@@ -3,6 +3,8 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::size::{Bytes, Size};
+
 /// Errors of the pool and allocation API. Each message says what to do about it.
 #[derive(Debug, Error)]
 pub enum Error {
@@ -21,16 +23,16 @@ pub enum Error {
     #[error("size must be larger than zero")]
     ZeroSize,
 
-    #[error("size {size} is not a multiple of the pool's page size {page_size}: use a multiple such as {suggestion}")]
+    #[error("size {} is not a multiple of the pool's page size {}: use a multiple such as {}", Bytes(*.size), Bytes(*.page_size), Bytes(*.suggestion))]
     UnalignedSize { size: u64, page_size: u64, suggestion: u64 },
 
-    #[error("the pool is too small: {needed} bytes needed, {free} bytes free of {total}; free memory in the pool or use a smaller size")]
+    #[error("the pool is too small: {} needed, {} free of {}; free memory in the pool or use a smaller size", Bytes(*.needed), Bytes(*.free), Bytes(*.total))]
     PoolTooSmall { needed: u64, free: u64, total: u64 },
 
-    #[error("allocation {path} already exists with size {found}, not the requested {requested}: pass --size {found}, or remove the file to start afresh")]
+    #[error("allocation {path} already exists with size {}, not the requested {}: pass --size {}, or remove the file to start afresh", Bytes(*.found), Bytes(*.requested), Size(*.found))]
     SizeMismatch { path: PathBuf, found: u64, requested: u64 },
 
-    #[error("allocation {path} has size {size}, which is not a multiple of the pool's page size {page_size}; it was not made by pageless")]
+    #[error("allocation {path} has size {}, which is not a multiple of the pool's page size {}; it was not made by pageless", Bytes(*.size), Bytes(*.page_size))]
     CorruptAllocation { path: PathBuf, size: u64, page_size: u64 },
 
     #[error("no allocation named {name:?} in {dir}")]

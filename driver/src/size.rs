@@ -40,6 +40,25 @@ impl fmt::Display for Size {
     }
 }
 
+/// A byte count for people: the exact unit when there is one (`2M`, `1000T`), else the nearest
+/// binary unit with the exact bytes beside it (`23.1G (24826871808 bytes)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+        // An exact unit reads well only with few digits (`1536M`, not `24244992K`).
+        let exact = Size(self.0).to_string();
+        let digits = exact.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len();
+        if self.0 < 1024 || (digits <= 4 && exact.ends_with(|c: char| c.is_ascii_alphabetic())) {
+            return f.write_str(&exact);
+        }
+        let (shift, unit) = UNITS.into_iter().find(|(shift, _)| self.0 >= 1u64 << shift).unwrap_or((10, "K"));
+        write!(f, "{:.1}{unit} ({} bytes)", self.0 as f64 / (1u64 << shift) as f64, self.0)
+    }
+}
+
 /// Rounds `value` up to a multiple of `align` (a power of two), or `None` on overflow.
 pub fn round_up(value: u64, align: u64) -> Option<u64> {
     debug_assert!(align.is_power_of_two());
@@ -50,6 +69,15 @@ pub fn round_up(value: u64, align: u64) -> Option<u64> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn bytes_show_units_and_exact_counts() {
+        assert_eq!(Bytes(2 << 20).to_string(), "2M");
+        assert_eq!(Bytes(1_099_511_627_776_000).to_string(), "1000T");
+        assert_eq!(Bytes(24_826_871_808).to_string(), "23.1G (24826871808 bytes)");
+        assert_eq!(Bytes(1000).to_string(), "1000");
+        assert_eq!(Bytes(0).to_string(), "0");
+    }
 
     #[test]
     fn parses_units() {

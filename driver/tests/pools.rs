@@ -107,7 +107,10 @@ fn clear_errors_for_bad_requests() {
         Err(Error::WrongFilesystem { expected: "pagelessfs", .. })
     ));
     let message = pool.check_size(4097).unwrap_err().to_string();
-    assert!(message.contains("8192"), "the error suggests a valid size: {message}");
+    assert!(
+        message.contains("4097 bytes") && message.contains("such as 8K"),
+        "the error suggests a valid size: {message}"
+    );
 }
 
 #[test]
