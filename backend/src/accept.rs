@@ -92,10 +92,8 @@ impl Acceptor {
 
     /// How long the main loop may sleep before the acceptor has something to do by itself.
     pub fn next_wake(&self, now: Instant) -> Option<Duration> {
-        let hello = self
-            .pending
-            .front()
-            .map(|p| (p.since + self.hello_timeout).saturating_duration_since(now));
+        let hello =
+            self.pending.front().map(|p| (p.since + self.hello_timeout).saturating_duration_since(now));
         [hello, self.backoff.remaining(now)].into_iter().flatten().min()
     }
 
@@ -107,7 +105,10 @@ impl Acceptor {
     /// Closes the connections that sent nothing within `--hello-timeout`.
     pub fn expire(&mut self, now: Instant) {
         let mut expired = 0u64;
-        while self.pending.front().is_some_and(|p| now.saturating_duration_since(p.since) >= self.hello_timeout)
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| now.saturating_duration_since(p.since) >= self.hello_timeout)
         {
             let pending = self.pending.pop_front().expect("checked above");
             refuse(&pending.sock, &self.hello_timeout_reason());
@@ -202,7 +203,10 @@ impl Acceptor {
             Err(e) => return warn!("control client without credentials, closing: {e}"),
         };
         if let Err(e) = sock.set_nonblocking(true) {
-            return warn!("control client pid {}: cannot make its socket non-blocking, closing: {e}", peer.pid);
+            return warn!(
+                "control client pid {}: cannot make its socket non-blocking, closing: {e}",
+                peer.pid
+            );
         }
         let slot = match self.clients.try_take() {
             Some(slot) => slot,

@@ -127,7 +127,8 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64) -> Result<(), Ending>
             }
             Request::Stop => {
                 info!("control client {id} asked the owner to stop");
-                send_message(sock, &reply(code, vec![], vec![])).map_err(|e| Ending::Failed(e.to_string()))?;
+                send_message(sock, &reply(code, vec![], vec![]))
+                    .map_err(|e| Ending::Failed(e.to_string()))?;
                 owner.request_stop();
                 continue;
             }

@@ -134,7 +134,8 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
         );
     }
     let reason = loop {
-        if let Some(reason) = serve_once(&owner, &mut acceptor, &listener, &relays, &signal_fd, &stop_wait, None)
+        if let Some(reason) =
+            serve_once(&owner, &mut acceptor, &listener, &relays, &signal_fd, &stop_wait, None)
         {
             break reason;
         }
