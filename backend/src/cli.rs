@@ -8,6 +8,7 @@ use driver::PoolSpec;
 use protocol::control::ControlClient;
 
 use crate::hook;
+use crate::limits::{self, LimitOptions};
 use crate::qemu::{self, QemuOptions};
 use crate::relay::RelaySpec;
 use crate::serve::{self, ServeOptions};
@@ -70,6 +71,20 @@ pub enum Command {
         /// owner at once and leaves the memory file in place.
         #[arg(long, default_value_t = 30, value_name = "SECONDS")]
         consumer_timeout: u64,
+        /// Most control connections held at once (QEMU keeps one; `pageless status` and the
+        /// hook come and go). When full, a new connection replaces the oldest one that has not
+        /// sent HELLO yet, or is refused with a reason. Lowered at start, with a warning, if
+        /// the open file limit cannot hold that many (raise LimitNOFILE= / ulimit -Hn).
+        #[arg(long, default_value_t = limits::DEFAULT_MAX_CLIENTS as u32, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_clients: u32,
+        /// Most relayed vhost-user connections open at once, over all --vhost-user devices
+        /// (each takes up to 8 open files and 2 threads); more are closed at once.
+        #[arg(long, default_value_t = limits::DEFAULT_MAX_DEVICE_CONNECTIONS as u32, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_device_connections: u32,
+        /// Seconds a control client may take from connecting to completing HELLO; silent
+        /// connections are closed after it.
+        #[arg(long, default_value_t = limits::DEFAULT_HELLO_TIMEOUT_SECS, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+        hello_timeout: u64,
     },
     /// Run QEMU with the VM's RAM from its owner: `pageless qemu --vm NAME -- qemu-system-x86_64 ARGS…`.
     /// Without --vm the name comes from QEMU's `-name guest=NAME`.
@@ -142,6 +157,9 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             remove_on_exit,
             vhost_user,
             consumer_timeout,
+            max_clients,
+            max_device_connections,
+            hello_timeout,
         } => {
             serve::serve(ServeOptions {
                 vm,
@@ -153,6 +171,11 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 remove_on_exit,
                 vhost_user,
                 consumer_timeout: std::time::Duration::from_secs(consumer_timeout),
+                limits: LimitOptions {
+                    max_clients: max_clients as usize,
+                    max_device_connections: max_device_connections as usize,
+                    hello_timeout: std::time::Duration::from_secs(hello_timeout),
+                },
             })?;
         }
         Command::Qemu { vm, run_dir, command } => {

@@ -1,53 +1,84 @@
-//! The owner's side of the control protocol: one thread per connected client.
+//! The owner's side of the control protocol: one thread per client that has started to talk
+//! (see [`crate::accept`] for the connections that have not).
 
+use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use protocol::control::{self, code, error_reply, reply, Request, CONTROL_VERSION};
-use protocol::frame::{recv_message, send_message, Message};
+use protocol::frame::{recv_message, send_message, FrameError, Message};
 use protocol::memory::encode_mem_table;
 use protocol::VhostUserMemoryRegion;
 
+use crate::limits::{and_more, LogLimit};
 use crate::owner::Owner;
 use crate::peer::Peer;
 
 /// The most offsets one FIND reply lists.
 const FIND_LIMIT: usize = 1024;
 
-/// Serves one client until it hangs up or breaks the protocol.
-pub(crate) fn handle(owner: &Owner, sock: UnixStream) {
-    let peer = match Peer::of(&sock) {
-        Ok(peer) => peer,
-        Err(e) => return warn!("control client without credentials, closing: {e}"),
-    };
-    if !owner.policy.allows(peer.uid) {
-        warn!(
-            "refused control client pid {} uid {}: not root, the owner or an --allow-uid user",
-            peer.pid, peer.uid
-        );
-        let reason =
-            format!("uid {} may not use VM {:?} (ask for --allow-uid {})", peer.uid, owner.vm, peer.uid);
-        let _ = send_message(&sock, &error_reply(code::HELLO, &reason));
-        return;
+/// Why a client's connection ended early.
+enum Ending {
+    /// It broke the protocol or the connection failed; the reason is for the log.
+    Failed(String),
+    /// It did not complete HELLO by its deadline.
+    HelloTimeout,
+}
+
+/// Serves one client, whose first bytes have arrived, until it hangs up or breaks the
+/// protocol. It must complete HELLO by `hello_deadline`; otherwise it is told `late` and
+/// closed, logged through `late_log`.
+pub(crate) fn handle(
+    owner: &Owner,
+    sock: UnixStream,
+    peer: Peer,
+    hello_deadline: Instant,
+    late: &str,
+    late_log: &Mutex<LogLimit>,
+) {
+    let left = hello_deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    if let Err(e) = sock.set_nonblocking(false).and_then(|()| sock.set_read_timeout(Some(left))) {
+        return warn!("control client pid {}: cannot set up its socket, closing: {e}", peer.pid);
     }
     let id = owner.add_client(peer);
     debug!("control client {id}: pid {} uid {}", peer.pid, peer.uid);
-    if let Err(why) = serve_client(owner, &sock, id, peer) {
-        warn!("control client {id} (pid {} uid {}): {why}; closing its connection", peer.pid, peer.uid);
+    match serve_client(owner, &sock, id, peer) {
+        Ok(()) => {}
+        Err(Ending::Failed(why)) => {
+            warn!("control client {id} (pid {} uid {}): {why}; closing its connection", peer.pid, peer.uid)
+        }
+        Err(Ending::HelloTimeout) => {
+            let _ = send_message(&sock, &error_reply(code::HELLO, late));
+            let logged = late_log.lock().unwrap_or_else(|e| e.into_inner()).admit(Instant::now());
+            if let Some(unlogged) = logged {
+                warn!(
+                    "control client {id} (pid {}): {late}{}; raise --hello-timeout for slower clients",
+                    peer.pid,
+                    and_more(unlogged)
+                );
+            }
+        }
     }
     owner.forget_client(id);
     debug!("control client {id} gone");
 }
 
-fn serve_client(owner: &Owner, sock: &UnixStream, id: u64, peer: Peer) -> Result<(), String> {
+fn serve_client(owner: &Owner, sock: &UnixStream, id: u64, peer: Peer) -> Result<(), Ending> {
     let trusted = owner.policy.trusts(peer.uid);
     let mut greeted = false;
     loop {
         let message = match recv_message(sock, control::LIMITS) {
             Ok(Some(message)) => message,
             Ok(None) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+            Err(FrameError::Io(e))
+                if !greeted && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                return Err(Ending::HelloTimeout)
+            }
+            Err(e) => return Err(Ending::Failed(e.to_string())),
         };
         let code = message.header.request;
         let request = match Request::parse(&message) {
@@ -59,6 +90,10 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64, peer: Peer) -> Result
                 if version != CONTROL_VERSION {
                     let why = format!("control protocol version {version} is not {CONTROL_VERSION}: use the same pageless build");
                     return Err(refuse(sock, code, &why));
+                }
+                if !greeted {
+                    // Greeted clients may stay idle as long as they like (QEMU does).
+                    sock.set_read_timeout(None).map_err(|e| Ending::Failed(e.to_string()))?;
                 }
                 greeted = true;
                 owner.update_client(id, |c| c.role = role.clone());
@@ -108,19 +143,20 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64, peer: Peer) -> Result
             }
             Request::Stop => {
                 info!("control client {id} asked the owner to stop");
-                send_message(sock, &reply(code, vec![], vec![])).map_err(|e| e.to_string())?;
+                send_message(sock, &reply(code, vec![], vec![]))
+                    .map_err(|e| Ending::Failed(e.to_string()))?;
                 owner.request_stop();
                 continue;
             }
         };
-        send_message(sock, &answer).map_err(|e| e.to_string())?;
+        send_message(sock, &answer).map_err(|e| Ending::Failed(e.to_string()))?;
     }
 }
 
 /// Answers `code` with an error and returns the reason, for the log.
-fn refuse(sock: &UnixStream, code: u32, why: &str) -> String {
+fn refuse(sock: &UnixStream, code: u32, why: &str) -> Ending {
     let _ = send_message(sock, &error_reply(code, why));
-    why.to_string()
+    Ending::Failed(why.to_string())
 }
 
 /// The whole allocation as a one-region memory table, with a duplicate of the owner's fd.

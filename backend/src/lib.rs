@@ -8,12 +8,14 @@
 
 pub mod cli;
 pub mod hook;
+pub mod limits;
 pub mod qemu;
 pub mod qemu_args;
 pub mod relay;
 pub mod serve;
 pub mod status;
 
+mod accept;
 mod binding;
 mod clock;
 mod control_server;

@@ -19,10 +19,11 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use thiserror::Error;
 
-use crate::control_server;
+use crate::accept::Acceptor;
+use crate::limits::{self, Caps, FileLimit, LimitOptions};
 use crate::owner::Owner;
 use crate::peer::AccessPolicy;
-use crate::relay::{self, RelaySpec};
+use crate::relay::RelaySpec;
 use crate::stopping::{self, Report, ReportSchedule, REPORT_EVERY};
 use crate::{control_socket_path, lock_path, relay_dir};
 
@@ -41,6 +42,8 @@ pub struct ServeOptions {
     /// How long a stopping owner waits for the memory's holders (QEMU, device backends) before
     /// it warns that they keep the memory. It waits for them however long it takes.
     pub consumer_timeout: Duration,
+    /// How many connections the owner takes at once; how long a client may take to say HELLO.
+    pub limits: LimitOptions,
 }
 
 #[derive(Debug, Error)]
@@ -75,6 +78,12 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     stop_signals.thread_block().map_err(|e| io_error("block the stop signals")(e.into()))?;
     let signal_fd = SignalFd::new(&stop_signals).map_err(|e| io_error("create a signalfd")(e.into()))?;
 
+    let files = limits::raise_file_limit().map_err(|e| io_error("read the open file limit")(e.into()))?;
+    if files.soft > files.was {
+        info!("open file limit: raised from {} to the hard limit {}", files.was, files.soft);
+    } else {
+        info!("open file limit: {} (the hard limit)", files.soft);
+    }
     std::fs::create_dir_all(&options.run_dir)
         .map_err(io_error(format!("create the run directory {}", options.run_dir.display())))?;
     let lock = lock_vm(&options)?;
@@ -90,6 +99,9 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let socket_path = control_socket_path(&options.run_dir, &options.vm);
     let listener = listen(&socket_path, &options.allow_uids)?;
     let relays = listen_relays(&options)?;
+    for listener in std::iter::once(&listener).chain(relays.iter().map(|(_, l)| l)) {
+        listener.set_nonblocking(true).map_err(io_error("make a listening socket non-blocking"))?;
+    }
     let (stop_wait, stop_request) = nix::unistd::pipe().map_err(|e| io_error("create a pipe")(e.into()))?;
     let policy =
         AccessPolicy { owner_uid: nix::unistd::geteuid().as_raw(), allowed_uids: options.allow_uids.clone() };
@@ -112,6 +124,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
         socket_path.display()
     );
 
+    let mut acceptor = Acceptor::new(&options.vm, files, caps(&options, files), options.limits.hello_timeout);
     for (spec, _) in &relays {
         info!(
             "relaying vhost-user device {} on {} to {}",
@@ -122,7 +135,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     let reason = loop {
         if let Some(reason) =
-            serve_once(&owner, &listener, &relays, &signal_fd, &stop_wait, PollTimeout::NONE)
+            serve_once(&owner, &mut acceptor, &listener, &relays, &signal_fd, &stop_wait, None)
         {
             break reason;
         }
@@ -136,7 +149,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     let _ = std::fs::remove_dir(relay_dir(&options.run_dir, &options.vm));
     // The control socket stays: STATUS says why the owner still runs.
-    wait_for_holders(&owner, &listener, &signal_fd, &stop_wait, options.consumer_timeout);
+    wait_for_holders(&owner, &mut acceptor, &listener, &signal_fd, &stop_wait, options.consumer_timeout);
     drop(listener);
     if let Err(e) = std::fs::remove_file(&socket_path) {
         warn!("cannot remove {}: {e}", socket_path.display());
@@ -283,6 +296,7 @@ fn listen_relays(options: &ServeOptions) -> Result<Vec<(RelaySpec, UnixListener)
 /// signal does not change that (SIGKILL does: it leaves the memory file in place).
 fn wait_for_holders(
     owner: &Arc<Owner>,
+    acceptor: &mut Acceptor,
     listener: &UnixListener,
     signals: &SignalFd,
     stop: &OwnedFd,
@@ -308,8 +322,7 @@ fn wait_for_holders(
             ),
             None => {}
         }
-        if let Some(again) = serve_once(owner, listener, &[], signals, stop, PollTimeout::from(WAIT_POLL_MS))
-        {
+        if let Some(again) = serve_once(owner, acceptor, listener, &[], signals, stop, Some(WAIT_POLL)) {
             warn!(
                 "{again} while stopping: still waiting for {who}; the memory is released only once they are gone (SIGKILL of the owner leaves the memory file in place)"
             );
@@ -318,37 +331,73 @@ fn wait_for_holders(
 }
 
 /// How often a stopping owner looks again at what holds the memory.
-const WAIT_POLL_MS: u16 = 200;
+const WAIT_POLL: Duration = Duration::from_millis(200);
 
-/// Waits up to `timeout` for a connection or a stop; accepts control and relay connections.
-/// Returns why to stop, if a stop signal or STOP request came.
+/// The connection caps that fit the open file limit; says so when they are lower than asked.
+fn caps(options: &ServeOptions, files: FileLimit) -> Caps {
+    let in_use = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let (caps, short) = Caps::fit(&options.limits, files.soft, in_use, !options.vhost_user.is_empty());
+    if let Some(needed) = short {
+        warn!(
+            "the open file limit {} (hard limit {}) leaves room for {} control clients and {} device connections, less than --max-clients {} and --max-device-connections {}: raise the hard limit to {needed} (systemd LimitNOFILE=, ulimit -Hn) or lower those options",
+            files.soft,
+            files.hard,
+            caps.clients,
+            caps.device_connections,
+            options.limits.max_clients,
+            if options.vhost_user.is_empty() { 0 } else { options.limits.max_device_connections },
+        );
+    }
+    info!(
+        "limits: {} control clients (--max-clients), {} relayed device connections (--max-device-connections), HELLO within {} s (--hello-timeout)",
+        caps.clients,
+        caps.device_connections,
+        options.limits.hello_timeout.as_secs_f32()
+    );
+    caps
+}
+
+/// Waits up to `timeout` (or for ever) for a connection or a stop; accepts control and relay
+/// connections within the owner's limits. Returns why to stop, if a stop signal or STOP request
+/// came.
 fn serve_once(
     owner: &Arc<Owner>,
+    acceptor: &mut Acceptor,
     listener: &UnixListener,
     relays: &[(RelaySpec, UnixListener)],
     signals: &SignalFd,
     stop: &OwnedFd,
-    timeout: PollTimeout,
+    timeout: Option<Duration>,
 ) -> Option<String> {
+    let now = Instant::now();
+    acceptor.expire(now);
+    let listen = if acceptor.accepting(now) { PollFlags::POLLIN } else { PollFlags::empty() };
     let mut fds = vec![
-        PollFd::new(listener.as_fd(), PollFlags::POLLIN),
         PollFd::new(signals.as_fd(), PollFlags::POLLIN),
         PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        PollFd::new(listener.as_fd(), listen),
     ];
-    fds.extend(relays.iter().map(|(_, relay)| PollFd::new(relay.as_fd(), PollFlags::POLLIN)));
-    match poll(&mut fds, timeout) {
+    fds.extend(relays.iter().map(|(_, relay)| PollFd::new(relay.as_fd(), listen)));
+    fds.extend(acceptor.pending_fds().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
+    let wait = [timeout, acceptor.next_wake(now)].into_iter().flatten().min();
+    // Rounded up, so that a deadline 0.4 ms away does not become a busy loop of 0 ms polls.
+    let wait = wait.map_or(PollTimeout::NONE, |w| {
+        PollTimeout::try_from(w.as_millis().saturating_add(1).min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX)
+    });
+    match poll(&mut fds, wait) {
         Ok(_) => {}
         Err(nix::errno::Errno::EINTR) => return None,
         Err(e) => {
             // Not expected; do not spin on it.
             error!("poll failed: {e}");
-            std::thread::sleep(Duration::from_millis(u64::from(WAIT_POLL_MS)));
+            std::thread::sleep(WAIT_POLL);
             return None;
         }
     }
     let ready: Vec<bool> = fds.iter().map(|fd| fd.revents().is_some_and(|r| !r.is_empty())).collect();
     drop(fds);
-    if ready[1] {
+    if ready[0] {
         return Some(match signals.read_signal() {
             Ok(Some(info)) => {
                 format!("signal {}", Signal::try_from(info.ssi_signo as i32).map_or("?", |s| s.as_str()))
@@ -356,35 +405,18 @@ fn serve_once(
             _ => "signal".into(),
         });
     }
-    if ready[2] {
+    if ready[1] {
         // Drain the request, so that the next poll waits again.
         let _ = nix::unistd::read(stop.as_raw_fd(), &mut [0u8; 64]);
         return Some("STOP request".into());
     }
-    if ready[0] {
-        match listener.accept() {
-            Ok((sock, _)) => spawn("control", owner, move |owner| control_server::handle(owner, sock)),
-            Err(e) => warn!("accept on the control socket: {e}"),
-        }
+    let (relays_ready, pending_ready) = ready[3..].split_at(relays.len());
+    acceptor.pending_ready(owner, pending_ready);
+    if ready[2] {
+        acceptor.accept_control(owner, listener);
     }
-    for (i, (spec, relay)) in relays.iter().enumerate() {
-        if ready[3 + i] {
-            match relay.accept() {
-                Ok((sock, _)) => {
-                    let spec = spec.clone();
-                    spawn("relay", owner, move |owner| relay::relay(owner, &spec, sock));
-                }
-                Err(e) => warn!("accept on device {}'s socket: {e}", spec.name),
-            }
-        }
+    for ((spec, relay), _) in relays.iter().zip(relays_ready).filter(|(_, &r)| r) {
+        acceptor.accept_device(owner, spec, relay);
     }
     None
-}
-
-/// Runs `work` on a thread of its own.
-fn spawn(what: &str, owner: &Arc<Owner>, work: impl FnOnce(&Arc<Owner>) + Send + 'static) {
-    let owner = Arc::clone(owner);
-    if let Err(e) = std::thread::Builder::new().name(what.into()).spawn(move || work(&owner)) {
-        error!("cannot start a {what} thread: {e}");
-    }
 }

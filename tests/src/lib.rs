@@ -6,6 +6,7 @@
 //!   kernel modules and an /init script.
 //! * [`vm`]: QEMU guests (TCG) whose serial console is read line by line.
 //! * [`owner`]: `pageless serve` processes.
+//! * [`procfs`]: a process's CPU time, threads, files and memory.
 //! * [`checks`]: the `CHECK <name> ok|FAIL <detail>` lines guests print.
 
 pub mod backends;
@@ -17,6 +18,7 @@ pub mod kernel;
 pub mod kmod;
 pub mod nested;
 pub mod owner;
+pub mod procfs;
 pub mod vm;
 
 use std::path::PathBuf;

@@ -25,22 +25,45 @@ impl Owner {
 
     /// Like [`Owner::start`]; on failure returns the owner's log.
     pub fn try_start(run_dir: &Path, vm: &str, args: &[&str]) -> Result<Owner, String> {
+        Owner::try_start_with(run_dir, vm, args, |_| {})
+    }
+
+    /// Like [`Owner::start`], with `configure` applied to the command last (environment,
+    /// resource limits in a `pre_exec`, …).
+    pub fn start_with(
+        run_dir: &Path,
+        vm: &str,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Owner {
+        Owner::try_start_with(run_dir, vm, args, configure)
+            .unwrap_or_else(|log| panic!("pageless serve failed to start:\n{log}"))
+    }
+
+    /// Like [`Owner::start_with`]; on failure returns the owner's log.
+    pub fn try_start_with(
+        run_dir: &Path,
+        vm: &str,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Owner, String> {
         std::fs::create_dir_all(run_dir).expect("create the run dir");
         let log_path = run_dir.with_file_name(format!(
             "{}-{vm}-owner.log",
             run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
         ));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("owner log");
-        let child = Command::new(bins::pageless())
+        let mut command = Command::new(bins::pageless());
+        command
             .args(["serve", "--vm", vm, "--run-dir"])
             .arg(run_dir)
             .args(args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("start pageless serve");
+            .stderr(log);
+        configure(&mut command);
+        let child = command.spawn().expect("start pageless serve");
         let mut owner = Owner { vm: vm.into(), run_dir: run_dir.into(), log_path, child };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -85,6 +108,11 @@ impl Owner {
     /// Open file descriptors of the owner process.
     pub fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// The owner's CPU time, its threads and its memory, from /proc.
+    pub fn usage(&self) -> crate::procfs::Usage {
+        crate::procfs::Usage::of(self.pid())
     }
 
     /// Whether the process is still running.
