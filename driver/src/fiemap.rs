@@ -4,12 +4,17 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use serde::Serialize;
 
-/// One extent of an allocation: `length` bytes at file offset `logical`, stored at `physical`
-/// (a physical address on pagelessfs; `None` where the filesystem does not say).
+/// One extent of an allocation, as [`Allocation::extents`](crate::Allocation::extents) reports
+/// it: `length` bytes at file offset `logical`, stored at `physical`. All values are in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Extent {
+    /// Offset of the extent in the file, in bytes.
     pub logical: u64,
+    /// Physical byte address of the extent's first byte on pagelessfs; `None` where the
+    /// filesystem does not say (no FIEMAP support, or FIEMAP flags the placement unknown, as
+    /// pagelessfs does for callers without `CAP_SYS_ADMIN`).
     pub physical: Option<u64>,
+    /// Length of the extent, in bytes.
     pub length: u64,
 }
 

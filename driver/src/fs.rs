@@ -14,12 +14,17 @@ pub const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 /// `statfs.f_type` of pagelessfs ("PGLS"), see `driver/kmod/README.md`.
 pub const PAGELESSFS_MAGIC: i64 = 0x5047_4c53;
 
-/// The filesystem kinds pageless knows about.
+/// The filesystem kinds pageless knows about, from `statfs`'s `f_type`. Displays as the
+/// filesystem's name; serializes as `"tmpfs"`, `"hugetlbfs"`, `"pagelessfs"` or
+/// `{"other": MAGIC}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FsKind {
+    /// tmpfs (shmem): page-cache memory of the host's base page size, swappable.
     Tmpfs,
+    /// hugetlbfs: memory in huge pages from the host's hugetlb pool, of the mount's page size.
     Hugetlbfs,
+    /// pagelessfs: boot-reserved memory without `struct page`, see `driver/kmod/README.md`.
     Pagelessfs,
     /// Any other filesystem (disk-backed: works, but is not memory).
     Other(i64),

@@ -16,7 +16,14 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    /// Maps `len` bytes of `file` from offset 0.
+    /// Maps `len` bytes of `file` from offset 0, shared and read-write. The mapping holds its
+    /// own duplicate of the fd, so `file` may be closed afterwards. `len` should not exceed the
+    /// file's size: touching pages past the end of the file raises `SIGBUS`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the fd cannot be duplicated, `len` does not fit in `usize`, or `mmap`
+    /// fails (e.g. a zero `len`, or `ENOMEM`).
     pub fn new(file: &File, len: u64) -> Result<Self> {
         let file = file.try_clone().map_err(|e| Error::io("duplicate the allocation's fd", e))?;
         let len =
@@ -31,34 +38,49 @@ impl Mapping {
         Ok(Mapping { region })
     }
 
+    /// The mapping's length in bytes.
     pub fn len(&self) -> usize {
         self.region.size()
     }
 
+    /// Whether the mapping has no bytes (never the case for a mapping of an allocation).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The whole mapping as a volatile slice.
+    /// The whole mapping as a volatile slice, for access that [`read`](Self::read) and
+    /// [`write`](Self::write) do not cover.
     pub fn slice(&self) -> VolatileSlice<'_, <() as vm_memory::bitmap::WithBitmapSlice<'_>>::S> {
         self.region.as_volatile_slice()
     }
 
-    /// Copies `buf.len()` bytes at `offset` into `buf`.
+    /// Copies `buf.len()` bytes at byte `offset` of the mapping into `buf`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the range does not lie inside the mapping; nothing is copied then.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         let slice = self.range(offset, buf.len())?;
         slice.copy_to(buf);
         Ok(())
     }
 
-    /// Copies `data` into the mapping at `offset`.
+    /// Copies `data` into the mapping at byte `offset`. Other mappings of the file (QEMU's, the
+    /// guest's) see the bytes at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the range does not lie inside the mapping; nothing is written then.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         let slice = self.range(offset, data.len())?;
         slice.copy_from(data);
         Ok(())
     }
 
-    /// Offsets of every occurrence of `pattern` (at most `limit`), scanning in chunks.
+    /// Byte offsets of the occurrences of `pattern` in the mapping, in increasing order, at most
+    /// `limit` of them (the first ones). Scans 1 MiB chunks copied out of the mapping, so it
+    /// sees a snapshot that others may change while it runs; matches across chunk boundaries
+    /// are found. An empty pattern, or one longer than 1 MiB, finds nothing.
     pub fn find(&self, pattern: &[u8], limit: usize) -> Vec<u64> {
         const CHUNK: usize = 1 << 20;
         let mut found = Vec::new();

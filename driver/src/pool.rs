@@ -16,16 +16,23 @@ use crate::seal;
 use crate::size::{parse_size, round_up, Size};
 use crate::{Error, Result};
 
-/// A pool as named on the command line.
+/// A pool as named on the command line: parse with [`str::parse`] (errors are
+/// [`Error::InvalidPoolSpec`]), display back to the same text, open with [`Pool::open`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PoolSpec {
     /// `memfd`, `memfd:2M`, `memfd:1G`: anonymous shared memory, optionally hugetlb-backed.
-    Memfd { huge_page_size: Option<u64> },
-    /// `hugetlbfs:DIR`
+    /// Cannot be re-attached after its owner exits.
+    Memfd {
+        /// `Some(2 << 20)` or `Some(1 << 30)` bytes for hugetlb pages of that size (taken from
+        /// the host's hugetlb pool), `None` for ordinary shmem pages.
+        huge_page_size: Option<u64>,
+    },
+    /// `hugetlbfs:DIR`: files in a directory on a hugetlbfs mount, in pages of the mount's size.
     Hugetlbfs(PathBuf),
     /// `dir:DIR`: a directory on tmpfs (or any memory filesystem; pagelessfs is recognized).
     Dir(PathBuf),
-    /// `pagelessfs:DIR`
+    /// `pagelessfs:DIR`: files in a directory on a pagelessfs mount (boot-reserved memory, see
+    /// `driver/kmod/README.md`), in pages of the mount's `pagesize=`.
     Pagelessfs(PathBuf),
 }
 
@@ -73,30 +80,41 @@ impl fmt::Display for PoolSpec {
     }
 }
 
-/// What kind of memory a pool hands out.
+/// What kind of memory a pool hands out. Serializes as `"memfd"` or `{"directory": FS}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolKind {
+    /// Anonymous memfds (plain or hugetlb): no names in the file system, no re-attach.
     Memfd,
-    /// A directory on the given filesystem.
+    /// Files in a directory on the given filesystem; they can be re-attached by name.
     Directory(FsKind),
 }
 
-/// A pool's size in bytes.
+/// A pool's size, from [`Pool::stats`]; all values in bytes. A snapshot: other processes
+/// allocate and free from the same memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct PoolStats {
+    /// The pool's page size, as [`Pool::page_size`].
     pub page_size: u64,
+    /// The pool's capacity: the filesystem's size where it has a limit (tmpfs `size=`,
+    /// hugetlbfs `size=`, the pagelessfs pool), else the host's hugetlb pages of this size
+    /// (`nr_hugepages`), else the host's `MemTotal`.
     pub total: u64,
+    /// What can still be allocated, from the same source as `total`: the filesystem's
+    /// available blocks, free hugetlb pages, or `MemAvailable`.
     pub free: u64,
     /// pagelessfs only: memory freed from files that were mapped, held back until every
     /// process that mapped them has exited (it may still be reachable by DMA); not in `free`.
     pub quarantined: Option<u64>,
 }
 
-/// Where the pagelessfs module publishes its pool's counters.
+/// The sysfs directory where the pagelessfs module publishes its pool's counters (one decimal
+/// number per file, e.g. `quarantined_bytes`); absent while the module is not loaded.
 pub const PAGELESSFS_SYSFS: &str = "/sys/fs/pagelessfs";
 
-/// A source of named allocations.
+/// A source of named allocations, opened from a [`PoolSpec`]. Opening checks the directory and
+/// its filesystem once and fixes the page size; the pool itself holds no fd or lock, so several
+/// `Pool`s (in one or several processes) can share a directory.
 #[derive(Debug)]
 pub struct Pool {
     spec: PoolSpec,
@@ -105,7 +123,15 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Opens a pool, checking that its directory exists and is on the expected filesystem.
+    /// Opens a pool, checking that its directory exists and is on the expected filesystem, and
+    /// determines the page size (`statfs` block size for hugetlbfs and pagelessfs, the base
+    /// page size for tmpfs and plain memfd). A `dir:` pool on a filesystem that is not memory
+    /// is accepted with a warning in the log.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingPoolDir`], [`Error::WrongFilesystem`], or [`Error::Io`] when `statfs`
+    /// fails.
     pub fn open(spec: &PoolSpec) -> Result<Pool> {
         let (kind, page_size) = match spec {
             PoolSpec::Memfd { huge_page_size } => {
@@ -146,15 +172,18 @@ impl Pool {
         Ok(Pool { spec: spec.clone(), kind, page_size })
     }
 
+    /// The spec the pool was opened with.
     pub fn spec(&self) -> &PoolSpec {
         &self.spec
     }
 
+    /// The kind of memory the pool hands out; for directories, the filesystem found at
+    /// [`open`](Self::open).
     pub fn kind(&self) -> PoolKind {
         self.kind
     }
 
-    /// The page size allocations are rounded to and mapped with.
+    /// The page size allocations are rounded to and mapped with, in bytes (a power of two).
     pub fn page_size(&self) -> u64 {
         self.page_size
     }
@@ -174,7 +203,12 @@ impl Pool {
     }
 
     /// Total and free bytes: the filesystem's own limits where it has them, else the
-    /// hugetlb page counts or the host's memory.
+    /// hugetlb page counts or the host's memory; for pagelessfs also the quarantined bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when `statfs`, hugetlb sysfs or `/proc/meminfo` cannot be read;
+    /// [`Error::PoolStat`] when a pagelessfs counter is unreadable.
     pub fn stats(&self) -> Result<PoolStats> {
         let limits = match self.dir() {
             Some(dir) => {
@@ -197,7 +231,13 @@ impl Pool {
         Ok(PoolStats { page_size: self.page_size, total, free, quarantined })
     }
 
-    /// Checks `size` against the page size; returns it unchanged when it is a multiple.
+    /// Checks that `size` (bytes) is a non-zero multiple of the page size; returns it unchanged.
+    /// For sizes that must be exact, such as the RAM size QEMU was given.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroSize`]; [`Error::UnalignedSize`] with the rounded-up size as suggestion;
+    /// [`Error::PoolTooSmall`] when rounding overflows.
     pub fn check_size(&self, size: u64) -> Result<u64> {
         let rounded = self.round_size(size)?;
         if rounded != size {
@@ -206,7 +246,12 @@ impl Pool {
         Ok(size)
     }
 
-    /// Rounds `size` up to the pool's page size.
+    /// Rounds `size` (bytes) up to a multiple of the pool's page size.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroSize`] for 0; [`Error::PoolTooSmall`] (with `free` and `total` 0) when the
+    /// rounded size would overflow `u64`.
     pub fn round_size(&self, size: u64) -> Result<u64> {
         if size == 0 {
             return Err(Error::ZeroSize);
@@ -214,7 +259,20 @@ impl Pool {
         round_up(size, self.page_size).ok_or(Error::PoolTooSmall { needed: size, free: 0, total: 0 })
     }
 
-    /// Makes a new allocation of at least `size` bytes (rounded up to the page size).
+    /// Makes a new allocation called `name` of at least `size` bytes (rounded up to the page
+    /// size). In a directory pool this creates the file `DIR/name` (mode 0600, never an
+    /// existing one); in a memfd pool a new memfd. memfd and pagelessfs allocations are then
+    /// sealed against shrinking and growing. The memory is not touched: tmpfs, memfd and
+    /// hugetlbfs pages are allocated on first use unless [`Allocation::prefault`] is called.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`], [`Error::ZeroSize`], [`Error::PoolTooSmall`] (checked against
+    /// [`stats`](Self::stats) first, and when the filesystem refuses the size), the seal errors
+    /// of pagelessfs ([`Error::SealUnsupported`], [`Error::Seal`], [`Error::SealMissing`]), or
+    /// [`Error::Io`], e.g. `EEXIST` when the file exists (use [`attach`](Self::attach) or
+    /// [`attach_or_allocate`](Self::attach_or_allocate)). A file created before a failure is
+    /// removed again.
     pub fn allocate(&self, name: &str, size: u64) -> Result<Allocation> {
         check_name(name)?;
         let size = self.round_size(size)?;
@@ -258,7 +316,15 @@ impl Pool {
         Allocation::new(file, name, path, self.kind, self.page_size)
     }
 
-    /// Finds an existing allocation by name (directory pools only).
+    /// Finds an existing allocation by name (directory pools only), e.g. after the owner
+    /// restarted, and opens it read-write. A pagelessfs file is sealed again if it lacks the
+    /// size seals. Symbolic links are not followed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoReattach`] for memfd pools, [`Error::NotFound`], [`Error::CorruptAllocation`]
+    /// when the size is 0 or not a multiple of the page size, the pagelessfs seal errors, or
+    /// [`Error::Io`] (e.g. `ELOOP` for a symbolic link, `EACCES`).
     pub fn attach(&self, name: &str) -> Result<Allocation> {
         check_name(name)?;
         let Some(dir) = self.dir() else {
@@ -287,7 +353,14 @@ impl Pool {
     }
 
     /// Re-attaches to `name` if it exists (its size must be `size`), else allocates it.
-    /// Returns the allocation and whether it was re-attached.
+    /// Returns the allocation and whether it was re-attached (always `false` for memfd pools).
+    /// `size` is not rounded: it must already be a multiple of the page size.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnalignedSize`] or [`Error::ZeroSize`] for `size`, [`Error::SizeMismatch`] when
+    /// the existing file has another size, and the errors of [`attach`](Self::attach) (other
+    /// than not found) and [`allocate`](Self::allocate).
     pub fn attach_or_allocate(&self, name: &str, size: u64) -> Result<(Allocation, bool)> {
         let size = self.check_size(size)?;
         match self.attach(name) {
@@ -333,7 +406,12 @@ impl Pool {
 }
 
 /// Checks that `name` can name an allocation (and a socket): non-empty, no `/` or NUL, not
-/// starting with `.`, at most 200 bytes.
+/// starting with `.`, at most 200 bytes. [`Pool::allocate`] and [`Pool::attach`] check it
+/// themselves; call it to refuse a bad name before doing anything else.
+///
+/// # Errors
+///
+/// [`Error::InvalidName`].
 pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.starts_with('.') || name.contains(['/', '\0']) || name.len() > 200 {
         return Err(Error::InvalidName { name: name.into() });

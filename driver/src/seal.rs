@@ -38,7 +38,13 @@ pub(crate) fn seal_memfd(file: &File) -> Result<()> {
         .map_err(|e| Error::io("seal the memfd's size", e))
 }
 
-/// The seals of a pagelessfs file.
+/// The seals of a pagelessfs file (`PAGELESS_IOC_GET_SEALS`): a bit set of
+/// [`PAGELESS_SEAL_SHRINK`] and [`PAGELESS_SEAL_GROW`]. `path` is only used in error messages.
+///
+/// # Errors
+///
+/// [`Error::SealUnsupported`] when the file is not on pagelessfs or its module has no seal
+/// ioctls (`ENOTTY`); [`Error::Seal`] for other ioctl errors.
 pub fn pagelessfs_seals(file: &File, path: &Path) -> Result<u32> {
     let mut seals = 0u32;
     // SAFETY: PAGELESS_IOC_GET_SEALS writes one u32 through the pointer, which points to

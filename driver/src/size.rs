@@ -3,7 +3,13 @@
 use std::fmt;
 
 /// Parses a size: a decimal number of bytes with an optional binary unit suffix
-/// (`K`, `M`, `G`, `T`, optionally followed by `iB` or `B`; case-insensitive).
+/// (`K`, `M`, `G`, `T`, optionally followed by `iB` or `B`; case-insensitive). Units are powers
+/// of 1024: `1K` is 1024 bytes. Surrounding whitespace is ignored; a size of 0 is accepted.
+///
+/// # Errors
+///
+/// A message for people when there is no number, the unit is unknown, or the size overflows
+/// `u64`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -23,7 +29,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     number.checked_mul(1u64 << shift).ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// Displays a byte count in the largest binary unit that divides it exactly (`2M`, `1536K`).
+/// Displays a byte count in the largest binary unit that divides it exactly (`2M`, `1536K`),
+/// or as plain bytes; [`parse_size`] reads the text back to the same number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Size(pub u64);
 
@@ -59,7 +66,8 @@ impl fmt::Display for Bytes {
     }
 }
 
-/// Rounds `value` up to a multiple of `align` (a power of two), or `None` on overflow.
+/// Rounds `value` up to a multiple of `align` (a power of two, checked in debug builds only),
+/// or `None` on overflow.
 pub fn round_up(value: u64, align: u64) -> Option<u64> {
     debug_assert!(align.is_power_of_two());
     value.checked_add(align - 1).map(|v| v & !(align - 1))
