@@ -4,6 +4,8 @@
 #    ndctl (copied into the driver benchmark's guest for device-dax)
 #  - the 6.12 cloud kernel image, unpacked (not installed) under .cache/kernel/ for test guests,
 #    and its headers, against which driver/kmod builds
+#  - a Debian 13 build root (debootstrap) with the headers of the newest 7.3 cloud kernel, and
+#    that kernel's image and modules unpacked under .cache/kernel/ (.cache/kernel/newest)
 #  - cargo build of the workspace
 #  - then runs the demo (scripts/demo.sh), unless given --no-demo
 # Idempotent: re-running skips what is already there.
@@ -12,7 +14,7 @@ run_demo=1
 for arg in "$@"; do
     case "$arg" in
         --no-demo) run_demo=0 ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "setup: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -74,6 +76,58 @@ if [ ! -f "$kdir/.unpacked" ]; then
     touch "$kdir/.unpacked"
 fi
 ln -sfn "$kver" "$cache/kernel/current"
+
+# A Debian 13 (trixie) build root under .cache/buildroot/trixie, for kernels newer than this
+# machine's toolchain: 7.3's kbuild tools need Debian 13's glibc and gcc-14. It holds
+# build-essential and the headers of the newest 7.3 cloud kernel of trixie-backports, installed
+# with apt inside it; `make -C driver/kmod KVER=newest` builds there (chroot). About two minutes
+# once; cached.
+broot="$cache/buildroot/trixie"
+# Runs a command inside the build root with /proc mounted (apt needs it), unmounted after.
+in_broot() {
+    $SUDO mount -t proc proc "$broot/proc"
+    local rc=0
+    $SUDO env DEBIAN_FRONTEND=noninteractive chroot "$broot" "$@" || rc=$?
+    $SUDO umount "$broot/proc"
+    return $rc
+}
+if [ ! -f "$broot/.ready" ]; then
+    log "Debian 13 build root with the 7.3 cloud kernel headers under .cache/buildroot/trixie"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
+    $SUDO rm -rf "$broot" && mkdir -p "$cache/buildroot"
+    $SUDO debootstrap --variant=minbase trixie "$broot" http://deb.debian.org/debian
+    echo 'deb http://deb.debian.org/debian trixie-backports main' |
+        $SUDO tee "$broot/etc/apt/sources.list.d/trixie-backports.list" >/dev/null
+    in_broot apt-get update -q
+    # The newest 7.3 cloud kernel, e.g. 7.3.4+deb13-cloud-amd64.
+    nver=$(in_broot apt-cache search --names-only '^linux-headers-7\.3\.[0-9]+\+deb13[^ ]*-cloud-amd64$' |
+        sed -n 's/^linux-headers-\([^ ]*\) .*/\1/p' | sort -V | tail -n1)
+    [ -n "$nver" ] || { echo "setup: no 7.3 cloud kernel headers in trixie-backports" >&2; exit 1; }
+    in_broot apt-get install -y -q --no-install-recommends build-essential "linux-headers-$nver"
+    in_broot apt-get clean
+    echo "$nver" | $SUDO tee "$broot/.kernel" >/dev/null
+    $SUDO touch "$broot/.ready"
+fi
+nver=$(cat "$broot/.kernel")
+
+# The 7.3 kernel for test guests, unpacked under .cache/kernel/<version>/ like the 6.12 one (never
+# installed): in Debian 13 the image is in linux-binary-<version> (usr/lib/modules/<version>/
+# vmlinuz) and the modules in linux-modules-<version>; linux-image-<version> is a metapackage.
+# .cache/kernel/newest points at it; its headers are the build root's.
+ndir="$cache/kernel/$nver"
+if [ ! -f "$ndir/.unpacked" ]; then
+    log "$nver: image and modules unpacked under .cache/kernel/$nver"
+    rm -rf "$broot/tmp/pageless-kernel" && mkdir -p "$broot/tmp/pageless-kernel"
+    in_broot sh -c "cd /tmp/pageless-kernel && apt-get download -q linux-binary-$nver linux-modules-$nver"
+    rm -rf "$ndir" && mkdir -p "$ndir"
+    for deb in "$broot"/tmp/pageless-kernel/*.deb; do dpkg-deb -x "$deb" "$ndir"; done
+    rm -rf "$broot/tmp/pageless-kernel"
+    # depmod -b and the test bed look under lib/modules/ (merged /usr: the files are in usr/lib).
+    [ -e "$ndir/lib" ] || ln -s usr/lib "$ndir/lib"
+    depmod -b "$ndir" "$nver"
+    touch "$ndir/.unpacked"
+fi
+ln -sfn "$nver" "$cache/kernel/newest"
 
 # checkpatch.pl (kernel style of driver/kmod, run by .ci/run): only three files of Debian's
 # linux-source-6.12 tarball, unpacked under .cache/checkpatch.

@@ -16,12 +16,13 @@
 #include <linux/fs.h>
 #include <linux/mm.h>
 #include <linux/mman.h>
-#include <linux/pfn_t.h>
 #include <linux/pgtable.h>
 #include <linux/sched/mm.h>
+#include <linux/uaccess.h>
 #include <linux/uio.h>
 #include <linux/uaccess.h>
 
+#include "compat.h"
 #include "pageless.h"
 
 /* read()/write() copy at most this much per extent look-up. */
@@ -234,6 +235,22 @@ static ssize_t pl_io_map(struct inode *inode, loff_t pos, size_t want,
 	return n;
 }
 
+/*
+ * A copy out of pool memory stopped short at @phys.  Either the caller's
+ * buffer faulted (-EFAULT) or the source raised a machine check, which
+ * _copy_mc_to_iter() survives (-EIO): probe the byte, machine-check-safely.
+ * Called inside the pl_io_srcu read section.
+ */
+static int pl_short_copy(u64 phys)
+{
+	u8 byte;
+
+	if (pl_poison_first(PHYS_PFN(phys), PHYS_PFN(phys)) != ULONG_MAX ||
+	    copy_mc_to_kernel(&byte, pl_pool_virt(phys), 1))
+		return -EIO;
+	return -EFAULT;
+}
+
 static ssize_t pl_read_iter(struct kiocb *iocb, struct iov_iter *to)
 {
 	struct file *file = iocb->ki_filp;
@@ -245,7 +262,7 @@ static ssize_t pl_read_iter(struct kiocb *iocb, struct iov_iter *to)
 		size_t copied;
 		ssize_t n;
 		u64 phys;
-		int idx;
+		int idx, err;
 
 		idx = srcu_read_lock(&pl_io_srcu);
 		n = pl_io_map(inode, pos, iov_iter_count(to), &phys);
@@ -255,13 +272,15 @@ static ssize_t pl_read_iter(struct kiocb *iocb, struct iov_iter *to)
 				done = n;
 			break;
 		}
-		copied = copy_to_iter(pl_pool_virt(phys), n, to);
+		/* Never consume poison without recovery: a memory error is EIO. */
+		copied = _copy_mc_to_iter(pl_pool_virt(phys), n, to);
+		err = copied < (size_t)n ? pl_short_copy(phys + copied) : 0;
 		srcu_read_unlock(&pl_io_srcu, idx);
 		pos += copied;
 		done += copied;
-		if (copied < (size_t)n) {
+		if (err) {
 			if (!done)
-				done = -EFAULT;
+				done = err;
 			break;
 		}
 		cond_resched();
@@ -415,8 +434,7 @@ static vm_fault_t pl_huge_fault(struct vm_fault *vmf, unsigned int order)
 			write = vmf->flags & FAULT_FLAG_WRITE;
 		else
 			break;
-		ret = vmf_insert_pfn_pmd(vmf, __pfn_to_pfn_t(pfn, PFN_DEV),
-					 write);
+		ret = pl_insert_pfn_pmd(vmf, pfn, write);
 		break;
 	}
 #endif
@@ -430,8 +448,7 @@ static vm_fault_t pl_huge_fault(struct vm_fault *vmf, unsigned int order)
 			write = vmf->flags & FAULT_FLAG_WRITE;
 		else
 			break;
-		ret = vmf_insert_pfn_pud(vmf, __pfn_to_pfn_t(pfn, PFN_DEV),
-					 write);
+		ret = pl_insert_pfn_pud(vmf, pfn, write);
 		break;
 	}
 #endif
@@ -501,12 +518,11 @@ static unsigned long pl_get_unmapped_area(struct file *file,
 	    round_up(off, align) < off + len &&
 	    off + len - round_up(off, align) >= align &&
 	    len + align > len) {
-		ret = mm_get_unmapped_area(current->mm, file, 0, len + align,
-					   pgoff, flags);
+		ret = pl_unmapped_area(file, 0, len + align, pgoff, flags);
 		if (!IS_ERR_VALUE(ret))
 			return ret + ((off - ret) & (align - 1));
 	}
-	return mm_get_unmapped_area(current->mm, file, addr, len, pgoff, flags);
+	return pl_unmapped_area(file, addr, len, pgoff, flags);
 }
 
 /* PAGELESS_IOC_ADD_SEALS / PAGELESS_IOC_GET_SEALS, see pageless_uapi.h. */

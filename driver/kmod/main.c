@@ -34,6 +34,22 @@
 
 #include "pageless.h"
 
+#ifdef CONFIG_X86_PAT
+/*
+ * Whether @virt (a memremap() of a range) is mapped write-back: PWT and PCD
+ * both clear, whatever the PAT bit, in Linux's PAT layout.  User mappings of
+ * the range get the same memory type (the PAT memtype tree).  Read from the
+ * kernel page table: 7.3 exports pat_pfn_immune_to_uc_mtrr() to KVM only.
+ */
+static bool pl_mapped_wb(void *virt)
+{
+	unsigned int level;
+	pte_t *pte = lookup_address((unsigned long)virt, &level);
+
+	return pte && !(pte_flags(*pte) & (_PAGE_PWT | _PAGE_PCD));
+}
+#endif
+
 #define PL_MAX_RANGES	64
 /* Ranges must be aligned to the smallest huge page. */
 #define PL_RANGE_ALIGN	PMD_SIZE
@@ -372,7 +388,7 @@ static int pl_claim_range(u64 start, u64 size)
 	 * memremap() silently accepts UC- when an MTRR or an older mapping
 	 * says so; user mappings would then be uncached too.
 	 */
-	if (pat_enabled() && pat_pfn_immune_to_uc_mtrr(PHYS_PFN(start))) {
+	if (pat_enabled() && !pl_mapped_wb(c->virt)) {
 		pr_err("range [%#llx-%#llx]: memory type is not write-back (MTRR or an existing mapping): refusing\n",
 		       start, end);
 		ret = -EINVAL;

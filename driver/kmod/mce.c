@@ -123,8 +123,8 @@ void pl_memory_error(u64 phys)
 		unmap_mapping_range(inode->i_mapping, round_down(off, psize),
 				    psize, 1);
 		up_write(&pi->lock);
-		pr_err("memory error at %#llx: file inode %lu offset %#llx unmapped; access gets SIGBUS (BUS_MCEERR_AR), read/write EIO\n",
-		       phys, inode->i_ino, off);
+		pr_err("memory error at %#llx: file inode %llu offset %#llx unmapped; access gets SIGBUS (BUS_MCEERR_AR), read/write EIO\n",
+		       phys, (u64)inode->i_ino, off);
 		owned = true;
 		break;
 	}

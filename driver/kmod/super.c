@@ -22,6 +22,7 @@
 #include <linux/statfs.h>
 #include <linux/string.h>
 
+#include "compat.h"
 #include "pageless.h"
 
 #define PL_DEFAULT_MODE	0755
@@ -44,20 +45,8 @@ static struct inode *pl_get_inode(struct super_block *sb,
 	case S_IFREG:
 		inode->i_op = &pl_file_iops;
 		inode->i_fop = &pl_file_fops;
-		/*
-		 * S_DAX makes vma_is_dax() true, which is what lets
-		 * __thp_vma_allowable_orders() call ->huge_fault whatever the
-		 * THP sysfs policy on kernels before 6.12.115 (later ones also
-		 * exempt huge VM_PFNMAP mappings from the policy).  The file
-		 * never uses fs/dax.c nor the page cache; the other effects of
-		 * S_DAX in 6.12 are harmless here: splice reads go through
-		 * copy_splice_read() (our read_iter), fadvise/MADV_WILLNEED
-		 * are no-ops, MAP_SYNC stays refused (no FOP_MMAP_SYNC),
-		 * FOLL_LONGTERM/mlock/mbind/KSM/khugepaged skip the VMA (they
-		 * already do for VM_PFNMAP|VM_IO), truncate's dax branches see
-		 * an empty mapping, and statx reports STATX_ATTR_DAX.
-		 */
-		inode->i_flags |= S_DAX;
+		/* S_DAX where the THP policy needs it: see compat.h */
+		inode->i_flags |= pl_file_iflags();
 		pl_files_add(PL_I(inode));
 		break;
 	case S_IFDIR:
@@ -87,20 +76,18 @@ static int pl_mknod(struct inode *dir, struct dentry *dentry, umode_t mode)
 		iput(inode);
 		return ret;
 	}
-	d_instantiate(dentry, inode);
-	dget(dentry);	/* pinned until unlink, as in ramfs */
+	pl_d_pin(dentry, inode);	/* until unlink, as in ramfs */
 	inode_set_mtime_to_ts(dir, inode_set_ctime_current(dir));
 	return 0;
 }
 
-static int pl_create(struct mnt_idmap *idmap, struct inode *dir,
-		     struct dentry *dentry, umode_t mode, bool excl)
+/* ->create and ->mkdir: compat.h adapts them to the kernel's signatures */
+int pl_do_create(struct inode *dir, struct dentry *dentry, umode_t mode)
 {
 	return pl_mknod(dir, dentry, (mode & ~S_IFMT) | S_IFREG);
 }
 
-static int pl_mkdir(struct mnt_idmap *idmap, struct inode *dir,
-		    struct dentry *dentry, umode_t mode)
+int pl_do_mkdir(struct inode *dir, struct dentry *dentry, umode_t mode)
 {
 	int ret = pl_mknod(dir, dentry, (mode & ~S_IFMT) | S_IFDIR);
 
@@ -238,7 +225,7 @@ static const struct super_operations pl_sops = {
 	.alloc_inode	= pl_alloc_inode,
 	.free_inode	= pl_free_inode,
 	.evict_inode	= pl_evict_inode,
-	.drop_inode	= generic_delete_inode,
+	.drop_inode	= pl_drop_inode,
 	.statfs		= pl_statfs,
 	.show_options	= pl_show_options,
 };
@@ -374,7 +361,7 @@ static int pl_init_fs_context(struct fs_context *fc)
 
 static void pl_kill_sb(struct super_block *sb)
 {
-	kill_litter_super(sb);	/* evicts every inode: extents are scrubbed */
+	pl_kill_super(sb);	/* evicts every inode: extents are scrubbed */
 	kfree(sb->s_fs_info);
 	/* Release at once what only waited for processes that are gone. */
 	pl_quarantine_reap();

@@ -132,7 +132,7 @@ fn required() -> Vec<String> {
 fn build_initrd(dir: &Path) -> std::path::PathBuf {
     let kernel = Kernel::get();
     let script = std::fs::read_to_string(repo_root().join("tests/vm/bench-driver.sh")).unwrap();
-    let mut outer = outer_initramfs(dir);
+    let mut outer = outer_initramfs(dir, &kernel);
     let ndctl = Path::new("/usr/bin/ndctl");
     assert!(ndctl.exists(), "{} is missing: run scripts/setup.sh (it installs ndctl)", ndctl.display());
     outer.binary(ndctl, "/usr/bin/ndctl");

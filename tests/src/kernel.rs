@@ -1,5 +1,5 @@
-//! The test guests' kernel: the 6.12 cloud kernel that `scripts/setup.sh` unpacks under
-//! `.cache/kernel/current/`.
+//! The test guests' kernels, unpacked by `scripts/setup.sh` under `.cache/kernel/`: the 6.12 cloud
+//! kernel (`current`, the default) and the newest 7.3 cloud kernel of trixie-backports (`newest`).
 
 use std::path::{Path, PathBuf};
 
@@ -12,9 +12,19 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// The unpacked kernel; panics with what to run when it is missing.
+    /// The default kernel, 6.12; panics with what to run when it is missing.
     pub fn get() -> Kernel {
-        let root = repo_root().join(".cache/kernel/current");
+        Kernel::at("current")
+    }
+
+    /// The 7.3 kernel (`.cache/kernel/newest`, its module built in the Debian 13 build root).
+    pub fn newest() -> Kernel {
+        Kernel::at("newest")
+    }
+
+    /// The kernel that `.cache/kernel/<link>` points at.
+    fn at(link: &str) -> Kernel {
+        let root = repo_root().join(".cache/kernel").join(link);
         let version = std::fs::read_link(&root)
             .ok()
             .and_then(|target| target.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -23,17 +33,19 @@ impl Kernel {
         Kernel { version, root }
     }
 
+    /// The image: `boot/vmlinuz-<version>` (6.12), or `usr/lib/modules/<version>/vmlinuz`
+    /// (Debian 13's linux-binary packages).
     pub fn vmlinuz(&self) -> PathBuf {
-        self.root.join(format!("boot/vmlinuz-{}", self.version))
+        let boot = self.root.join(format!("boot/vmlinuz-{}", self.version));
+        if boot.exists() {
+            boot
+        } else {
+            self.root.join(format!("usr/lib/modules/{}/vmlinuz", self.version))
+        }
     }
 
     pub fn modules_dir(&self) -> PathBuf {
         self.root.join(format!("lib/modules/{}", self.version))
-    }
-
-    /// The headers' build directory, for out-of-tree modules.
-    pub fn headers(&self) -> PathBuf {
-        self.root.join(format!("usr/src/linux-headers-{}", self.version))
     }
 
     /// A module and the modules it depends on, dependencies first, as paths relative to

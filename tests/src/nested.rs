@@ -34,24 +34,23 @@ pub fn inner_initramfs(out: &Path, modules: &[&str], body: &str) {
         .expect("build the inner initramfs");
 }
 
-/// The outer guest that boots nested VMs (the seed scenario, the driver benchmark), without its
-/// /init: pageless.ko, the vfio-pci modules (loaded), `pageless` and `pageless-guest`, QEMU and
+/// The outer guest that boots nested VMs (the seed scenario, the driver benchmark) on `kernel`,
+/// without its /init: pageless.ko built for it, the vfio-pci modules (loaded), `pageless` and `pageless-guest`, QEMU and
 /// qemu-storage-daemon, tests/vm/nested.sh as /nested.sh, and the nested guest's kernel and
-/// initramfs (tests/vm/seed-inner.sh) as /inner/vmlinuz and /inner/initrd. `work` holds the
-/// nested initramfs while the image is built.
-pub fn outer_initramfs(work: &Path) -> Initramfs {
-    let kernel = Kernel::get();
-    let module = kmod::build(&kernel);
+/// initramfs (tests/vm/seed-inner.sh) as /inner/vmlinuz and /inner/initrd (always the default
+/// kernel). `work` holds the nested initramfs while the image is built.
+pub fn outer_initramfs(work: &Path, kernel: &Kernel) -> Initramfs {
+    let module = kmod::build(kernel);
     let inner_initrd = work.join("inner-initrd");
     let inner_script =
         std::fs::read_to_string(repo_root().join("tests/vm/seed-inner.sh")).expect("seed-inner.sh");
     inner_initramfs(&inner_initrd, &["virtio_blk"], &inner_script);
     let mut outer = Initramfs::new();
     outer
-        .kernel_modules(&kernel, &["vfio_iommu_type1", "vfio-pci"])
+        .kernel_modules(kernel, &["vfio_iommu_type1", "vfio-pci"])
         .file(&module, "/pageless.ko")
         .file(&repo_root().join("tests/vm/nested.sh"), "/nested.sh")
-        .file(&kernel.vmlinuz(), "/inner/vmlinuz")
+        .file(&Kernel::get().vmlinuz(), "/inner/vmlinuz")
         .file(&inner_initrd, "/inner/initrd")
         .binary(&bins::pageless(), "/usr/bin/pageless")
         .binary(&bins::build("pageless-guest", "pageless-guest"), "/usr/bin/pageless-guest");

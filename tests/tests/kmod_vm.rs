@@ -1,15 +1,17 @@
-//! The kernel module in a VM: builds driver/kmod against the 6.12 cloud headers, boots the
-//! 6.12 cloud kernel under TCG with boot-reserved memory (memmap=1G$4G memmap=512M$6G, -m 6G)
+//! The kernel module in a VM, on each test kernel (6.12 and 7.3): builds driver/kmod for the
+//! kernel, boots it under TCG with boot-reserved memory (memmap=1G$4G memmap=512M$6G, -m 6G)
 //! plus the bait for the refusals of ranges that are not RAM (memmap=256M$0x280000000: reserved
 //! past the end of RAM; memmap=256M%0x1b0000000-1: RAM neither System RAM nor reserved) and a
 //! busybox initramfs holding pageless.ko, the in-guest checks (tests/guest) and the
-//! `pageless` binary, and turns each CHECK line on the serial console into pass/fail.
+//! `pageless` binary, and turns each CHECK line on the serial console into pass/fail. The two
+//! tests share one body and run one VM at a time.
 //!
 //! In the guest, first `pageless serve --pool pagelessfs:…` serves a pagelessfs allocation to a
 //! client process and, through its relay, to a fake vhost-user backend: neither can shrink or
 //! grow it (the owner seals it); then tests/guest/kmod-checks.sh runs the module's whole check
 //! sequence.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use pageless_tests::initramfs::Initramfs;
@@ -210,9 +212,21 @@ const REQUIRED: &[&str] = &[
     "dmesg-clean",
 ];
 
+/// One guest at a time: the machine has two cores.
+static ONE_VM: Mutex<()> = Mutex::new(());
+
 #[test]
-fn pagelessfs_in_a_vm() {
-    let kernel = Kernel::get();
+fn pagelessfs_in_a_6_12_vm() {
+    pagelessfs_in_a_vm(Kernel::get());
+}
+
+#[test]
+fn pagelessfs_in_a_7_3_vm() {
+    pagelessfs_in_a_vm(Kernel::newest());
+}
+
+fn pagelessfs_in_a_vm(kernel: Kernel) {
+    let _one = ONE_VM.lock().unwrap_or_else(PoisonError::into_inner);
     let module = kmod::build(&kernel);
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd");
@@ -231,7 +245,8 @@ fn pagelessfs_in_a_vm() {
         .build(&initrd)
         .unwrap();
 
-    let mut config = VmConfig::new("kmod", initrd);
+    let mut config = VmConfig::new(&format!("kmod-{}", kernel.version), initrd);
+    config.kernel = kernel.vmlinuz();
     config.memory = "6G".into();
     config.smp = 2;
     config.append = "memmap=1G$4G memmap=512M$6G memmap=256M$0x280000000 memmap=256M%0x1b0000000-1".into();

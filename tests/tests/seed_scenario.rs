@@ -15,8 +15,10 @@
 //!
 //! See tests/vm/seed-outer.sh and tests/vm/seed-inner.sh.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use pageless_tests::kernel::Kernel;
 use pageless_tests::nested::outer_initramfs;
 use pageless_tests::vm::{Vm, VmConfig};
 use pageless_tests::{checks, repo_root};
@@ -76,15 +78,31 @@ fn required() -> Vec<String> {
     names
 }
 
+/// One guest at a time: the machine has two cores.
+static ONE_VM: Mutex<()> = Mutex::new(());
+
 #[test]
-fn nested_vm_on_pfn_only_memory_with_vhost_user_and_vfio() {
+fn nested_vm_on_pfn_only_memory_with_vhost_user_and_vfio_on_6_12() {
+    seed_scenario(Kernel::get());
+}
+
+#[test]
+fn nested_vm_on_pfn_only_memory_with_vhost_user_and_vfio_on_7_3() {
+    seed_scenario(Kernel::newest());
+}
+
+/// The outer guest (the host of the scenario) runs `kernel` with pageless.ko built for it; the
+/// nested guest always runs the default kernel.
+fn seed_scenario(kernel: Kernel) {
+    let _one = ONE_VM.lock().unwrap_or_else(PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let outer_script = std::fs::read_to_string(repo_root().join("tests/vm/seed-outer.sh")).unwrap();
-    let mut outer = outer_initramfs(dir.path());
+    let mut outer = outer_initramfs(dir.path(), &kernel);
     let outer_initrd = dir.path().join("outer-initrd");
     outer.init(&outer_script).build(&outer_initrd).unwrap();
 
-    let mut config = VmConfig::new("outer", outer_initrd);
+    let mut config = VmConfig::new(&format!("outer-{}", kernel.version), outer_initrd);
+    config.kernel = kernel.vmlinuz();
     config.memory = "6G".into();
     config.smp = 2;
     config.machine = Some("q35".into());
