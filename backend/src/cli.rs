@@ -162,7 +162,8 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(vm) = &vm {
                 driver::check_name(vm)?;
             }
-            let entries = status::collect(&run_dir.run_dir, vm.as_deref())?;
+            let extents = if json { status::Extents::All } else { status::Extents::Summary };
+            let entries = status::collect(&run_dir.run_dir, vm.as_deref(), extents)?;
             if json {
                 let statuses: Vec<_> = entries.iter().filter_map(|e| e.status.as_ref().ok()).collect();
                 print_out(&format!("{}\n", serde_json::to_string_pretty(&statuses)?))?;

@@ -4,9 +4,11 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
 use log::{debug, info, warn};
-use protocol::control::{self, code, error_reply, reply, Request, CONTROL_VERSION};
+use protocol::control::{
+    self, code, encode_memory, error_reply, hello_reply, reply, RegionInfo, Request, CONTROL_VERSION,
+    MAX_EXTENTS_PER_REPLY, MIN_CONTROL_VERSION,
+};
 use protocol::frame::{recv_message, send_message, Message};
-use protocol::memory::encode_mem_table;
 use protocol::VhostUserMemoryRegion;
 
 use crate::owner::Owner;
@@ -41,7 +43,8 @@ pub(crate) fn handle(owner: &Owner, sock: UnixStream) {
 }
 
 fn serve_client(owner: &Owner, sock: &UnixStream, id: u64) -> Result<(), String> {
-    let mut greeted = false;
+    // The version agreed in HELLO; 0 until then.
+    let mut version = 0;
     loop {
         let message = match recv_message(sock, control::LIMITS) {
             Ok(Some(message)) => message,
@@ -54,26 +57,38 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64) -> Result<(), String>
             Err(why) => return Err(refuse(sock, code, &why)),
         };
         let answer = match request {
-            Request::Hello { version, role } => {
-                if version != CONTROL_VERSION {
-                    let why = format!("control protocol version {version} is not {CONTROL_VERSION}: use the same pageless build");
+            Request::Hello { version: asked, role } => {
+                if !(MIN_CONTROL_VERSION..=CONTROL_VERSION).contains(&asked) {
+                    let why = format!("control protocol version {asked} is not between {MIN_CONTROL_VERSION} and {CONTROL_VERSION}: use the same pageless build");
                     return Err(refuse(sock, code, &why));
                 }
-                greeted = true;
+                version = asked;
                 owner.update_client(id, |c| c.role = role.clone());
-                debug!("control client {id} is {role:?}");
-                reply(code, CONTROL_VERSION.to_ne_bytes().to_vec(), vec![])
+                debug!("control client {id} is {role:?}, protocol version {version}");
+                hello_reply(version, std::process::id())
             }
-            _ if !greeted => return Err(refuse(sock, code, "the first request must be HELLO")),
+            _ if version == 0 => return Err(refuse(sock, code, "the first request must be HELLO")),
             Request::GetMemory => match owner.hand_out_memory(id) {
-                Ok(()) => memory_table(owner).map_err(|e| refuse(sock, code, &e))?,
+                Ok(()) => memory_table(owner, version).map_err(|e| refuse(sock, code, &e))?,
                 Err(why) => {
                     info!("control client {id}: refused GET_MEMORY: {why}");
                     error_reply(code, &why)
                 }
             },
             Request::Status => {
-                reply(code, serde_json::to_vec(&owner.status()).expect("status serializes"), vec![])
+                // Version 1 clients cannot page: they get every extent, as before.
+                let extents = if version >= 2 { MAX_EXTENTS_PER_REPLY } else { usize::MAX };
+                reply(code, serde_json::to_vec(&owner.status(extents)).expect("status serializes"), vec![])
+            }
+            Request::Extents { .. } if version < 2 => {
+                return Err(refuse(sock, code, "EXTENTS needs control protocol version 2"))
+            }
+            Request::Extents { start, max } => {
+                let max = usize::try_from(max).unwrap_or(usize::MAX).min(MAX_EXTENTS_PER_REPLY);
+                match owner.extents(start, max) {
+                    Ok(page) => reply(code, serde_json::to_vec(&page).expect("extents serialize"), vec![]),
+                    Err(why) => error_reply(code, &why),
+                }
             }
             Request::Find(pattern) => {
                 let offsets = owner.mapping.find(&pattern, FIND_LIMIT);
@@ -107,10 +122,12 @@ fn refuse(sock: &UnixStream, code: u32, why: &str) -> String {
     why.to_string()
 }
 
-/// The whole allocation as a one-region memory table, with a duplicate of the owner's fd.
-fn memory_table(owner: &Owner) -> Result<Message, String> {
+/// The whole allocation as a one-region memory table (with its page size from version 2), with
+/// a duplicate of the owner's fd.
+fn memory_table(owner: &Owner, version: u32) -> Result<Message, String> {
     let fd: OwnedFd =
         owner.allocation.file().try_clone().map_err(|e| format!("duplicate the memory fd: {e}"))?.into();
     let region = VhostUserMemoryRegion::new(0, owner.allocation.size(), 0, 0);
-    Ok(reply(code::GET_MEMORY, encode_mem_table([region].iter()), vec![fd]))
+    let info = RegionInfo { page_size: owner.allocation.page_size() };
+    Ok(reply(code::GET_MEMORY, encode_memory(&[(region, info)], version), vec![fd]))
 }

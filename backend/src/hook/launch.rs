@@ -82,10 +82,10 @@ pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookE
     std::fs::create_dir_all(&plan.run_dir)
         .map_err(io_error(format!("create the run directory {}", plan.run_dir.display())))?;
     let socket = plan.socket();
-    if let Ok(status) = ControlClient::connect(&socket, "hook").and_then(|c| c.status()) {
+    if let Ok(client) = ControlClient::connect(&socket, "hook") {
         return Err(HookError::AlreadyRunning {
             vm: vm.clone(),
-            pid: status.pid,
+            pid: client.owner_pid(),
             socket: socket.display().to_string(),
         });
     }
@@ -112,13 +112,13 @@ pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookE
 
     let deadline = Instant::now() + Duration::from_secs(plan.start_timeout);
     loop {
-        if let Ok(status) = ControlClient::connect(&socket, "hook").and_then(|c| c.status()) {
-            if started.pid().is_none_or(|pid| pid == status.pid) {
+        if let Ok(client) = ControlClient::connect(&socket, "hook") {
+            let pid = client.owner_pid();
+            if started.pid().is_none_or(|started| started == pid) {
                 info!(
-                    "VM {vm:?}: its memory owner (pid {}) serves {} of {} on {}",
-                    status.pid,
-                    Size(status.size),
-                    status.pool,
+                    "VM {vm:?}: its memory owner (pid {pid}) serves {} of {} on {}",
+                    Size(plan.size),
+                    plan.pool,
                     socket.display()
                 );
                 return Ok(());
@@ -249,8 +249,8 @@ fn log_tail(path: &Path, start: u64) -> String {
 
 /// The pid of the VM's owner: from its socket, else from its lock file while the lock is held.
 fn owner_pid(plan: &OwnerPlan) -> Option<u32> {
-    if let Ok(status) = ControlClient::connect(&plan.socket(), "hook").and_then(|c| c.status()) {
-        return Some(status.pid);
+    if let Ok(client) = ControlClient::connect(&plan.socket(), "hook") {
+        return Some(client.owner_pid());
     }
     let path = lock_path(&plan.run_dir, &plan.vm);
     let file = File::open(&path).ok()?;
