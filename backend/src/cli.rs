@@ -68,7 +68,8 @@ pub enum Command {
         /// releases the memory while they do, however long that takes: a device they assigned
         /// could still reach it. `pageless status` says whom it waits for; SIGKILL ends the
         /// owner at once and leaves the memory file in place.
-        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+        #[arg(long, default_value_t = 30, value_name = "SECONDS",
+              value_parser = clap::value_parser!(u64).range(0..=crate::hook::MAX_TIMEOUT))]
         consumer_timeout: u64,
     },
     /// Run QEMU with the VM's RAM from its owner: `pageless qemu --vm NAME -- qemu-system-x86_64 ARGS…`.

@@ -332,10 +332,15 @@ impl Pool {
     }
 }
 
-/// Checks that `name` can name an allocation (and a socket): non-empty, no `/` or NUL, not
-/// starting with `.`, at most 200 bytes.
+/// Checks that `name` can name an allocation (and a socket): non-empty, no `/`, NUL or other
+/// control character, not starting with `.`, at most 200 bytes.
 pub fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\0']) || name.len() > 200 {
+    if name.is_empty()
+        || name.starts_with('.')
+        || name.contains('/')
+        || name.chars().any(char::is_control)
+        || name.len() > 200
+    {
         return Err(Error::InvalidName { name: name.into() });
     }
     Ok(())

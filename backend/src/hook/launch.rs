@@ -12,7 +12,7 @@ use driver::size::Size;
 use log::{debug, info, warn};
 use protocol::control::ControlClient;
 
-use super::config::OwnerPlan;
+use super::config::{OwnerPlan, MAX_TIMEOUT};
 use super::{io_error, HookError, HookOptions};
 use crate::lock_path;
 use crate::peer::process_alive;
@@ -110,7 +110,7 @@ pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookE
         start_detached(options, plan, &args, log)?
     };
 
-    let deadline = Instant::now() + Duration::from_secs(plan.start_timeout);
+    let deadline = Instant::now() + Duration::from_secs(plan.start_timeout.min(MAX_TIMEOUT));
     loop {
         if let Ok(client) = ControlClient::connect(&socket, "hook") {
             let pid = client.owner_pid();
@@ -289,7 +289,7 @@ pub(super) fn stop(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookEr
     // The owner waits for the memory's holders (QEMU is gone by `release`; device backends
     // unmap it when their connection ends), warning after consumer_timeout. One still waiting
     // well after that is killed: SIGKILL releases nothing (the memory file stays in place).
-    let timeout = Duration::from_secs(plan.consumer_timeout + 10);
+    let timeout = Duration::from_secs(plan.consumer_timeout.min(MAX_TIMEOUT) + 10);
     let deadline = Instant::now() + timeout;
     while process_alive(pid) {
         if Instant::now() >= deadline {
