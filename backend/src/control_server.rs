@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use log::{debug, info, warn};
 use protocol::control::{
     self, code, encode_memory, error_reply, hello_reply, reply, RegionInfo, Request, CONTROL_VERSION,
-    MAX_EXTENTS_PER_REPLY, MIN_CONTROL_VERSION,
+    MAX_EXTENTS_PER_REPLY, MIN_CONTROL_VERSION, STATUS_EXTENTS,
 };
 use protocol::frame::{recv_message, send_message, Message};
 use protocol::VhostUserMemoryRegion;
@@ -77,7 +77,7 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64) -> Result<(), String>
             },
             Request::Status => {
                 // Version 1 clients cannot page: they get every extent, as before.
-                let extents = if version >= 2 { MAX_EXTENTS_PER_REPLY } else { usize::MAX };
+                let extents = if version >= 2 { STATUS_EXTENTS } else { usize::MAX };
                 reply(code, serde_json::to_vec(&owner.status(extents)).expect("status serializes"), vec![])
             }
             Request::Extents { .. } if version < 2 => {
@@ -86,7 +86,7 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64) -> Result<(), String>
             Request::Extents { start, max } => {
                 let max = usize::try_from(max).unwrap_or(usize::MAX).min(MAX_EXTENTS_PER_REPLY);
                 match owner.extents(start, max) {
-                    Ok(page) => reply(code, serde_json::to_vec(&page).expect("extents serialize"), vec![]),
+                    Ok(page) => reply(code, page.encode(), vec![]),
                     Err(why) => error_reply(code, &why),
                 }
             }

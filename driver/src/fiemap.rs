@@ -14,7 +14,6 @@ pub struct Extent {
 }
 
 const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
-const FIEMAP_FLAG_SYNC: u32 = 0x1;
 const FIEMAP_EXTENT_LAST: u32 = 0x1;
 const FIEMAP_EXTENT_UNKNOWN: u32 = 0x2;
 const EXTENTS_PER_CALL: usize = 512;
@@ -52,7 +51,10 @@ struct Fiemap {
     fm_extents: [FiemapExtent; EXTENTS_PER_CALL],
 }
 
-/// Asks the filesystem for the physical extents of `file`'s first `size` bytes.
+/// Asks the filesystem for the physical extents of `file`'s first `size` bytes. Without
+/// FIEMAP_FLAG_SYNC: on a disk filesystem, data not yet written back shows as extents of unknown
+/// placement (memory filesystems have nothing to write back), and a large pool is listed without
+/// writing the guest's memory to disk first.
 /// Returns `Ok(None)` when the filesystem does not support FIEMAP (tmpfs, hugetlbfs).
 pub(crate) fn physical_extents(file: impl AsFd, size: u64) -> std::io::Result<Option<Vec<Extent>>> {
     let mut extents = Vec::new();
@@ -109,7 +111,7 @@ pub(crate) fn extent_count(file: impl AsFd, start: u64, end: u64) -> std::io::Re
     let mut request = FiemapHeader {
         fm_start: start,
         fm_length: end - start,
-        fm_flags: FIEMAP_FLAG_SYNC,
+        fm_flags: 0,
         fm_mapped_extents: 0,
         fm_extent_count: 0,
         fm_reserved: 0,
@@ -142,7 +144,7 @@ fn fiemap(
     let mut request = Box::new(Fiemap {
         fm_start: start,
         fm_length: length,
-        fm_flags: FIEMAP_FLAG_SYNC,
+        fm_flags: 0,
         fm_mapped_extents: 0,
         fm_extent_count: count as u32,
         fm_reserved: 0,

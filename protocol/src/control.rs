@@ -11,10 +11,11 @@
 //! | `GET_MEMORY` | —                       | a SET_MEM_TABLE payload + one fd per region;     |
 //! |              |                         | v2: then one [`RegionInfo`] per region           |
 //! | `STATUS`     | —                       | [`VmStatus`] as JSON; v2: at most                |
-//! |              |                         | [`MAX_EXTENTS_PER_REPLY`] extents, the rest      |
-//! |              |                         | through `EXTENTS`                                |
-//! | `EXTENTS`    | u64 start + u32 max     | v2: [`ExtentPage`] as JSON: the extents from     |
-//! |              |                         | file offset `start` on                           |
+//! |              |                         | [`STATUS_EXTENTS`] extents, the rest through     |
+//! |              |                         | `EXTENTS`                                        |
+//! | `EXTENTS`    | u64 start + u32 max     | v2: an [`ExtentPage`], binary: u64 next (or      |
+//! |              |                         | u64::MAX after the last), then per extent u64    |
+//! |              |                         | logical, physical (u64::MAX: unknown), length    |
 //! | `FIND`       | bytes to look for       | JSON array of offsets in the VM's memory         |
 //! | `WRITE`      | u64 offset + ≤ 4 KiB    | empty (a debugging aid: grants nothing beyond    |
 //! |              |                         | what GET_MEMORY gives the same peers)            |
@@ -43,13 +44,16 @@ use vhost::vhost_user::message::VhostUserMemoryRegion;
 ///
 /// Version 2 added the owner's pid to the HELLO reply, the page size of each region to the
 /// GET_MEMORY reply, and paged extents (`EXTENTS`, and STATUS replies that carry at most
-/// [`MAX_EXTENTS_PER_REPLY`] extents).
+/// [`STATUS_EXTENTS`] extents).
 pub const CONTROL_VERSION: u32 = 2;
 /// The oldest version the owner still answers: version 1 clients get version 1 replies.
 pub const MIN_CONTROL_VERSION: u32 = 1;
-/// Most extents one STATUS or EXTENTS reply carries (version 2): about 600 KiB of JSON, well
-/// under [`LIMITS`].
-pub const MAX_EXTENTS_PER_REPLY: usize = 8192;
+/// Most extents a version 2 STATUS reply carries (as JSON, about 70 KiB).
+pub const STATUS_EXTENTS: usize = 1024;
+/// Most extents one EXTENTS reply carries: 24 bytes each, 768 KiB, under [`LIMITS`].
+pub const MAX_EXTENTS_PER_REPLY: usize = 32768;
+/// Bytes of one extent in an EXTENTS reply.
+const EXTENT_BYTES: usize = 24;
 /// A reply that refuses the request; its payload says why.
 pub const FLAG_ERROR: u32 = 0x10;
 /// Longest role a client may give in HELLO.
@@ -229,7 +233,7 @@ pub struct VmStatus {
     #[serde(default)]
     pub pool_quarantined: Option<u64>,
     /// The memory's extents, in file order. From a version 2 owner's STATUS reply, only the
-    /// first [`MAX_EXTENTS_PER_REPLY`]: [`ControlClient::status`] fetches the rest with
+    /// first [`STATUS_EXTENTS`]: [`ControlClient::status`] fetches the rest with
     /// EXTENTS from `extents_next` on, [`ControlClient::status_summary`] does not.
     pub extents: Vec<ExtentStatus>,
     /// How many extents the memory has (version 2 owners; `None` from older ones).
@@ -280,12 +284,45 @@ pub struct ExtentStatus {
 }
 
 /// One EXTENTS reply.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExtentPage {
     /// Extents in file order, the first one ending after the requested start.
     pub extents: Vec<ExtentStatus>,
     /// Where the next page starts, `None` after the last extent.
     pub next: Option<u64>,
+}
+
+impl ExtentPage {
+    /// The binary EXTENTS reply payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(8 + self.extents.len() * EXTENT_BYTES);
+        payload.extend_from_slice(&self.next.unwrap_or(u64::MAX).to_ne_bytes());
+        for e in &self.extents {
+            payload.extend_from_slice(&e.logical.to_ne_bytes());
+            payload.extend_from_slice(&e.physical.unwrap_or(u64::MAX).to_ne_bytes());
+            payload.extend_from_slice(&e.length.to_ne_bytes());
+        }
+        payload
+    }
+
+    /// Parses a binary EXTENTS reply.
+    pub fn decode(payload: &[u8]) -> Result<ExtentPage, ControlError> {
+        let bad = || ControlError::Protocol(format!("EXTENTS reply of {} bytes is malformed", payload.len()));
+        let (next, rest) = payload.split_first_chunk::<8>().ok_or_else(bad)?;
+        if rest.len() % EXTENT_BYTES != 0 || rest.len() / EXTENT_BYTES > MAX_EXTENTS_PER_REPLY {
+            return Err(bad());
+        }
+        let word = |bytes: &[u8]| u64::from_ne_bytes(bytes.try_into().expect("8 bytes"));
+        let extents = rest
+            .chunks_exact(EXTENT_BYTES)
+            .map(|e| ExtentStatus {
+                logical: word(&e[..8]),
+                physical: Some(word(&e[8..16])).filter(|&p| p != u64::MAX),
+                length: word(&e[16..]),
+            })
+            .collect();
+        Ok(ExtentPage { extents, next: Some(u64::from_ne_bytes(*next)).filter(|&n| n != u64::MAX) })
+    }
 }
 
 /// What a client needs to know of one GET_MEMORY region besides the vhost-user region itself
@@ -446,7 +483,7 @@ impl ControlClient {
         Ok(status)
     }
 
-    /// The owner's status with at most [`MAX_EXTENTS_PER_REPLY`] extents (`extent_count` says
+    /// The owner's status with at most [`STATUS_EXTENTS`] extents (`extent_count` says
     /// how many there are, `extents_next` where the rest start).
     pub fn status_summary(&self) -> Result<VmStatus, ControlError> {
         let answer = self.call(code::STATUS, vec![])?;
@@ -458,7 +495,7 @@ impl ControlClient {
         let mut payload = start.to_ne_bytes().to_vec();
         payload.extend_from_slice(&max.to_ne_bytes());
         let answer = self.call(code::EXTENTS, payload)?;
-        serde_json::from_slice(&answer.payload).map_err(|e| ControlError::Protocol(format!("extents: {e}")))
+        ExtentPage::decode(&answer.payload)
     }
 
     /// Offsets of `pattern` in the VM's memory, as the owner sees it through its own mapping.
@@ -590,6 +627,22 @@ mod tests {
         let bad = encode_memory(&[(region, RegionInfo { page_size: 3000 })], 2);
         assert!(parse_memory(&bad, fd()).is_err(), "not a page size");
         assert!(parse_memory(&v2[..4], fd()).is_err());
+    }
+
+    #[test]
+    fn extent_pages_round_trip() {
+        let page = ExtentPage {
+            extents: vec![
+                ExtentStatus { logical: 0, physical: Some(0x1000), length: 4096 },
+                ExtentStatus { logical: 8192, physical: None, length: 4096 },
+            ],
+            next: Some(16384),
+        };
+        assert_eq!(ExtentPage::decode(&page.encode()).unwrap(), page);
+        let last = ExtentPage { extents: vec![], next: None };
+        assert_eq!(ExtentPage::decode(&last.encode()).unwrap(), last);
+        assert!(ExtentPage::decode(&page.encode()[..30]).is_err());
+        assert!(ExtentPage::decode(&[0; 4]).is_err());
     }
 
     #[test]
