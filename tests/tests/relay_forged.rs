@@ -20,7 +20,10 @@ const SIZE: u64 = 16 << 20;
 
 /// What the fake backend received: request code, and per fd its file, file offset, and what
 /// its attempt to shrink the file to 0 through that fd returned.
-type Received = Arc<Mutex<Vec<(u32, Vec<(FileId, i64, nix::Result<()>)>)>>>;
+type Received = Arc<Mutex<Vec<Record>>>;
+/// One message the fake backend received: request code, and per fd its file, file offset and
+/// what shrinking the file through it returned.
+type Record = (u32, Vec<(FileId, i64, nix::Result<()>)>);
 
 fn fake_backend(listener: UnixListener, received: Received) {
     std::thread::spawn(move || {
@@ -180,7 +183,7 @@ fn rem_mem_reg(region: &VhostUserMemoryRegion, fds: Vec<OwnedFd>) -> Message {
 }
 
 /// Waits for the fake backend to have received `count` messages.
-fn wait_received(received: &Received, count: usize) -> Vec<(u32, Vec<(FileId, i64, nix::Result<()>)>)> {
+fn wait_received(received: &Received, count: usize) -> Vec<Record> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while received.lock().unwrap().len() < count && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
