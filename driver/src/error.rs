@@ -15,11 +15,14 @@ pub enum Error {
     #[error("{path} is on a {found} filesystem, but a {expected} pool was asked for: mount {expected} there or pick the matching pool kind")]
     WrongFilesystem { path: PathBuf, expected: &'static str, found: String },
 
-    #[error("invalid allocation name {name:?}: use a non-empty name without '/' or NUL that does not start with '.'")]
+    #[error("invalid allocation name {name:?}: use a non-empty name of at most 200 bytes without '/', NUL or control characters that does not start with '.'")]
     InvalidName { name: String },
 
     #[error("size must be larger than zero")]
     ZeroSize,
+
+    #[error("size {size} is too large for any pool (rounded up to whole pages it is more than 16 EiB): use a smaller size")]
+    SizeTooLarge { size: u64 },
 
     #[error("size {size} is not a multiple of the pool's page size {page_size}: use a multiple such as {suggestion}")]
     UnalignedSize { size: u64, page_size: u64, suggestion: u64 },

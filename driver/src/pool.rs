@@ -211,7 +211,7 @@ impl Pool {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        round_up(size, self.page_size).ok_or(Error::PoolTooSmall { needed: size, free: 0, total: 0 })
+        round_up(size, self.page_size).ok_or(Error::SizeTooLarge { size })
     }
 
     /// Makes a new allocation of at least `size` bytes (rounded up to the page size).
@@ -431,9 +431,20 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        for bad in ["", ".", "..", ".hidden", "a/b", "a\0b"] {
+        let long = "x".repeat(201);
+        for bad in ["", ".", "..", ".hidden", "a/b", "a\0b", "a\nb", "\u{1b}[2J", "tab\t", &long] {
             assert!(check_name(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(check_name("vm-1_test.ram").is_ok());
+    }
+
+    #[test]
+    fn sizes_that_overflow_when_rounded_are_refused() {
+        let pool = Pool::open(&PoolSpec::Memfd { huge_page_size: None }).unwrap();
+        for size in [u64::MAX, u64::MAX - 4094] {
+            let err = pool.check_size(size).unwrap_err();
+            assert!(matches!(err, Error::SizeTooLarge { .. }), "{err}");
+            assert!(err.to_string().contains("more than 16 EiB"), "{err}");
+        }
     }
 }
