@@ -69,7 +69,8 @@ pub enum Command {
         /// releases the memory while they do, however long that takes: a device they assigned
         /// could still reach it. `pageless status` says whom it waits for; SIGKILL ends the
         /// owner at once and leaves the memory file in place.
-        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+        #[arg(long, default_value_t = 30, value_name = "SECONDS",
+              value_parser = clap::value_parser!(u64).range(0..=crate::hook::MAX_TIMEOUT))]
         consumer_timeout: u64,
         /// Most control connections held at once (QEMU keeps one; `pageless status` and the
         /// hook come and go). When full, a new connection replaces the oldest one that has not
@@ -185,7 +186,8 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(vm) = &vm {
                 driver::check_name(vm)?;
             }
-            let entries = status::collect(&run_dir.run_dir, vm.as_deref())?;
+            let extents = if json { status::Extents::All } else { status::Extents::Summary };
+            let entries = status::collect(&run_dir.run_dir, vm.as_deref(), extents)?;
             if json {
                 let statuses: Vec<_> = entries.iter().filter_map(|e| e.status.as_ref().ok()).collect();
                 print_out(&format!("{}\n", serde_json::to_string_pretty(&statuses)?))?;

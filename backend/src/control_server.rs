@@ -8,9 +8,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use protocol::control::{self, code, error_reply, reply, Request, CONTROL_VERSION};
+use protocol::control::{
+    self, code, encode_memory, error_reply, hello_reply, reply, RegionInfo, Request, CONTROL_VERSION,
+    MAX_EXTENTS_PER_REPLY, MIN_CONTROL_VERSION, STATUS_EXTENTS,
+};
 use protocol::frame::{recv_message, send_message, FrameError, Message};
-use protocol::memory::encode_mem_table;
 use protocol::VhostUserMemoryRegion;
 
 use crate::limits::{and_more, LogLimit};
@@ -68,13 +70,14 @@ pub(crate) fn handle(
 
 fn serve_client(owner: &Owner, sock: &UnixStream, id: u64, peer: Peer) -> Result<(), Ending> {
     let trusted = owner.policy.trusts(peer.uid);
-    let mut greeted = false;
+    // The version agreed in HELLO; 0 until then.
+    let mut version = 0;
     loop {
         let message = match recv_message(sock, control::LIMITS) {
             Ok(Some(message)) => message,
             Ok(None) => return Ok(()),
             Err(FrameError::Io(e))
-                if !greeted && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                if version == 0 && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
             {
                 return Err(Ending::HelloTimeout)
             }
@@ -86,27 +89,27 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64, peer: Peer) -> Result
             Err(why) => return Err(refuse(sock, code, &why)),
         };
         let answer = match request {
-            Request::Hello { version, role } => {
-                if version != CONTROL_VERSION {
-                    let why = format!("control protocol version {version} is not {CONTROL_VERSION}: use the same pageless build");
+            Request::Hello { version: asked, role } => {
+                if !(MIN_CONTROL_VERSION..=CONTROL_VERSION).contains(&asked) {
+                    let why = format!("control protocol version {asked} is not between {MIN_CONTROL_VERSION} and {CONTROL_VERSION}: use the same pageless build");
                     return Err(refuse(sock, code, &why));
                 }
-                if !greeted {
+                if version == 0 {
                     // Greeted clients may stay idle as long as they like (QEMU does).
                     sock.set_read_timeout(None).map_err(|e| Ending::Failed(e.to_string()))?;
                 }
-                greeted = true;
+                version = asked;
                 owner.update_client(id, |c| c.role = role.clone());
-                debug!("control client {id} is {role:?}");
-                reply(code, CONTROL_VERSION.to_ne_bytes().to_vec(), vec![])
+                debug!("control client {id} is {role:?}, protocol version {version}");
+                hello_reply(version, std::process::id())
             }
-            _ if !greeted => return Err(refuse(sock, code, "the first request must be HELLO")),
+            _ if version == 0 => return Err(refuse(sock, code, "the first request must be HELLO")),
             Request::GetMemory => match owner
                 .qemu
                 .memory_for(&owner.policy, &peer, sock)
                 .and_then(|_| owner.hand_out_memory(id))
             {
-                Ok(()) => memory_table(owner).map_err(|e| refuse(sock, code, &e))?,
+                Ok(()) => memory_table(owner, version).map_err(|e| refuse(sock, code, &e))?,
                 Err(why) => {
                     warn!(
                         "control client {id} (pid {} uid {}): refused GET_MEMORY: {why}",
@@ -124,7 +127,19 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64, peer: Peer) -> Result
                 error_reply(code, &why)
             }
             Request::Status => {
-                reply(code, serde_json::to_vec(&owner.status()).expect("status serializes"), vec![])
+                // Version 1 clients cannot page: they get every extent, as before.
+                let extents = if version >= 2 { STATUS_EXTENTS } else { usize::MAX };
+                reply(code, serde_json::to_vec(&owner.status(extents)).expect("status serializes"), vec![])
+            }
+            Request::Extents { .. } if version < 2 => {
+                return Err(refuse(sock, code, "EXTENTS needs control protocol version 2"))
+            }
+            Request::Extents { start, max } => {
+                let max = usize::try_from(max).unwrap_or(usize::MAX).min(MAX_EXTENTS_PER_REPLY);
+                match owner.extents(start, max) {
+                    Ok(page) => reply(code, page.encode(), vec![]),
+                    Err(why) => error_reply(code, &why),
+                }
             }
             Request::Find(pattern) => {
                 let offsets = owner.mapping.find(&pattern, FIND_LIMIT);
@@ -159,10 +174,12 @@ fn refuse(sock: &UnixStream, code: u32, why: &str) -> Ending {
     Ending::Failed(why.to_string())
 }
 
-/// The whole allocation as a one-region memory table, with a duplicate of the owner's fd.
-fn memory_table(owner: &Owner) -> Result<Message, String> {
+/// The whole allocation as a one-region memory table (with its page size from version 2), with
+/// a duplicate of the owner's fd.
+fn memory_table(owner: &Owner, version: u32) -> Result<Message, String> {
     let fd: OwnedFd =
         owner.allocation.file().try_clone().map_err(|e| format!("duplicate the memory fd: {e}"))?.into();
     let region = VhostUserMemoryRegion::new(0, owner.allocation.size(), 0, 0);
-    Ok(reply(code::GET_MEMORY, encode_mem_table([region].iter()), vec![fd]))
+    let info = RegionInfo { page_size: owner.allocation.page_size() };
+    Ok(reply(code::GET_MEMORY, encode_memory(&[(region, info)], version), vec![fd]))
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use driver::{Allocation, Mapping, Pool, PoolKind};
 use log::{error, warn};
-use protocol::control::{ClientStatus, ConsumerStatus, ExtentStatus, MemoryHolder, RegionStatus, VmStatus};
+use protocol::control::{
+    ClientStatus, ConsumerStatus, ExtentPage, ExtentStatus, MemoryHolder, RegionStatus, VmStatus,
+};
 
 use crate::binding::QemuBinding;
 use crate::clock::unix_now;
@@ -130,9 +132,14 @@ impl Owner {
         }
     }
 
-    pub fn status(&self) -> VmStatus {
+    /// What STATUS reports, with at most `max_extents` extents.
+    pub fn status(&self, max_extents: usize) -> VmStatus {
         let stats = self.pool.stats().map_err(|e| warn!("pool statistics: {e}")).ok();
-        let extents = self.allocation.extents().map_err(|e| warn!("extents: {e}")).unwrap_or_default();
+        let page = self.extents(0, max_extents).map_err(|e| warn!("{e}")).unwrap_or_default();
+        let extent_count = match page.next {
+            None => Some(page.extents.len() as u64),
+            Some(_) => self.allocation.extent_count().map_err(|e| warn!("extents: {e}")).ok(),
+        };
         let id = self.allocation.id();
         VmStatus {
             vm: self.vm.clone(),
@@ -153,10 +160,9 @@ impl Owner {
             pool_total: stats.map_or(0, |s| s.total),
             pool_free: stats.map_or(0, |s| s.free),
             pool_quarantined: stats.and_then(|s| s.quarantined),
-            extents: extents
-                .into_iter()
-                .map(|e| ExtentStatus { logical: e.logical, physical: e.physical, length: e.length })
-                .collect(),
+            extents: page.extents,
+            extent_count,
+            extents_next: page.next,
             clients: self.clients.lock().expect("clients lock").values().cloned().collect(),
             consumers: self.consumers.lock().expect("consumers lock").values().cloned().collect(),
             stopping: self.stop_state().map(|s| s.status()),
@@ -167,6 +173,19 @@ impl Owner {
                 running,
             }),
         }
+    }
+
+    /// At most `max` extents from file offset `start` on (EXTENTS), or why not.
+    pub fn extents(&self, start: u64, max: usize) -> Result<ExtentPage, String> {
+        let page = self.allocation.extents_page(start, max).map_err(|e| format!("extents: {e}"))?;
+        Ok(ExtentPage {
+            extents: page
+                .extents
+                .into_iter()
+                .map(|e| ExtentStatus { logical: e.logical, physical: e.physical, length: e.length })
+                .collect(),
+            next: page.next,
+        })
     }
 
     /// Enters the stopping state (once; a later request keeps the first reason and time).

@@ -56,7 +56,7 @@ pub fn run(options: QemuOptions) -> Result<Infallible, QemuError> {
     let socket = control_socket_path(&options.run_dir, &vm);
     let owner_error = |source| QemuError::Owner { vm: vm.clone(), source };
     let client = ControlClient::connect(&socket, "qemu").map_err(owner_error)?;
-    let status = client.status().map_err(owner_error)?;
+    let owner_pid = client.owner_pid();
     let region = client
         .get_memory()
         .map_err(owner_error)?
@@ -64,22 +64,18 @@ pub fn run(options: QemuOptions) -> Result<Infallible, QemuError> {
         .next()
         .ok_or(QemuError::NoMemory(vm.clone()))?;
 
+    let (size, page_size) = (region.region.memory_size, region.page_size);
     let memory_fd = region.fd.into_raw_fd();
     let control_fd = client.into_stream().into_raw_fd();
     for fd in [memory_fd, control_fd] {
         inheritable(fd)?;
     }
-    let ram = OwnerRam {
-        mem_path: format!("/proc/self/fd/{memory_fd}"),
-        size: status.size,
-        page_size: status.page_size,
-    };
+    let ram = OwnerRam { mem_path: format!("/proc/self/fd/{memory_fd}"), size, page_size };
     let args = qemu_args::rewrite(args, &ram).map_err(|source| QemuError::Args { vm: vm.clone(), source })?;
     info!(
-        "VM {vm:?}: RAM is {} of {} from the owner (pid {}), fd {memory_fd}",
-        Size(status.size),
-        status.memory,
-        status.pid
+        "VM {vm:?}: RAM is {} in {} pages from the owner (pid {owner_pid}), fd {memory_fd}",
+        Size(size),
+        Size(page_size)
     );
     Err(exec(program, &args))
 }

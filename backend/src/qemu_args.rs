@@ -37,6 +37,8 @@ pub enum ArgError {
     Conflict(String),
     #[error("`-machine` names two RAM backends, {0} and {1}")]
     TwoMachineBackends(String, String),
+    #[error("the RAM backends {ids} add up to more than 16 EiB: fix their sizes")]
+    TooLarge { ids: String },
 }
 
 /// Options that take a value, so that the value is not mistaken for an option.
@@ -332,7 +334,8 @@ pub fn rewrite(args: &[String], ram: &OwnerRam) -> Result<Vec<String>, ArgError>
             why: "a RAM backend needs a size".into(),
         })?;
         out[index] = object.into_owner_file(ram, offset, size);
-        offset += size;
+        offset =
+            offset.checked_add(size).ok_or_else(|| ArgError::TooLarge { ids: backend_ids.join(", ") })?;
     }
 
     if backend_ids.is_empty() {
@@ -484,3 +487,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod hostile;

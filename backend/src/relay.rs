@@ -2,8 +2,11 @@
 //! relayed message by message, with its fds, to a fresh connection to the device backend, in
 //! both directions. Memory messages are checked, never trusted: every region of SET_MEM_TABLE
 //! and ADD_MEM_REG must be the VM's allocation (same device and inode) and lie inside it, and
-//! the backend receives the owner's own fd for it. Anything else is refused, logged, answered
-//! with a failure where REPLY_ACK allows, and the connection is closed — never forwarded.
+//! the backend receives the owner's own fd for it. REM_MEM_REG must name a region this
+//! connection added (by guest address, user address and size, as the vhost-user spec
+//! identifies it); an fd QEMU may send with it is closed, as the spec asks of a backend, and
+//! the message is forwarded without one. Anything else is refused, logged, answered with a
+//! failure where REPLY_ACK allows, and the connection is closed — never forwarded.
 
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
@@ -138,6 +141,7 @@ fn frontend_to_backend(
     back: &UnixStream,
     front_writer: &Mutex<UnixStream>,
 ) -> String {
+    let mut mapped = Vec::new();
     loop {
         let message = match recv_message(front, Limits::VHOST_USER) {
             Ok(Some(message)) => message,
@@ -148,7 +152,7 @@ fn frontend_to_backend(
             Err(e) => return format!("refused a malformed message from the frontend: {e}"),
         };
         let header = message.header;
-        let message = match check(owner, consumer, message) {
+        let message = match check(owner, consumer, &mut mapped, message) {
             Ok(message) => message,
             Err(why) => {
                 warn!(
@@ -183,8 +187,14 @@ fn request_name(code: u32) -> String {
     FrontendReq::try_from(code).map_or_else(|_| format!("request {code}"), |r| format!("{r:?}"))
 }
 
-/// Checks one frontend message; memory messages come back with the owner's fds.
-fn check(owner: &Owner, consumer: u64, message: Message) -> Result<Message, String> {
+/// Checks one frontend message; memory messages come back with the owner's fds. `mapped` is
+/// what this connection's backend was given and not yet told to unmap.
+fn check(
+    owner: &Owner,
+    consumer: u64,
+    mapped: &mut Vec<VhostUserMemoryRegion>,
+    message: Message,
+) -> Result<Message, String> {
     let Message { header, payload, fds } = message;
     match FrontendReq::try_from(header.request) {
         Ok(FrontendReq::SET_MEM_TABLE) => {
@@ -198,6 +208,7 @@ fn check(owner: &Owner, consumer: u64, message: Message) -> Result<Message, Stri
             let table: Vec<VhostUserMemoryRegion> = regions.iter().map(|r| r.region).collect();
             owner.set_consumer_regions(consumer, table.iter().map(region_status).collect());
             let payload = encode_mem_table(table.iter());
+            *mapped = table;
             Ok(Message { header, payload, fds: owned })
         }
         Ok(FrontendReq::ADD_MEM_REG) => {
@@ -206,19 +217,40 @@ fn check(owner: &Owner, consumer: u64, message: Message) -> Result<Message, Stri
                 .try_into()
                 .map_err(|fds: Vec<OwnedFd>| format!("{} fds, exactly 1 expected", fds.len()))?;
             check_region(owner, &region, &fd)?;
+            let fd = owner_fd(owner)?;
             owner.add_consumer_region(consumer, region_status(&region));
-            Ok(Message { header, payload: encode_single_region(&region), fds: vec![owner_fd(owner)?] })
+            mapped.push(region);
+            Ok(Message { header, payload: encode_single_region(&region), fds: vec![fd] })
         }
         Ok(FrontendReq::REM_MEM_REG) => {
             let region = parse_single_region(&payload).map_err(|e| e.to_string())?;
-            if !fds.is_empty() {
-                return Err(format!("{} unexpected fds", fds.len()));
+            // The spec: no fd SHOULD come with REM_MEM_REG, but a backend MAY accept one and
+            // MUST close it unused.
+            if fds.len() > 1 {
+                return Err(format!("{} fds attached, at most 1 allowed", fds.len()));
             }
+            drop(fds);
+            let index = mapped.iter().position(|r| same_region(r, &region)).ok_or_else(|| {
+                format!(
+                    "guest address {:#x} size {:#x} user address {:#x} is no region this connection added",
+                    { region.guest_phys_addr },
+                    { region.memory_size },
+                    { region.user_addr }
+                )
+            })?;
+            mapped.remove(index);
             owner.remove_consumer_region(consumer, region.guest_phys_addr, region.memory_size);
-            Ok(Message { header, payload: encode_single_region(&region), fds })
+            Ok(Message { header, payload: encode_single_region(&region), fds: Vec::new() })
         }
         _ => Ok(Message { header, payload, fds }),
     }
+}
+
+/// The vhost-user spec identifies a region to remove by its guest address, user address and
+/// size; its mmap offset is ignored.
+fn same_region(a: &VhostUserMemoryRegion, b: &VhostUserMemoryRegion) -> bool {
+    ({ a.guest_phys_addr }, { a.user_addr }, { a.memory_size })
+        == ({ b.guest_phys_addr }, { b.user_addr }, { b.memory_size })
 }
 
 fn check_region(owner: &Owner, region: &VhostUserMemoryRegion, fd: &OwnedFd) -> Result<(), String> {

@@ -13,8 +13,20 @@ pub struct Entry {
     pub status: Result<VmStatus, String>,
 }
 
+/// Extents the human-readable table lists per VM; `--json` lists them all.
+const SHOWN_EXTENTS: usize = 16;
+
+/// How much of each owner's extent list to fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extents {
+    /// Every extent, page by page (`--json`).
+    All,
+    /// The first page, and how many there are (the table).
+    Summary,
+}
+
 /// Asks every owner socket in `run_dir` (or only `vm`'s) for its status.
-pub fn collect(run_dir: &Path, vm: Option<&str>) -> std::io::Result<Vec<Entry>> {
+pub fn collect(run_dir: &Path, vm: Option<&str>, extents: Extents) -> std::io::Result<Vec<Entry>> {
     let mut names: Vec<String> = match vm {
         Some(vm) => vec![vm.to_string()],
         None => match std::fs::read_dir(run_dir) {
@@ -32,7 +44,10 @@ pub fn collect(run_dir: &Path, vm: Option<&str>) -> std::io::Result<Vec<Entry>> 
         .map(|vm| {
             let socket = crate::control_socket_path(run_dir, &vm);
             let status = ControlClient::connect(&socket, "status")
-                .and_then(|client| client.status())
+                .and_then(|client| match extents {
+                    Extents::All => client.status(),
+                    Extents::Summary => client.status_summary(),
+                })
                 .map_err(|e| e.to_string());
             Entry { vm, status }
         })
@@ -61,7 +76,7 @@ pub fn render(entries: &[Entry]) -> String {
                     Size(s.size).to_string(),
                     s.pool,
                     Size(s.page_size).to_string(),
-                    s.extents.len(),
+                    extent_count(s),
                     s.clients.len(),
                     s.consumers.len(),
                     s.pid,
@@ -112,7 +127,7 @@ pub fn render(entries: &[Entry]) -> String {
         if let Some(stopping) = &s.stopping {
             render_stopping(&mut out, stopping);
         }
-        for e in &s.extents {
+        for e in s.extents.iter().take(SHOWN_EXTENTS) {
             let physical = e.physical.map_or("-".to_string(), |p| format!("{p:#x}"));
             let _ = writeln!(
                 out,
@@ -120,6 +135,10 @@ pub fn render(entries: &[Entry]) -> String {
                 e.logical,
                 Size(e.length)
             );
+        }
+        let hidden = extent_count(s).saturating_sub(SHOWN_EXTENTS as u64);
+        if hidden > 0 {
+            let _ = writeln!(out, "  extent  … and {hidden} more (`pageless status --json` lists them all)");
         }
         for c in &s.clients {
             let _ = writeln!(
@@ -152,6 +171,11 @@ pub fn render(entries: &[Entry]) -> String {
         }
     }
     out
+}
+
+/// How many extents the VM's memory has: as the owner counted them, else as listed.
+fn extent_count(s: &VmStatus) -> u64 {
+    s.extent_count.unwrap_or(s.extents.len() as u64)
 }
 
 /// What a stopping owner waits for.
@@ -215,5 +239,21 @@ mod tests {
         let text = render(&[Entry { vm: "vm1".into(), status: Ok(serving) }]);
         assert!(!text.contains("quarantined") && !text.contains("STOPPING"), "{text}");
         assert!(text.contains("serving"), "{text}");
+    }
+
+    #[test]
+    fn lists_the_first_extents_and_counts_the_rest() {
+        let extents: Vec<_> = (0..SHOWN_EXTENTS as u64 + 3)
+            .map(|i| protocol::control::ExtentStatus { logical: i * 8192, physical: None, length: 4096 })
+            .collect();
+        let status =
+            VmStatus { vm: "vm1".into(), extent_count: Some(100_000), extents, ..Default::default() };
+        let text = render(&[Entry { vm: "vm1".into(), status: Ok(status) }]);
+        assert_eq!(text.matches("  extent  offset").count(), SHOWN_EXTENTS, "{text}");
+        assert!(text.contains("… and 99984 more (`pageless status --json` lists them all)"), "{text}");
+        assert!(
+            text.lines().nth(1).is_some_and(|l| l.contains(" 100000 ")),
+            "the count is the owner's: {text}"
+        );
     }
 }

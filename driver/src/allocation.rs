@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use log::info;
 use serde::Serialize;
 
-use crate::fiemap::{physical_extents, Extent};
+use crate::fiemap::{extent_count, extents_page, physical_extents, Extent, ExtentPage};
 use crate::fs::FsKind;
 use crate::mapping::Mapping;
 use crate::pool::PoolKind;
@@ -138,6 +138,28 @@ impl Allocation {
         let extents = physical_extents(&self.file, self.size)
             .map_err(|e| Error::io(format!("FIEMAP of allocation {:?}", self.name), e))?;
         Ok(extents.unwrap_or_else(|| vec![Extent { logical: 0, physical: None, length: self.size }]))
+    }
+
+    /// At most `max` extents from file offset `start` on, and where the next ones start;
+    /// one extent of unknown placement where the filesystem does not report them.
+    pub fn extents_page(&self, start: u64, max: usize) -> Result<ExtentPage> {
+        let page = extents_page(&self.file, start, self.size, max.max(1))
+            .map_err(|e| Error::io(format!("FIEMAP of allocation {:?} from {start:#x}", self.name), e))?;
+        Ok(page.unwrap_or_else(|| ExtentPage {
+            extents: if start < self.size {
+                vec![Extent { logical: 0, physical: None, length: self.size }]
+            } else {
+                Vec::new()
+            },
+            next: None,
+        }))
+    }
+
+    /// How many extents [`Allocation::extents`] would list, without listing them.
+    pub fn extent_count(&self) -> Result<u64> {
+        let count = extent_count(&self.file, 0, self.size)
+            .map_err(|e| Error::io(format!("FIEMAP of allocation {:?}", self.name), e))?;
+        Ok(count.unwrap_or(1))
     }
 
     /// Maps the whole allocation shared, read-write, into this process. Each call makes a new

@@ -43,8 +43,9 @@ pub enum Error {
     },
 
     /// An allocation name refused by [`check_name`](crate::check_name): empty, starting with
-    /// `.`, containing `/` or NUL, or longer than 200 bytes. Pick another name.
-    #[error("invalid allocation name {name:?}: use a non-empty name without '/' or NUL that does not start with '.'")]
+    /// `.`, containing `/`, NUL or another control character, or longer than 200 bytes. Pick
+    /// another name.
+    #[error("invalid allocation name {name:?}: use a non-empty name of at most 200 bytes without '/', NUL or control characters that does not start with '.'")]
     InvalidName {
         /// The name as given.
         name: String,
@@ -53,6 +54,14 @@ pub enum Error {
     /// An allocation size of 0 bytes was asked for.
     #[error("size must be larger than zero")]
     ZeroSize,
+
+    /// A size so large that rounding it up to whole pages overflows 64 bits. Use a smaller
+    /// size.
+    #[error("size {} is too large for any pool (rounded up to whole pages it is more than 16 EiB): use a smaller size", Bytes(*.size))]
+    SizeTooLarge {
+        /// The requested size, in bytes.
+        size: u64,
+    },
 
     /// A size that must be exact ([`Pool::check_size`](crate::Pool::check_size),
     /// [`Pool::attach_or_allocate`](crate::Pool::attach_or_allocate)) is not a multiple of the

@@ -65,7 +65,7 @@ pub mod size;
 
 pub use allocation::{Allocation, FileId};
 pub use error::{Error, Result};
-pub use fiemap::Extent;
+pub use fiemap::{Extent, ExtentPage};
 pub use fs::{FsKind, PAGELESSFS_MAGIC};
 pub use mapping::Mapping;
 pub use pool::{check_name, Pool, PoolKind, PoolSpec, PoolStats, PAGELESSFS_SYSFS};

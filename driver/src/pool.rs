@@ -256,7 +256,7 @@ impl Pool {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        round_up(size, self.page_size).ok_or(Error::PoolTooSmall { needed: size, free: 0, total: 0 })
+        round_up(size, self.page_size).ok_or(Error::SizeTooLarge { size })
     }
 
     /// Makes a new allocation called `name` of at least `size` bytes (rounded up to the page
@@ -405,15 +405,21 @@ impl Pool {
     }
 }
 
-/// Checks that `name` can name an allocation (and a socket): non-empty, no `/` or NUL, not
-/// starting with `.`, at most 200 bytes. [`Pool::allocate`] and [`Pool::attach`] check it
-/// themselves; call it to refuse a bad name before doing anything else.
+/// Checks that `name` can name an allocation (and a socket): non-empty, no `/`, NUL or other
+/// control character, not starting with `.`, at most 200 bytes. [`Pool::allocate`] and
+/// [`Pool::attach`] check it themselves; call it to refuse a bad name before doing anything
+/// else.
 ///
 /// # Errors
 ///
 /// [`Error::InvalidName`].
 pub fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\0']) || name.len() > 200 {
+    if name.is_empty()
+        || name.starts_with('.')
+        || name.contains('/')
+        || name.chars().any(char::is_control)
+        || name.len() > 200
+    {
         return Err(Error::InvalidName { name: name.into() });
     }
     Ok(())
@@ -504,9 +510,20 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        for bad in ["", ".", "..", ".hidden", "a/b", "a\0b"] {
+        let long = "x".repeat(201);
+        for bad in ["", ".", "..", ".hidden", "a/b", "a\0b", "a\nb", "\u{1b}[2J", "tab\t", &long] {
             assert!(check_name(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(check_name("vm-1_test.ram").is_ok());
+    }
+
+    #[test]
+    fn sizes_that_overflow_when_rounded_are_refused() {
+        let pool = Pool::open(&PoolSpec::Memfd { huge_page_size: None }).unwrap();
+        for size in [u64::MAX, u64::MAX - 4094] {
+            let err = pool.check_size(size).unwrap_err();
+            assert!(matches!(err, Error::SizeTooLarge { .. }), "{err}");
+            assert!(err.to_string().contains("more than 16 EiB"), "{err}");
+        }
     }
 }

@@ -1,13 +1,21 @@
 //! The owner's control protocol, spoken on `<run-dir>/<vm>.sock`.
 //!
 //! Framing is vhost-user's ([`crate::frame`]). The client opens with HELLO (its protocol
-//! version and a role such as `qemu`); the owner answers with its own version or an error.
-//! Then:
+//! version and a role such as `qemu`); the owner answers with the version both speak (the
+//! client's, from [`MIN_CONTROL_VERSION`] to [`CONTROL_VERSION`]) or an error. From version 2
+//! the HELLO reply also carries the owner's pid: a client that only wants to know whether the
+//! owner is alive, and which process it is, needs nothing more. Then:
 //!
 //! | request      | payload                 | reply                                            |
 //! |--------------|-------------------------|--------------------------------------------------|
-//! | `GET_MEMORY` | —                       | a SET_MEM_TABLE payload + one fd per region      |
-//! | `STATUS`     | —                       | [`VmStatus`] as JSON                             |
+//! | `GET_MEMORY` | —                       | a SET_MEM_TABLE payload + one fd per region;     |
+//! |              |                         | v2: then one [`RegionInfo`] per region           |
+//! | `STATUS`     | —                       | [`VmStatus`] as JSON; v2: at most                |
+//! |              |                         | [`STATUS_EXTENTS`] extents, the rest through     |
+//! |              |                         | `EXTENTS`                                        |
+//! | `EXTENTS`    | u64 start + u32 max     | v2: an [`ExtentPage`], binary: u64 next (or      |
+//! |              |                         | u64::MAX after the last), then per extent u64    |
+//! |              |                         | logical, physical (u64::MAX: unknown), length    |
 //! | `FIND`       | bytes to look for       | JSON array of offsets in the VM's memory         |
 //! | `WRITE`      | u64 offset + ≤ 4 KiB    | empty (a debugging aid: grants nothing beyond    |
 //! |              |                         | what GET_MEMORY gives the same peers)            |
@@ -19,6 +27,7 @@
 //! Replies carry [`FLAG_REPLY`]; a refused request is answered with [`FLAG_ERROR`] and a UTF-8
 //! reason, and the owner may close the connection after it.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -28,10 +37,23 @@ use thiserror::Error;
 use crate::frame::{
     self, recv_message, send_message, FrameError, Limits, Message, FLAG_REPLY, FLAG_VERSION_1,
 };
-use crate::memory::{self, MemoryError, Region};
+use crate::memory::{self, MemoryError};
+use vhost::vhost_user::message::VhostUserMemoryRegion;
 
-/// The control protocol version this build speaks.
-pub const CONTROL_VERSION: u32 = 1;
+/// The newest control protocol version this build speaks (a client asks for it in HELLO).
+///
+/// Version 2 added the owner's pid to the HELLO reply, the page size of each region to the
+/// GET_MEMORY reply, and paged extents (`EXTENTS`, and STATUS replies that carry at most
+/// [`STATUS_EXTENTS`] extents).
+pub const CONTROL_VERSION: u32 = 2;
+/// The oldest version the owner still answers: version 1 clients get version 1 replies.
+pub const MIN_CONTROL_VERSION: u32 = 1;
+/// Most extents a version 2 STATUS reply carries (as JSON, about 70 KiB).
+pub const STATUS_EXTENTS: usize = 1024;
+/// Most extents one EXTENTS reply carries: 24 bytes each, 768 KiB, under [`LIMITS`].
+pub const MAX_EXTENTS_PER_REPLY: usize = 32768;
+/// Bytes of one extent in an EXTENTS reply.
+const EXTENT_BYTES: usize = 24;
 /// A reply that refuses the request; its payload says why.
 pub const FLAG_ERROR: u32 = 0x10;
 /// Longest role a client may give in HELLO.
@@ -40,7 +62,8 @@ pub const MAX_ROLE_LEN: usize = 64;
 pub const MAX_FIND_PATTERN: usize = 4096;
 /// Most bytes one WRITE stores.
 pub const MAX_WRITE: usize = 4096;
-/// Control messages are small, except STATUS replies with many consumers.
+/// Control messages are small; STATUS and EXTENTS replies, the largest, are paged to stay
+/// well below this.
 pub const LIMITS: Limits = Limits { max_payload: 1 << 20, max_fds: memory::MAX_MEM_TABLE_REGIONS };
 
 /// Request codes.
@@ -51,6 +74,7 @@ pub mod code {
     pub const FIND: u32 = 4;
     pub const STOP: u32 = 5;
     pub const WRITE: u32 = 6;
+    pub const EXTENTS: u32 = 7;
 }
 
 /// What went wrong talking to an owner.
@@ -73,12 +97,23 @@ pub enum ControlError {
 /// A request as the owner sees it, checked.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
-    Hello { version: u32, role: String },
+    Hello {
+        version: u32,
+        role: String,
+    },
     GetMemory,
     Status,
     Find(Vec<u8>),
-    Write { offset: u64, data: Vec<u8> },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+    },
     Stop,
+    /// Up to `max` extents (capped at [`MAX_EXTENTS_PER_REPLY`]) from file offset `start` on.
+    Extents {
+        start: u64,
+        max: u32,
+    },
 }
 
 impl Request {
@@ -120,13 +155,50 @@ impl Request {
                 }
                 Ok(Request::Write { offset: u64::from_ne_bytes(*offset), data: data.to_vec() })
             }
+            code::EXTENTS => {
+                let bytes: &[u8; 12] =
+                    payload.as_slice().try_into().map_err(|_| "EXTENTS payload must be 12 bytes")?;
+                let (start, max) = bytes.split_at(8);
+                let start = u64::from_ne_bytes(start.try_into().expect("8 bytes"));
+                let max = u32::from_ne_bytes(max.try_into().expect("4 bytes"));
+                if max == 0 {
+                    return Err("EXTENTS asks for 0 extents".into());
+                }
+                Ok(Request::Extents { start, max })
+            }
             other => Err(format!("unknown request code {other}")),
         }
     }
 }
 
+/// The HELLO reply of this version: the version, then the owner's pid (from version 2).
+pub fn hello_reply(version: u32, owner_pid: u32) -> Message {
+    let mut payload = version.to_ne_bytes().to_vec();
+    if version >= 2 {
+        payload.extend_from_slice(&owner_pid.to_ne_bytes());
+    }
+    reply(code::HELLO, payload, vec![])
+}
+
+/// The owner's pid from a HELLO reply, which must be of [`CONTROL_VERSION`].
+fn parse_hello_reply(payload: &[u8]) -> Result<u32, ControlError> {
+    let version = payload
+        .first_chunk::<4>()
+        .map(|v| u32::from_ne_bytes(*v))
+        .ok_or_else(|| ControlError::Protocol("HELLO reply without a version".into()))?;
+    if version != CONTROL_VERSION {
+        return Err(ControlError::Protocol(format!(
+            "the owner speaks control protocol version {version}, this client {CONTROL_VERSION}: use the same pageless build"
+        )));
+    }
+    let pid: &[u8; 8] = payload
+        .try_into()
+        .map_err(|_| ControlError::Protocol(format!("HELLO reply of {} bytes, 8 expected", payload.len())))?;
+    Ok(u32::from_ne_bytes(pid[4..].try_into().expect("4 bytes")))
+}
+
 /// A successful reply to `request`.
-pub fn reply(request: u32, payload: Vec<u8>, fds: Vec<std::os::fd::OwnedFd>) -> Message {
+pub fn reply(request: u32, payload: Vec<u8>, fds: Vec<OwnedFd>) -> Message {
     Message::new(request, FLAG_VERSION_1 | FLAG_REPLY, payload, fds)
 }
 
@@ -160,7 +232,17 @@ pub struct VmStatus {
     /// every process that mapped them has exited. `None` for other pools.
     #[serde(default)]
     pub pool_quarantined: Option<u64>,
+    /// The memory's extents, in file order. From a version 2 owner's STATUS reply, only the
+    /// first [`STATUS_EXTENTS`]: [`ControlClient::status`] fetches the rest with
+    /// EXTENTS from `extents_next` on, [`ControlClient::status_summary`] does not.
     pub extents: Vec<ExtentStatus>,
+    /// How many extents the memory has (version 2 owners; `None` from older ones).
+    #[serde(default)]
+    pub extent_count: Option<u64>,
+    /// Where the extents not in `extents` start (a file offset for EXTENTS), `None` when
+    /// `extents` is complete.
+    #[serde(default)]
+    pub extents_next: Option<u64>,
     pub clients: Vec<ClientStatus>,
     pub consumers: Vec<ConsumerStatus>,
     /// Set once the owner was asked to stop: it keeps the memory while any process it handed
@@ -216,6 +298,123 @@ pub struct ExtentStatus {
     pub length: u64,
 }
 
+/// One EXTENTS reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExtentPage {
+    /// Extents in file order, the first one ending after the requested start.
+    pub extents: Vec<ExtentStatus>,
+    /// Where the next page starts, `None` after the last extent.
+    pub next: Option<u64>,
+}
+
+impl ExtentPage {
+    /// The binary EXTENTS reply payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(8 + self.extents.len() * EXTENT_BYTES);
+        payload.extend_from_slice(&self.next.unwrap_or(u64::MAX).to_ne_bytes());
+        for e in &self.extents {
+            payload.extend_from_slice(&e.logical.to_ne_bytes());
+            payload.extend_from_slice(&e.physical.unwrap_or(u64::MAX).to_ne_bytes());
+            payload.extend_from_slice(&e.length.to_ne_bytes());
+        }
+        payload
+    }
+
+    /// Parses a binary EXTENTS reply.
+    pub fn decode(payload: &[u8]) -> Result<ExtentPage, ControlError> {
+        let bad = || ControlError::Protocol(format!("EXTENTS reply of {} bytes is malformed", payload.len()));
+        let (next, rest) = payload.split_first_chunk::<8>().ok_or_else(bad)?;
+        if rest.len() % EXTENT_BYTES != 0 || rest.len() / EXTENT_BYTES > MAX_EXTENTS_PER_REPLY {
+            return Err(bad());
+        }
+        let word = |bytes: &[u8]| u64::from_ne_bytes(bytes.try_into().expect("8 bytes"));
+        let extents = rest
+            .chunks_exact(EXTENT_BYTES)
+            .map(|e| ExtentStatus {
+                logical: word(&e[..8]),
+                physical: Some(word(&e[8..16])).filter(|&p| p != u64::MAX),
+                length: word(&e[16..]),
+            })
+            .collect();
+        Ok(ExtentPage { extents, next: Some(u64::from_ne_bytes(*next)).filter(|&n| n != u64::MAX) })
+    }
+}
+
+/// What a client needs to know of one GET_MEMORY region besides the vhost-user region itself
+/// (version 2: appended to the SET_MEM_TABLE payload, one per region, in order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// The page size the memory is allocated in (4 KiB, 2 MiB, 1 GiB): QEMU must map it aligned
+    /// to it.
+    pub page_size: u64,
+}
+
+impl RegionInfo {
+    /// Bytes of one encoded [`RegionInfo`]: a native-endian u64.
+    pub const SIZE: usize = 8;
+}
+
+/// The GET_MEMORY reply payload for `regions`, each with its info; v1 clients get the table only.
+pub fn encode_memory(regions: &[(VhostUserMemoryRegion, RegionInfo)], version: u32) -> Vec<u8> {
+    let mut payload = memory::encode_mem_table(regions.iter().map(|(region, _)| region));
+    if version >= 2 {
+        for (_, info) in regions {
+            payload.extend_from_slice(&info.page_size.to_ne_bytes());
+        }
+    }
+    payload
+}
+
+/// Parses a version 2 GET_MEMORY reply: the memory table, then one [`RegionInfo`] per region.
+pub fn parse_memory(payload: &[u8], fds: Vec<OwnedFd>) -> Result<Vec<OwnerRegion>, ControlError> {
+    let count = fds.len();
+    let table_len = payload.len().checked_sub(count.saturating_mul(RegionInfo::SIZE)).ok_or_else(|| {
+        ControlError::Protocol(format!(
+            "GET_MEMORY reply of {} bytes is too short for {count} regions and their page sizes",
+            payload.len()
+        ))
+    })?;
+    let (table, infos) = payload.split_at(table_len);
+    let regions = memory::parse_mem_table(table, fds)?;
+    regions
+        .into_iter()
+        .zip(infos.chunks_exact(RegionInfo::SIZE))
+        .enumerate()
+        .map(|(index, (region, info))| {
+            let page_size = u64::from_ne_bytes(info.try_into().expect("chunk of 8 bytes"));
+            if !page_size.is_power_of_two() || page_size < 4096 {
+                return Err(ControlError::Protocol(format!(
+                    "GET_MEMORY region {index}: page size {page_size} is not a power of two of at least 4096"
+                )));
+            }
+            Ok(OwnerRegion { region: region.region, fd: region.fd, page_size })
+        })
+        .collect()
+}
+
+/// One region of the VM's memory as GET_MEMORY hands it out.
+pub struct OwnerRegion {
+    /// Where it is in the guest and in the file (`mmap_offset`, `memory_size`).
+    pub region: VhostUserMemoryRegion,
+    /// The memory's file.
+    pub fd: OwnedFd,
+    /// The page size it is allocated in.
+    pub page_size: u64,
+}
+
+impl std::fmt::Debug for OwnerRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.region;
+        f.debug_struct("OwnerRegion")
+            .field("guest_phys_addr", &format_args!("{:#x}", { r.guest_phys_addr }))
+            .field("memory_size", &format_args!("{:#x}", { r.memory_size }))
+            .field("mmap_offset", &format_args!("{:#x}", { r.mmap_offset }))
+            .field("fd", &self.fd)
+            .field("page_size", &self.page_size)
+            .finish()
+    }
+}
+
 /// A client connected to the control socket (e.g. QEMU, which keeps its connection).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientStatus {
@@ -251,6 +450,7 @@ pub struct RegionStatus {
 #[derive(Debug)]
 pub struct ControlClient {
     sock: UnixStream,
+    owner_pid: u32,
 }
 
 impl ControlClient {
@@ -258,32 +458,59 @@ impl ControlClient {
     pub fn connect(path: &Path, role: &str) -> Result<ControlClient, ControlError> {
         let sock = UnixStream::connect(path)
             .map_err(|source| ControlError::Connect { path: path.display().to_string(), source })?;
-        let client = ControlClient { sock };
+        let mut client = ControlClient { sock, owner_pid: 0 };
         let mut hello = CONTROL_VERSION.to_ne_bytes().to_vec();
         hello.extend_from_slice(role.as_bytes());
         let answer = client.call(code::HELLO, hello)?;
-        let version = answer
-            .payload
-            .first_chunk::<4>()
-            .map(|v| u32::from_ne_bytes(*v))
-            .ok_or_else(|| ControlError::Protocol("HELLO reply without a version".into()))?;
-        if version != CONTROL_VERSION {
-            return Err(ControlError::Protocol(format!(
-                "the owner speaks control protocol version {version}, this client {CONTROL_VERSION}: use the same pageless build"
-            )));
-        }
+        client.owner_pid = parse_hello_reply(&answer.payload)?;
         Ok(client)
     }
 
-    /// The VM's memory as a vhost-user memory table, with its fds.
-    pub fn get_memory(&self) -> Result<Vec<Region>, ControlError> {
-        let answer = self.call(code::GET_MEMORY, vec![])?;
-        Ok(memory::parse_mem_table(&answer.payload, answer.fds)?)
+    /// The owner's process id, from its HELLO reply: a connected client knows the owner lives.
+    pub fn owner_pid(&self) -> u32 {
+        self.owner_pid
     }
 
+    /// The VM's memory: its regions, each with its fd and page size.
+    pub fn get_memory(&self) -> Result<Vec<OwnerRegion>, ControlError> {
+        let answer = self.call(code::GET_MEMORY, vec![])?;
+        parse_memory(&answer.payload, answer.fds)
+    }
+
+    /// The owner's status with every extent (fetched page by page).
     pub fn status(&self) -> Result<VmStatus, ControlError> {
+        let mut status = self.status_summary()?;
+        let mut next = status.extents_next.take();
+        while let Some(start) = next {
+            let page = self.extents(start, MAX_EXTENTS_PER_REPLY as u32)?;
+            // Each page must move forward, or a broken owner would keep us here forever.
+            let progressed = page.extents.last().is_some_and(|e| e.logical.saturating_add(e.length) > start)
+                && page.next.is_none_or(|n| n > start);
+            if !progressed {
+                return Err(ControlError::Protocol(format!(
+                    "EXTENTS from {start:#x} did not move forward (next {:?})",
+                    page.next
+                )));
+            }
+            status.extents.extend(page.extents);
+            next = page.next;
+        }
+        Ok(status)
+    }
+
+    /// The owner's status with at most [`STATUS_EXTENTS`] extents (`extent_count` says
+    /// how many there are, `extents_next` where the rest start).
+    pub fn status_summary(&self) -> Result<VmStatus, ControlError> {
         let answer = self.call(code::STATUS, vec![])?;
         serde_json::from_slice(&answer.payload).map_err(|e| ControlError::Protocol(format!("status: {e}")))
+    }
+
+    /// Up to `max` extents from file offset `start` on.
+    pub fn extents(&self, start: u64, max: u32) -> Result<ExtentPage, ControlError> {
+        let mut payload = start.to_ne_bytes().to_vec();
+        payload.extend_from_slice(&max.to_ne_bytes());
+        let answer = self.call(code::EXTENTS, payload)?;
+        ExtentPage::decode(&answer.payload)
     }
 
     /// Offsets of `pattern` in the VM's memory, as the owner sees it through its own mapping.
@@ -349,7 +576,7 @@ mod tests {
         let (client, owner) = UnixStream::pair().unwrap();
         send_message(&owner, &error_reply(code::HELLO, "uid 1 may not use VM")).unwrap();
         drop(owner);
-        let client = ControlClient { sock: client };
+        let client = ControlClient { sock: client, owner_pid: 0 };
         match client.call(code::HELLO, CONTROL_VERSION.to_ne_bytes().to_vec()) {
             Err(ControlError::Refused(why)) => assert_eq!(why, "uid 1 may not use VM"),
             other => panic!("expected the refusal, got {other:?}"),
@@ -390,5 +617,56 @@ mod tests {
             vec![std::fs::File::open("/dev/null").unwrap().into()],
         );
         assert!(Request::parse(&with_fd).is_err());
+    }
+
+    #[test]
+    fn hello_reply_carries_the_pid_from_version_2() {
+        assert_eq!(hello_reply(1, 42).payload, 1u32.to_ne_bytes());
+        let reply = hello_reply(2, 42);
+        assert_eq!(parse_hello_reply(&reply.payload).unwrap(), 42);
+        assert!(parse_hello_reply(&hello_reply(1, 42).payload).is_err(), "a v1 owner is reported");
+        assert!(parse_hello_reply(&reply.payload[..6]).is_err());
+    }
+
+    #[test]
+    fn memory_reply_carries_the_page_size_from_version_2() {
+        let region = VhostUserMemoryRegion::new(0, 2 << 20, 0, 0);
+        let info = RegionInfo { page_size: 2 << 20 };
+        let fd = || vec![OwnedFd::from(std::fs::File::open("/dev/null").unwrap())];
+        let v1 = encode_memory(&[(region, info)], 1);
+        assert_eq!(memory::parse_mem_table(&v1, fd()).unwrap().len(), 1, "v1 clients parse it as before");
+        let v2 = encode_memory(&[(region, info)], 2);
+        let parsed = parse_memory(&v2, fd()).unwrap();
+        assert_eq!((parsed[0].page_size, { parsed[0].region.memory_size }), (2 << 20, 2 << 20));
+        assert!(parse_memory(&v1, fd()).is_err(), "no page size");
+        let bad = encode_memory(&[(region, RegionInfo { page_size: 3000 })], 2);
+        assert!(parse_memory(&bad, fd()).is_err(), "not a page size");
+        assert!(parse_memory(&v2[..4], fd()).is_err());
+    }
+
+    #[test]
+    fn extent_pages_round_trip() {
+        let page = ExtentPage {
+            extents: vec![
+                ExtentStatus { logical: 0, physical: Some(0x1000), length: 4096 },
+                ExtentStatus { logical: 8192, physical: None, length: 4096 },
+            ],
+            next: Some(16384),
+        };
+        assert_eq!(ExtentPage::decode(&page.encode()).unwrap(), page);
+        let last = ExtentPage { extents: vec![], next: None };
+        assert_eq!(ExtentPage::decode(&last.encode()).unwrap(), last);
+        assert!(ExtentPage::decode(&page.encode()[..30]).is_err());
+        assert!(ExtentPage::decode(&[0; 4]).is_err());
+    }
+
+    #[test]
+    fn parses_extents_requests() {
+        let mut payload = 8192u64.to_ne_bytes().to_vec();
+        payload.extend_from_slice(&100u32.to_ne_bytes());
+        assert_eq!(request(code::EXTENTS, &payload), Ok(Request::Extents { start: 8192, max: 100 }));
+        assert!(request(code::EXTENTS, &payload[..11]).is_err());
+        payload[8..].copy_from_slice(&0u32.to_ne_bytes());
+        assert!(request(code::EXTENTS, &payload).is_err(), "0 extents");
     }
 }

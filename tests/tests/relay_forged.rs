@@ -20,7 +20,10 @@ const SIZE: u64 = 16 << 20;
 
 /// What the fake backend received: request code, and per fd its file, file offset, and what
 /// its attempt to shrink the file to 0 through that fd returned.
-type Received = Arc<Mutex<Vec<(u32, Vec<(FileId, i64, nix::Result<()>)>)>>>;
+type Received = Arc<Mutex<Vec<Record>>>;
+/// One message the fake backend received: request code, and per fd its file, file offset and
+/// what shrinking the file through it returned.
+type Record = (u32, Vec<(FileId, i64, nix::Result<()>)>);
 
 fn fake_backend(listener: UnixListener, received: Received) {
     std::thread::spawn(move || {
@@ -172,4 +175,92 @@ fn forged_memory_regions_never_reach_the_backend() {
         owner.log()
     );
     drop(sock);
+}
+
+fn rem_mem_reg(region: &VhostUserMemoryRegion, fds: Vec<OwnedFd>) -> Message {
+    let code = u32::from(FrontendReq::REM_MEM_REG);
+    Message::new(code, FLAG_VERSION_1 | FLAG_NEED_REPLY, encode_single_region(region), fds)
+}
+
+/// Waits for the fake backend to have received `count` messages.
+fn wait_received(received: &Received, count: usize) -> Vec<Record> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.lock().unwrap().len() < count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    received.lock().unwrap().clone()
+}
+
+/// The vhost-user spec: a frontend may send an fd with REM_MEM_REG, which the backend must
+/// close. The relay closes it, checks the region is one the connection added (by guest
+/// address, user address and size; the mmap offset is ignored) and forwards the removal
+/// without an fd. A region it never added, or already removed, is refused.
+#[test]
+fn rem_mem_reg_closes_its_fd_and_removes_only_added_regions() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_socket = dir.path().join("fake.sock");
+    let received: Received = Arc::default();
+    fake_backend(UnixListener::bind(&backend_socket).unwrap(), Arc::clone(&received));
+    let relay_arg = format!("dev0={}", backend_socket.display());
+    let owner = Owner::start(&dir.path().join("run"), "vm", &["--size", "16M", "--vhost-user", &relay_arg]);
+    let relay = owner.run_dir.join("vm/dev0.sock");
+    let memory = owner.connect().unwrap().get_memory().unwrap().pop().unwrap().fd;
+    let memory_id = FileId::of(&memory).unwrap();
+
+    // Removing what was never added is refused, with or without an fd.
+    refused(&relay, rem_mem_reg(&region(4096, 0), vec![]));
+    refused(&relay, rem_mem_reg(&region(4096, 0), vec![reopen(&memory)]));
+    assert!(received.lock().unwrap().is_empty(), "nothing reached the backend");
+
+    let sock = UnixStream::connect(&relay).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ack = |sock: &UnixStream| {
+        let reply = recv_message(sock, Limits::VHOST_USER).unwrap().expect("a reply");
+        assert!(reply.header.is_reply());
+        reply.payload
+    };
+    let added = VhostUserMemoryRegion::new(0x100000, 0x200000, 0x7f00_0010_0000, 0x100000);
+    send_message(&sock, &add_mem_reg(&added, vec![reopen(&memory)])).unwrap();
+    assert_eq!(ack(&sock), 0u64.to_ne_bytes(), "ADD_MEM_REG acknowledged");
+    let consumer_regions = || {
+        owner
+            .status()
+            .consumers
+            .iter()
+            .find(|c| c.device == "dev0")
+            .expect("dev0 is a consumer")
+            .regions
+            .len()
+    };
+    assert_eq!(consumer_regions(), 1);
+
+    // QEMU's REM_MEM_REG: same guest address, user address and size, mmap_offset 0, and here
+    // with an fd (a pipe's write end: its read end shows when the relay closed it).
+    let (pipe_read, pipe_write) = nix::unistd::pipe().unwrap();
+    let removal = VhostUserMemoryRegion::new(0x100000, 0x200000, 0x7f00_0010_0000, 0);
+    send_message(&sock, &rem_mem_reg(&removal, vec![pipe_write])).unwrap();
+    assert_eq!(ack(&sock), 0u64.to_ne_bytes(), "REM_MEM_REG forwarded and acknowledged");
+    nix::fcntl::fcntl(pipe_read.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+        .unwrap();
+    assert_eq!(nix::unistd::read(pipe_read.as_raw_fd(), &mut [0u8; 1]), Ok(0), "the relay closed the fd");
+
+    let got = wait_received(&received, 2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].0, u32::from(FrontendReq::ADD_MEM_REG));
+    assert_eq!(got[0].1.len(), 1);
+    assert_eq!(got[0].1[0].0, memory_id);
+    assert_eq!(got[1].0, u32::from(FrontendReq::REM_MEM_REG));
+    assert!(got[1].1.is_empty(), "the removal reaches the backend without an fd: {:?}", got[1].1);
+    assert_eq!(consumer_regions(), 0, "the consumer no longer maps the region");
+
+    // Removing it again: it is no longer this connection's, so refused and closed.
+    send_message(&sock, &rem_mem_reg(&removal, vec![])).unwrap();
+    assert_ne!(ack(&sock), 0u64.to_ne_bytes(), "a second removal is refused");
+    match recv_message(&sock, Limits::VHOST_USER) {
+        Ok(None) => {}
+        Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the relay should close the connection, got {other:?}"),
+    }
+    assert_eq!(received.lock().unwrap().len(), 2, "the refused removal was not forwarded");
+    assert!(owner.log().contains("is no region this connection added"), "{}", owner.log());
 }

@@ -18,6 +18,8 @@ const DEFAULT_QEMU_USERS: &[&str] = &["libvirt-qemu", "qemu"];
 const DEFAULT_START_TIMEOUT: u64 = 30;
 /// `pageless serve --consumer-timeout`'s default.
 const DEFAULT_CONSUMER_TIMEOUT: u64 = 30;
+/// The longest `start_timeout` and `consumer_timeout` accepted: a day.
+pub const MAX_TIMEOUT: u64 = 24 * 60 * 60;
 /// libvirt rounds x86 guest memory (and each NUMA cell) up to 1 MiB.
 const MEMORY_ALIGN: u64 = 1 << 20;
 
@@ -246,11 +248,28 @@ pub(super) fn plan(vm: &str, found: Found, xml: &str, qemu_conf: &Path) -> Resul
             .map_err(|why| HookError::Xml { vm: vm.into(), why })?
             .ok_or_else(|| HookError::NoSize { vm: vm.into() })?,
     };
+    if size == 0 {
+        return Err(config_error("size: the VM's memory size is 0: set a size such as 4G".into()));
+    }
     let pool = config.pool.clone().unwrap_or_else(|| "memfd".into());
+    plain_text("pool", &pool).map_err(config_error)?;
     pool.parse::<PoolSpec>().map_err(|e| config_error(format!("pool: {e}")))?;
     for device in &config.vhost_user {
+        plain_text("vhost_user backend", &device.backend.to_string_lossy()).map_err(config_error)?;
         let spec = format!("{}={}", device.name, device.backend.display());
         spec.parse::<crate::relay::RelaySpec>().map_err(|why| config_error(format!("vhost_user: {why}")))?;
+    }
+    if let Some(run_dir) = &config.run_dir {
+        plain_text("run_dir", &run_dir.to_string_lossy()).map_err(config_error)?;
+    }
+    for (name, value) in
+        [("consumer_timeout", config.consumer_timeout), ("start_timeout", config.start_timeout)]
+    {
+        if let Some(seconds) = value.filter(|&s| s > MAX_TIMEOUT) {
+            return Err(config_error(format!(
+                "{name} of {seconds} s is over the maximum of {MAX_TIMEOUT} s (a day)"
+            )));
+        }
     }
     let allow_uids = match (&config.allow_uid, &config.qemu_user) {
         (Some(Uids::One(uid)), _) => vec![*uid],
@@ -279,6 +298,16 @@ pub(super) fn plan(vm: &str, found: Found, xml: &str, qemu_conf: &Path) -> Resul
     })
 }
 
+/// Refuses a NUL or other control character in a value that becomes a command-line argument
+/// or a path.
+fn plain_text(what: &str, value: &str) -> Result<(), String> {
+    match value.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!("{what} {value:?} contains the control character {c:?}: remove it")),
+        None if value.is_empty() => Err(format!("{what} is empty")),
+        None => Ok(()),
+    }
+}
+
 /// The guest RAM QEMU will get for the domain: `<memory>`, or the sum of the NUMA cells, each
 /// rounded up to 1 MiB as libvirt does. `None` without a domain XML.
 fn domain_memory(xml: &str) -> Result<Option<u64>, String> {
@@ -301,7 +330,9 @@ fn domain_memory(xml: &str) -> Result<Option<u64>, String> {
         let mut total = 0u64;
         for cell in cells {
             let value = cell.attribute("memory").ok_or("a NUMA <cell> without memory=")?;
-            total += align(scaled(value, cell.attribute("unit"))?)?;
+            total = total
+                .checked_add(align(scaled(value, cell.attribute("unit"))?)?)
+                .ok_or("the NUMA cells' memory adds up to more than 16 EiB: fix their memory=")?;
         }
         return Ok(Some(total));
     }
@@ -325,7 +356,13 @@ fn scaled(value: &str, unit: Option<&str>) -> Result<u64, String> {
         "T" | "TiB" => 1 << 40,
         other => return Err(format!("unknown memory unit {other:?}")),
     };
-    number.checked_mul(scale).ok_or_else(|| format!("memory {value} {scale} is too large"))
+    number.checked_mul(scale).ok_or_else(|| {
+        format!(
+            "memory {} {} is more than 16 EiB: fix the domain's memory size",
+            value.trim(),
+            unit.unwrap_or("KiB")
+        )
+    })
 }
 
 /// A libvirt user spec: `name`, `+uid`, or a number (a user of that name, else that uid).
@@ -480,3 +517,6 @@ mod tests {
         assert_eq!(unit_name("a b.c"), "pageless-a\\x20b.c.service");
     }
 }
+
+#[cfg(test)]
+mod hostile;

@@ -12,7 +12,7 @@ use driver::size::Size;
 use log::{debug, info, warn};
 use protocol::control::ControlClient;
 
-use super::config::OwnerPlan;
+use super::config::{OwnerPlan, MAX_TIMEOUT};
 use super::{io_error, HookError, HookOptions};
 use crate::lock_path;
 use crate::peer::process_alive;
@@ -82,10 +82,10 @@ pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookE
     std::fs::create_dir_all(&plan.run_dir)
         .map_err(io_error(format!("create the run directory {}", plan.run_dir.display())))?;
     let socket = plan.socket();
-    if let Ok(status) = ControlClient::connect(&socket, "hook").and_then(|c| c.status()) {
+    if let Ok(client) = ControlClient::connect(&socket, "hook") {
         return Err(HookError::AlreadyRunning {
             vm: vm.clone(),
-            pid: status.pid,
+            pid: client.owner_pid(),
             socket: socket.display().to_string(),
         });
     }
@@ -110,15 +110,15 @@ pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookE
         start_detached(options, plan, &args, log)?
     };
 
-    let deadline = Instant::now() + Duration::from_secs(plan.start_timeout);
+    let deadline = Instant::now() + Duration::from_secs(plan.start_timeout.min(MAX_TIMEOUT));
     loop {
-        if let Ok(status) = ControlClient::connect(&socket, "hook").and_then(|c| c.status()) {
-            if started.pid().is_none_or(|pid| pid == status.pid) {
+        if let Ok(client) = ControlClient::connect(&socket, "hook") {
+            let pid = client.owner_pid();
+            if started.pid().is_none_or(|started| started == pid) {
                 info!(
-                    "VM {vm:?}: its memory owner (pid {}) serves {} of {} on {}",
-                    status.pid,
-                    Size(status.size),
-                    status.pool,
+                    "VM {vm:?}: its memory owner (pid {pid}) serves {} of {} on {}",
+                    Size(plan.size),
+                    plan.pool,
                     socket.display()
                 );
                 return Ok(());
@@ -249,8 +249,8 @@ fn log_tail(path: &Path, start: u64) -> String {
 
 /// The pid of the VM's owner: from its socket, else from its lock file while the lock is held.
 fn owner_pid(plan: &OwnerPlan) -> Option<u32> {
-    if let Ok(status) = ControlClient::connect(&plan.socket(), "hook").and_then(|c| c.status()) {
-        return Some(status.pid);
+    if let Ok(client) = ControlClient::connect(&plan.socket(), "hook") {
+        return Some(client.owner_pid());
     }
     let path = lock_path(&plan.run_dir, &plan.vm);
     let file = File::open(&path).ok()?;
@@ -289,7 +289,7 @@ pub(super) fn stop(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookEr
     // The owner waits for the memory's holders (QEMU is gone by `release`; device backends
     // unmap it when their connection ends), warning after consumer_timeout. One still waiting
     // well after that is killed: SIGKILL releases nothing (the memory file stays in place).
-    let timeout = Duration::from_secs(plan.consumer_timeout + 10);
+    let timeout = Duration::from_secs(plan.consumer_timeout.min(MAX_TIMEOUT) + 10);
     let deadline = Instant::now() + timeout;
     while process_alive(pid) {
         if Instant::now() >= deadline {

@@ -24,7 +24,7 @@ mod config;
 mod launch;
 
 use config::{find_config, plan};
-pub use config::{OwnerPlan, VhostUser};
+pub use config::{OwnerPlan, VhostUser, MAX_TIMEOUT};
 pub use launch::unit_name;
 use launch::{start, stop};
 
