@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use pageless_tests::env::{require_env, Need, QEMU};
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::vm::{Vm, VmConfig};
@@ -212,6 +213,9 @@ const REQUIRED: &[&str] = &[
 
 #[test]
 fn pagelessfs_in_a_vm() {
+    if !require_env("pagelessfs_in_a_vm", &[QEMU, Need::Kernel, Need::Busybox, Need::Program("make")]) {
+        return;
+    }
     let kernel = Kernel::get();
     let module = kmod::build(&kernel);
     let dir = tempfile::tempdir().unwrap();

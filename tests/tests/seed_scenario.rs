@@ -17,6 +17,7 @@
 
 use std::time::Duration;
 
+use pageless_tests::env::{require_env, Need, QEMU, QEMU_STORAGE_DAEMON};
 use pageless_tests::nested::outer_initramfs;
 use pageless_tests::vm::{Vm, VmConfig};
 use pageless_tests::{checks, repo_root};
@@ -78,6 +79,12 @@ fn required() -> Vec<String> {
 
 #[test]
 fn nested_vm_on_pfn_only_memory_with_vhost_user_and_vfio() {
+    if !require_env(
+        "nested_vm_on_pfn_only_memory_with_vhost_user_and_vfio",
+        &[QEMU, Need::Kernel, Need::Busybox, QEMU_STORAGE_DAEMON, Need::Program("make")],
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let outer_script = std::fs::read_to_string(repo_root().join("tests/vm/seed-outer.sh")).unwrap();
     let mut outer = outer_initramfs(dir.path());
