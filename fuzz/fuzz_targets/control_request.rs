@@ -11,9 +11,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use protocol::control::{
-    code, Request, LIMITS, MAX_FIND_PATTERN, MAX_ROLE_LEN, MAX_WRITE,
-};
+use protocol::control::{code, Request, LIMITS, MAX_FIND_PATTERN, MAX_ROLE_LEN, MAX_WRITE};
 use protocol::frame::{recv_message, FrameError};
 
 fuzz_target!(|data: &[u8]| {

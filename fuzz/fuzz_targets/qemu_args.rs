@@ -28,8 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let ram = OwnerRam { mem_path: "/proc/self/fd/3".into(), size, page_size: 4096 };
     if let Ok(out) = rewrite(&args, &ram) {
         assert!(out.len() >= args.len());
-        assert!(out.iter().any(|a| a.contains("mem-path=/proc/self/fd/3") || a.contains("/proc/self/fd/3")));
-        assert!(!out.iter().any(|a| a == "-mem-path" || a == "--mem-path"));
+        assert!(out.iter().any(|a| a.contains("/proc/self/fd/3")), "the owner's memory is not used: {out:?}");
         if out.len() > args.len() {
             assert!(out.iter().any(|a| a.contains(PAGELESS_RAM_ID)));
         }

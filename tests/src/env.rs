@@ -102,3 +102,18 @@ fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn met_and_missing_needs() {
+        assert!(require_env("nothing needed", &[]));
+        assert_eq!(Need::Program("sh").missing(), None);
+        let missing = Need::Program("pageless-no-such-program").missing().expect("missing");
+        assert!(missing.contains("pageless-no-such-program on PATH"), "{missing}");
+        assert!(Need::Tool("pageless-no-such-tool").missing().is_some());
+        assert_eq!(Need::Root.missing().is_none(), nix::unistd::geteuid().is_root());
+    }
+}
