@@ -145,6 +145,11 @@ def qemu_args():
     write("qemu_args", "maxmem", args(four, ["-m", "size=4G,slots=2,maxmem=8G", "-name", "guest=a,,b"]))
     write("qemu_args", "conflicts", args(gib, ["-mem-path", "/dev/hugepages", "-mem-prealloc"]))
     write("qemu_args", "missing-value", args(gib, ["-nographic", "-m"]))
+    # Regression: two NUMA backends whose sizes overflowed u64 when added (a panic, found with
+    # this target).
+    write("qemu_args", "numa-sizes-overflow", args(gib, [
+        "-object", "memory-backend-ram,id=n0,size=9223372036854775808", "-numa", "node,memdev=n0",
+        "-object", "memory-backend-ram,id=n1,size=9223372036854775808", "-numa", "node,memdev=n1"]))
 
 
 def hook_configs():
@@ -209,6 +214,9 @@ backend = "/run/qsd/web1-disk0.sock"
     write("hook_config", "qemu-conf", hook("web1", "", domain.replace(' allow-uid="64055, 1000"', ""), 'user = "root"\ngroup = "root"\n'))
     write("hook_config", "not-pageless", hook("other", "", "<domain><name>other</name><memory>1000</memory></domain>"))
     write("hook_config", "bad-name", hook("../etc", "size = \"1G\"\n", ""))
+    # Regression: NUMA cells whose sizes overflowed u64 when added (a panic, found with this target).
+    write("hook_config", "numa-cells-overflow", hook("vm1", "", '<domain><metadata><pageless:vm xmlns:pageless="https://pageless.dev/xmlns/libvirt/1"/></metadata>'
+          "<cpu><numa><cell memory='9223372036854775808' unit='b'/><cell memory='9223372036854775808' unit='b'/></numa></cpu></domain>", ""))
 
 
 if __name__ == "__main__":

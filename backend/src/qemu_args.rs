@@ -331,8 +331,13 @@ pub fn rewrite(args: &[String], ram: &OwnerRam) -> Result<Vec<String>, ArgError>
             value: args[index].clone(),
             why: "a RAM backend needs a size".into(),
         })?;
+        let end = offset.checked_add(size).ok_or_else(|| ArgError::Unparsable {
+            option: "-object".into(),
+            value: args[index].clone(),
+            why: "the RAM backends' sizes add up to more than 16 EiB".into(),
+        })?;
         out[index] = object.into_owner_file(ram, offset, size);
-        offset += size;
+        offset = end;
     }
 
     if backend_ids.is_empty() {

@@ -301,7 +301,8 @@ fn domain_memory(xml: &str) -> Result<Option<u64>, String> {
         let mut total = 0u64;
         for cell in cells {
             let value = cell.attribute("memory").ok_or("a NUMA <cell> without memory=")?;
-            total += align(scaled(value, cell.attribute("unit"))?)?;
+            let cell = align(scaled(value, cell.attribute("unit"))?)?;
+            total = total.checked_add(cell).ok_or("the NUMA cells' memory adds up to more than 16 EiB")?;
         }
         return Ok(Some(total));
     }
