@@ -6,6 +6,7 @@
 #    and its headers, against which driver/kmod builds
 #  - a Debian 13 build root (debootstrap) with the headers of the newest 7.3 cloud kernel, and
 #    that kernel's image and modules unpacked under .cache/kernel/ (.cache/kernel/newest)
+#  - nightly Rust (minimal profile) and cargo-fuzz under .cache/tools, for scripts/fuzz.sh
 #  - cargo build of the workspace
 #  - then runs the demo (scripts/demo.sh), unless given --no-demo
 # Idempotent: re-running skips what is already there.
@@ -157,6 +158,19 @@ fi
 if [ ! -x "$cache/tools/bin/vhost-device-rng" ]; then
     log "building vhost-device-rng from crates.io into .cache/tools"
     cargo install --quiet --root "$cache/tools" vhost-device-rng@0.1.0
+fi
+
+# Fuzzing (scripts/fuzz.sh, run by .ci/run): a nightly toolchain, minimal profile (libFuzzer's
+# sanitizer flags are nightly-only), and cargo-fuzz, built from crates.io into .cache/tools.
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null 2>&1 ||
+        { echo "setup: fuzzing needs a nightly toolchain, installed with rustup, which is missing" >&2; exit 1; }
+    log "installing the nightly Rust toolchain (minimal profile) for fuzzing"
+    rustup toolchain install nightly --profile minimal
+fi
+if [ ! -x "$cache/tools/bin/cargo-fuzz" ]; then
+    log "building cargo-fuzz from crates.io into .cache/tools"
+    cargo install --quiet --locked --root "$cache/tools" cargo-fuzz@0.13.2
 fi
 
 log "building pageless ($(cargo --version))"

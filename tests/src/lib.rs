@@ -8,10 +8,13 @@
 //! * [`owner`]: `pageless serve` processes.
 //! * [`procfs`]: a process's CPU time, threads, files and memory.
 //! * [`checks`]: the `CHECK <name> ok|FAIL <detail>` lines guests print.
+//! * [`env`]: [`env::require_env`], which skips (or, with `PAGELESS_TEST_ENV=require`, fails)
+//!   a test whose environment (root, QEMU, the test kernel, libvirt) is missing.
 
 pub mod backends;
 pub mod bins;
 pub mod checks;
+pub mod env;
 pub mod guests;
 pub mod initramfs;
 pub mod kernel;

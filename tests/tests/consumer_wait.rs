@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use pageless_tests::backends::{disk_image_with_token, Backend};
 use pageless_tests::bins;
+use pageless_tests::env::{require_env, Need, QEMU};
 use pageless_tests::guests::token_guest;
 use pageless_tests::owner::Owner;
 use pageless_tests::vm::{Vm, VmConfig};
@@ -163,6 +164,9 @@ fn start_vm(run_dir: &Path, initrd: &Path, name: &str) -> Vm {
 
 #[test]
 fn owner_keeps_the_memory_while_qemu_runs() {
+    if !require_env("owner_keeps_the_memory_while_qemu_runs", &[QEMU, Need::Kernel, Need::Busybox]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let initrd = dir.path().join("initrd");

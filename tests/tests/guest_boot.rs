@@ -6,12 +6,16 @@ use std::time::Duration;
 
 use driver::Mapping;
 use pageless_tests::checks;
+use pageless_tests::env::{require_env, Need, QEMU};
 use pageless_tests::guests::{token_guest, token_of};
 use pageless_tests::owner::Owner;
 use pageless_tests::vm::{Vm, VmConfig};
 
 #[test]
 fn guest_ram_is_the_owners_memfd() {
+    if !require_env("guest_ram_is_the_owners_memfd", &[QEMU, Need::Kernel, Need::Busybox]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let owner = Owner::start(&run_dir, "guest1", &["--size", "512M", "--pool", "memfd"]);

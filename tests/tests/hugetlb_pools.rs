@@ -5,6 +5,7 @@ use std::fs::File;
 use std::process::Command;
 
 use driver::{Mapping, Pool, PoolSpec};
+use pageless_tests::env::{require_env, Need};
 use pageless_tests::owner::Owner;
 
 const NR_HUGEPAGES: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
@@ -41,6 +42,9 @@ impl Drop for HugePages {
 
 #[test]
 fn hugetlbfs_and_hugetlb_memfd_pools() {
+    if !require_env("hugetlbfs_and_hugetlb_memfd_pools", &[Need::Root, Need::Program("mount")]) {
+        return;
+    }
     let pages = HugePages::reserve(16);
 
     // The driver API on a hugetlbfs directory.

@@ -14,6 +14,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use pageless_tests::env::{require_env, Need, QEMU};
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::vm::{Vm, VmConfig};
@@ -217,11 +218,20 @@ static ONE_VM: Mutex<()> = Mutex::new(());
 
 #[test]
 fn pagelessfs_in_a_6_12_vm() {
+    if !require_env("pagelessfs_in_a_6_12_vm", &[QEMU, Need::Kernel, Need::Busybox, Need::Program("make")]) {
+        return;
+    }
     pagelessfs_in_a_vm(Kernel::get());
 }
 
 #[test]
 fn pagelessfs_in_a_7_3_vm() {
+    if !require_env(
+        "pagelessfs_in_a_7_3_vm",
+        &[QEMU, Need::NewestKernel, Need::Busybox, Need::Program("make")],
+    ) {
+        return;
+    }
     pagelessfs_in_a_vm(Kernel::newest());
 }
 

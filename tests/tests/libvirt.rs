@@ -17,6 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pageless_tests::backends::{disk_image_with_token, image_sector_line, Backend};
+use pageless_tests::env::{require_env, Need, QEMU, QEMU_STORAGE_DAEMON};
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::{bins, random_token, repo_root};
@@ -284,6 +285,21 @@ fn wait_for_line(console: &Path, needle: &str, timeout: Duration, context: &dyn 
 
 #[test]
 fn libvirt_starts_and_stops_the_owner_with_the_domain() {
+    if !require_env(
+        "libvirt_starts_and_stops_the_owner_with_the_domain",
+        &[
+            Need::Root,
+            QEMU,
+            Need::Kernel,
+            Need::Busybox,
+            QEMU_STORAGE_DAEMON,
+            Need::Program("libvirtd"),
+            Need::Program("virtlogd"),
+            Need::Program("virsh"),
+        ],
+    ) {
+        return;
+    }
     let mut libvirt = Libvirt::setup();
     // libvirt's QEMU user must reach the kernel, the initrd and the console's directory.
     let dir = tempfile::Builder::new().prefix("pageless-libvirt").tempdir().unwrap();

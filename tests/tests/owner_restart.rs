@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use pageless_tests::env::{require_env, Need, QEMU};
 use pageless_tests::guests::{token_guest, token_of};
 use pageless_tests::owner::Owner;
 use pageless_tests::vm::{Vm, VmConfig};
@@ -12,6 +13,12 @@ const STEP: Duration = Duration::from_secs(30);
 
 #[test]
 fn guest_survives_owner_sigkill_and_restarted_owner_reattaches() {
+    if !require_env(
+        "guest_survives_owner_sigkill_and_restarted_owner_reattaches",
+        &[QEMU, Need::Kernel, Need::Busybox],
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();

@@ -18,6 +18,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use pageless_tests::env::{require_env, Need, QEMU, QEMU_STORAGE_DAEMON};
 use pageless_tests::kernel::Kernel;
 use pageless_tests::nested::outer_initramfs;
 use pageless_tests::vm::{Vm, VmConfig};
@@ -83,11 +84,23 @@ static ONE_VM: Mutex<()> = Mutex::new(());
 
 #[test]
 fn nested_vm_on_pfn_only_memory_with_vhost_user_and_vfio_on_6_12() {
+    if !require_env(
+        "nested_vm_on_pfn_only_memory_with_vhost_user_and_vfio_on_6_12",
+        &[QEMU, Need::Kernel, Need::Busybox, QEMU_STORAGE_DAEMON, Need::Program("make")],
+    ) {
+        return;
+    }
     seed_scenario(Kernel::get());
 }
 
 #[test]
 fn nested_vm_on_pfn_only_memory_with_vhost_user_and_vfio_on_7_3() {
+    if !require_env(
+        "nested_vm_on_pfn_only_memory_with_vhost_user_and_vfio_on_7_3",
+        &[QEMU, Need::Kernel, Need::NewestKernel, Need::Busybox, QEMU_STORAGE_DAEMON, Need::Program("make")],
+    ) {
+        return;
+    }
     seed_scenario(Kernel::newest());
 }
 

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use pageless_tests::backends::{disk_image_with_token, image_sector_line, maps_inode, Backend};
+use pageless_tests::env::{require_env, Need, QEMU, QEMU_STORAGE_DAEMON};
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::owner::Owner;
@@ -37,6 +38,12 @@ finish
 
 #[test]
 fn guest_disk_io_through_the_relay_survives_a_backend_restart() {
+    if !require_env(
+        "guest_disk_io_through_the_relay_survives_a_backend_restart",
+        &[QEMU, Need::Kernel, Need::Busybox, QEMU_STORAGE_DAEMON],
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let image = dir.path().join("disk.img");

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use pageless_tests::backends::{maps_inode, Backend};
+use pageless_tests::env::{require_env, Need, QEMU};
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::owner::Owner;
@@ -20,6 +21,12 @@ finish
 
 #[test]
 fn guest_entropy_from_vhost_device_rng_through_the_relay() {
+    if !require_env(
+        "guest_entropy_from_vhost_device_rng_through_the_relay",
+        &[QEMU, Need::Kernel, Need::Busybox, Need::Tool("vhost-device-rng")],
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let rng = Backend::rng(&dir.path().join("rng.sock"));

@@ -15,7 +15,7 @@
 //! left alone: the hook runs for every domain.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use log::debug;
 use thiserror::Error;
@@ -102,20 +102,34 @@ pub fn run(options: &HookOptions, stdin: &mut dyn Read) -> Result<(), HookError>
             return Ok(());
         }
     };
-    driver::check_name(&options.vm).map_err(|e| HookError::Config {
-        vm: options.vm.clone(),
-        source_desc: "the VM's name".into(),
-        why: e.to_string(),
-    })?;
-    let Some(found) = find_config(&options.vm, &options.config_dir, &xml)? else {
-        debug!("VM {:?}: no pageless config and no pageless metadata: not a pageless VM", options.vm);
+    let Some(plan) = owner_plan(&options.vm, &options.config_dir, &xml, &options.qemu_conf)? else {
         return Ok(());
     };
-    let plan = plan(&options.vm, found, &xml, &options.qemu_conf)?;
     match action {
         Action::Start => start(options, &plan),
         Action::Stop => stop(options, &plan),
     }
+}
+
+/// The owner VM `vm` gets from its config file in `config_dir` or the metadata of its domain
+/// XML, with defaults from the XML and `qemu_conf`; `None` for a VM pageless does not own.
+/// Starts nothing (the hook's config reader, also a fuzz target's entry point).
+pub fn owner_plan(
+    vm: &str,
+    config_dir: &Path,
+    xml: &str,
+    qemu_conf: &Path,
+) -> Result<Option<OwnerPlan>, HookError> {
+    driver::check_name(vm).map_err(|e| HookError::Config {
+        vm: vm.into(),
+        source_desc: "the VM's name".into(),
+        why: e.to_string(),
+    })?;
+    let Some(found) = find_config(vm, config_dir, xml)? else {
+        debug!("VM {vm:?}: no pageless config and no pageless metadata: not a pageless VM");
+        return Ok(None);
+    };
+    plan(vm, found, xml, qemu_conf).map(Some)
 }
 
 enum Action {
