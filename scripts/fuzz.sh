@@ -20,11 +20,13 @@ if ! command -v cargo-fuzz >/dev/null 2>&1 || ! cargo +nightly --version >/dev/n
     echo "fuzz: cargo-fuzz or the nightly toolchain is missing: run scripts/setup.sh --no-demo" >&2
     exit 1
 fi
+# Build output lives in the shared cache, so a fresh clone (CI) does not rebuild from scratch.
+target_dir="$cache/fuzz-target"
 fuzz() { cargo +nightly fuzz "$@"; }
 if [ $# -gt 0 ]; then targets=("$@"); else mapfile -t targets < <(fuzz list); fi
 
 echo "==> building ${#targets[@]} fuzz targets ($(cargo +nightly --version))"
-fuzz build --debug-assertions
+fuzz build --debug-assertions --target-dir "$target_dir"
 
 failed=()
 for target in "${targets[@]}"; do
@@ -32,7 +34,7 @@ for target in "${targets[@]}"; do
     log="fuzz/work/$target.log"
     echo "==> $target: ${seconds}s from fuzz/corpus/$target"
     # The first corpus directory receives new inputs; the checked-in seeds are only read.
-    if fuzz run --debug-assertions "$target" "fuzz/work/$target" "fuzz/corpus/$target" -- \
+    if fuzz run --debug-assertions --target-dir "$target_dir" "$target" "fuzz/work/$target" "fuzz/corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
@@ -43,7 +45,7 @@ for target in "${targets[@]}"; do
         echo "    CRASH: the end of $log:" >&2
         tail -n 40 "$log" | sed 's/^/    /' >&2
         artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n1)
-        [ -z "$artifact" ] || echo "    replay: cargo +nightly fuzz run --debug-assertions $target $artifact" >&2
+        [ -z "$artifact" ] || echo "    replay: cargo +nightly fuzz run --debug-assertions --target-dir $target_dir $target $artifact" >&2
     fi
 done
 if [ ${#failed[@]} -gt 0 ]; then
