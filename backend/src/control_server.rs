@@ -86,7 +86,7 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64, peer: Peer) -> Result
         let code = message.header.request;
         let request = match Request::parse(&message) {
             Ok(request) => request,
-            Err(why) => return Err(refuse(sock, code, &why)),
+            Err(why) => return Err(refuse(sock, code, &why.to_string())),
         };
         let answer = match request {
             Request::Hello { version: asked, role } => {

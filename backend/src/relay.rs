@@ -19,9 +19,10 @@ use log::{debug, info, warn};
 use protocol::control::{ConsumerStatus, RegionStatus};
 use protocol::frame::{recv_message, send_message, FrameError, Limits, Message, FLAG_REPLY, FLAG_VERSION_1};
 use protocol::memory::{
-    encode_mem_table, encode_single_region, file_range, parse_mem_table, parse_single_region,
+    encode_mem_table, encode_single_region, file_range, parse_mem_table, parse_single_region, MemoryError,
 };
 use protocol::{FrontendReq, VhostUserMemoryRegion};
+use thiserror::Error;
 
 use crate::clock::unix_now;
 use crate::owner::Owner;
@@ -34,17 +35,86 @@ pub struct RelaySpec {
     pub backend: PathBuf,
 }
 
-impl FromStr for RelaySpec {
-    type Err = String;
+/// A `--vhost-user` argument that cannot be used.
+#[derive(Debug, Error)]
+pub enum RelaySpecError {
+    /// Not of the form `NAME=BACKEND_SOCKET`.
+    #[error("{0:?} is not NAME=BACKEND_SOCKET")]
+    Syntax(String),
+    /// NAME cannot name a socket file.
+    #[error(transparent)]
+    Name(#[from] driver::Error),
+}
 
-    fn from_str(text: &str) -> Result<Self, String> {
+impl FromStr for RelaySpec {
+    type Err = RelaySpecError;
+
+    fn from_str(text: &str) -> Result<Self, RelaySpecError> {
         let (name, backend) = text
             .split_once('=')
             .filter(|(name, backend)| !name.is_empty() && !backend.is_empty())
-            .ok_or_else(|| format!("{text:?} is not NAME=BACKEND_SOCKET"))?;
-        driver::check_name(name).map_err(|e| e.to_string())?;
+            .ok_or_else(|| RelaySpecError::Syntax(text.into()))?;
+        driver::check_name(name)?;
         Ok(RelaySpec { name: name.into(), backend: backend.into() })
     }
+}
+
+/// Why the relay refused a frontend's message: it forwards nothing and closes the connection.
+#[derive(Debug, Error)]
+pub enum RelayError {
+    /// A memory table or region that does not parse.
+    #[error(transparent)]
+    Table(#[from] MemoryError),
+    /// A region of a SET_MEM_TABLE that is not the VM's memory.
+    #[error("region {index}: {why}")]
+    TableRegion {
+        /// Its index in the table.
+        index: usize,
+        /// What is wrong with it.
+        why: RegionError,
+    },
+    /// The region of an ADD_MEM_REG that is not the VM's memory.
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    /// ADD_MEM_REG carries exactly one fd.
+    #[error("{0} fds, exactly 1 expected")]
+    FdCount(usize),
+    /// REM_MEM_REG carries at most one fd (which is closed unused).
+    #[error("{0} fds attached, at most 1 allowed")]
+    TooManyFds(usize),
+    /// REM_MEM_REG of a region this connection never added.
+    #[error(
+        "guest address {gpa:#x} size {size:#x} user address {uaddr:#x} is no region this connection added"
+    )]
+    UnknownRegion {
+        /// The region's guest physical address.
+        gpa: u64,
+        /// Its size in bytes.
+        size: u64,
+        /// QEMU's user address of it.
+        uaddr: u64,
+    },
+    /// The owner could not duplicate its own fd of the memory for the backend.
+    #[error("duplicate the memory fd: {0}")]
+    Dup(#[source] std::io::Error),
+}
+
+/// What is wrong with one region a frontend sent.
+#[derive(Debug, Error)]
+pub enum RegionError {
+    /// Its fd is another file than the VM's allocation.
+    #[error("its fd is not the VM's memory")]
+    OtherFile,
+    /// It reaches past the end of the VM's memory.
+    #[error("mmap_offset {offset:#x} + memory_size {size:#x} lies outside the VM's {vm_size:#x} bytes")]
+    OutOfRange {
+        /// The region's offset in the file.
+        offset: u64,
+        /// The region's size in bytes.
+        size: u64,
+        /// The VM's memory size in bytes.
+        vm_size: u64,
+    },
 }
 
 /// Relays one QEMU connection until either side hangs up or a message is refused.
@@ -194,15 +264,15 @@ fn check(
     consumer: u64,
     mapped: &mut Vec<VhostUserMemoryRegion>,
     message: Message,
-) -> Result<Message, String> {
+) -> Result<Message, RelayError> {
     let Message { header, payload, fds } = message;
     match FrontendReq::try_from(header.request) {
         Ok(FrontendReq::SET_MEM_TABLE) => {
-            let regions = parse_mem_table(&payload, fds).map_err(|e| e.to_string())?;
+            let regions = parse_mem_table(&payload, fds)?;
             let mut owned = Vec::with_capacity(regions.len());
             for (index, region) in regions.iter().enumerate() {
                 check_region(owner, &region.region, &region.fd)
-                    .map_err(|why| format!("region {index}: {why}"))?;
+                    .map_err(|why| RelayError::TableRegion { index, why })?;
                 owned.push(owner_fd(owner)?);
             }
             let table: Vec<VhostUserMemoryRegion> = regions.iter().map(|r| r.region).collect();
@@ -212,10 +282,9 @@ fn check(
             Ok(Message { header, payload, fds: owned })
         }
         Ok(FrontendReq::ADD_MEM_REG) => {
-            let region = parse_single_region(&payload).map_err(|e| e.to_string())?;
-            let [fd]: [OwnedFd; 1] = fds
-                .try_into()
-                .map_err(|fds: Vec<OwnedFd>| format!("{} fds, exactly 1 expected", fds.len()))?;
+            let region = parse_single_region(&payload)?;
+            let [fd]: [OwnedFd; 1] =
+                fds.try_into().map_err(|fds: Vec<OwnedFd>| RelayError::FdCount(fds.len()))?;
             check_region(owner, &region, &fd)?;
             let fd = owner_fd(owner)?;
             owner.add_consumer_region(consumer, region_status(&region));
@@ -223,21 +292,19 @@ fn check(
             Ok(Message { header, payload: encode_single_region(&region), fds: vec![fd] })
         }
         Ok(FrontendReq::REM_MEM_REG) => {
-            let region = parse_single_region(&payload).map_err(|e| e.to_string())?;
+            let region = parse_single_region(&payload)?;
             // The spec: no fd SHOULD come with REM_MEM_REG, but a backend MAY accept one and
             // MUST close it unused.
             if fds.len() > 1 {
-                return Err(format!("{} fds attached, at most 1 allowed", fds.len()));
+                return Err(RelayError::TooManyFds(fds.len()));
             }
             drop(fds);
-            let index = mapped.iter().position(|r| same_region(r, &region)).ok_or_else(|| {
-                format!(
-                    "guest address {:#x} size {:#x} user address {:#x} is no region this connection added",
-                    { region.guest_phys_addr },
-                    { region.memory_size },
-                    { region.user_addr }
-                )
-            })?;
+            let index =
+                mapped.iter().position(|r| same_region(r, &region)).ok_or(RelayError::UnknownRegion {
+                    gpa: region.guest_phys_addr,
+                    size: region.memory_size,
+                    uaddr: region.user_addr,
+                })?;
             mapped.remove(index);
             owner.remove_consumer_region(consumer, region.guest_phys_addr, region.memory_size);
             Ok(Message { header, payload: encode_single_region(&region), fds: Vec::new() })
@@ -253,28 +320,19 @@ fn same_region(a: &VhostUserMemoryRegion, b: &VhostUserMemoryRegion) -> bool {
         == ({ b.guest_phys_addr }, { b.user_addr }, { b.memory_size })
 }
 
-fn check_region(owner: &Owner, region: &VhostUserMemoryRegion, fd: &OwnedFd) -> Result<(), String> {
+fn check_region(owner: &Owner, region: &VhostUserMemoryRegion, fd: &OwnedFd) -> Result<(), RegionError> {
     if !owner.allocation.is_same_file(fd) {
-        return Err("its fd is not the VM's memory".into());
+        return Err(RegionError::OtherFile);
     }
-    let size = owner.allocation.size();
+    let vm_size = owner.allocation.size();
     match file_range(region) {
-        Some((_, end)) if end <= size => Ok(()),
-        _ => Err(format!(
-            "mmap_offset {:#x} + memory_size {:#x} lies outside the VM's {size:#x} bytes",
-            { region.mmap_offset },
-            { region.memory_size }
-        )),
+        Some((_, end)) if end <= vm_size => Ok(()),
+        _ => Err(RegionError::OutOfRange { offset: region.mmap_offset, size: region.memory_size, vm_size }),
     }
 }
 
-fn owner_fd(owner: &Owner) -> Result<OwnedFd, String> {
-    owner
-        .allocation
-        .file()
-        .try_clone()
-        .map(OwnedFd::from)
-        .map_err(|e| format!("duplicate the memory fd: {e}"))
+fn owner_fd(owner: &Owner) -> Result<OwnedFd, RelayError> {
+    owner.allocation.file().try_clone().map(OwnedFd::from).map_err(RelayError::Dup)
 }
 
 fn region_status(region: &VhostUserMemoryRegion) -> RegionStatus {
@@ -293,8 +351,8 @@ mod tests {
     #[test]
     fn parses_specs() {
         assert_eq!(
-            "disk0=/run/qsd.sock".parse::<RelaySpec>(),
-            Ok(RelaySpec { name: "disk0".into(), backend: "/run/qsd.sock".into() })
+            "disk0=/run/qsd.sock".parse::<RelaySpec>().unwrap(),
+            RelaySpec { name: "disk0".into(), backend: "/run/qsd.sock".into() }
         );
         for bad in ["", "disk0", "=x", "disk0=", "a/b=/x", "../x=/y"] {
             assert!(bad.parse::<RelaySpec>().is_err(), "{bad:?}");

@@ -116,57 +116,91 @@ pub enum Request {
     },
 }
 
+/// Why a client's request was refused: sent back to it as the reason of an error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RequestError {
+    /// Not a version-1 vhost-user request header (a reply flag, or another version).
+    #[error("bad flags {0:#x}: requests carry vhost-user version 1 and no reply flag")]
+    BadFlags(u32),
+    /// Clients never send fds.
+    #[error("{0} unexpected fds: control requests carry none")]
+    UnexpectedFds(usize),
+    /// A request that takes no payload came with one.
+    #[error("unexpected payload: this request takes none")]
+    UnexpectedPayload,
+    /// The payload does not have the request's layout.
+    #[error("{request} payload is {why}")]
+    BadPayload {
+        /// The request's name.
+        request: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A request code this owner does not know.
+    #[error("unknown request code {0}")]
+    UnknownCode(u32),
+}
+
+fn bad(request: &'static str, why: impl Into<String>) -> RequestError {
+    RequestError::BadPayload { request, why: why.into() }
+}
+
 impl Request {
     /// Checks one message from a client. fds are never expected from clients.
-    pub fn parse(message: &Message) -> Result<Request, String> {
+    pub fn parse(message: &Message) -> Result<Request, RequestError> {
         let header = message.header;
         if header.flags & frame::FLAG_VERSION_MASK != FLAG_VERSION_1 || header.is_reply() {
-            return Err(format!("bad flags {:#x}", header.flags));
+            return Err(RequestError::BadFlags(header.flags));
         }
         if !message.fds.is_empty() {
-            return Err(format!("{} unexpected fds", message.fds.len()));
+            return Err(RequestError::UnexpectedFds(message.fds.len()));
         }
         let payload = &message.payload;
         let empty =
-            |request| if payload.is_empty() { Ok(request) } else { Err("unexpected payload".to_string()) };
+            |request| if payload.is_empty() { Ok(request) } else { Err(RequestError::UnexpectedPayload) };
         match header.request {
             code::HELLO => {
-                let (version, role) = payload.split_first_chunk::<4>().ok_or("HELLO payload too short")?;
+                let (version, role) =
+                    payload.split_first_chunk::<4>().ok_or_else(|| bad("HELLO", "too short"))?;
                 if role.len() > MAX_ROLE_LEN {
-                    return Err(format!("HELLO role longer than {MAX_ROLE_LEN} bytes"));
+                    return Err(bad("HELLO", format!("a role longer than {MAX_ROLE_LEN} bytes")));
                 }
-                let role = std::str::from_utf8(role).map_err(|_| "HELLO role is not UTF-8")?;
+                let role = std::str::from_utf8(role).map_err(|_| bad("HELLO", "a role that is not UTF-8"))?;
                 if role.chars().any(char::is_control) {
-                    return Err("HELLO role has control characters".into());
+                    return Err(bad("HELLO", "a role with control characters"));
                 }
                 Ok(Request::Hello { version: u32::from_ne_bytes(*version), role: role.into() })
             }
             code::GET_MEMORY => empty(Request::GetMemory),
             code::STATUS => empty(Request::Status),
             code::STOP => empty(Request::Stop),
-            code::FIND if payload.is_empty() || payload.len() > MAX_FIND_PATTERN => {
-                Err(format!("FIND pattern must be 1 to {MAX_FIND_PATTERN} bytes"))
-            }
+            code::FIND if payload.is_empty() || payload.len() > MAX_FIND_PATTERN => Err(bad(
+                "FIND",
+                format!("{} bytes, not a pattern of 1 to {MAX_FIND_PATTERN} bytes", payload.len()),
+            )),
             code::FIND => Ok(Request::Find(payload.clone())),
             code::WRITE => {
-                let (offset, data) = payload.split_first_chunk::<8>().ok_or("WRITE payload too short")?;
+                let (offset, data) =
+                    payload.split_first_chunk::<8>().ok_or_else(|| bad("WRITE", "too short"))?;
                 if data.is_empty() || data.len() > MAX_WRITE {
-                    return Err(format!("WRITE data must be 1 to {MAX_WRITE} bytes"));
+                    return Err(bad("WRITE", format!("{} data bytes, not 1 to {MAX_WRITE}", data.len())));
                 }
                 Ok(Request::Write { offset: u64::from_ne_bytes(*offset), data: data.to_vec() })
             }
             code::EXTENTS => {
-                let bytes: &[u8; 12] =
-                    payload.as_slice().try_into().map_err(|_| "EXTENTS payload must be 12 bytes")?;
+                let bytes: &[u8; 12] = payload
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad("EXTENTS", format!("{} bytes, not 12", payload.len())))?;
                 let (start, max) = bytes.split_at(8);
                 let start = u64::from_ne_bytes(start.try_into().expect("8 bytes"));
                 let max = u32::from_ne_bytes(max.try_into().expect("4 bytes"));
                 if max == 0 {
-                    return Err("EXTENTS asks for 0 extents".into());
+                    return Err(bad("EXTENTS", "a request for 0 extents"));
                 }
                 Ok(Request::Extents { start, max })
             }
-            other => Err(format!("unknown request code {other}")),
+            other => Err(RequestError::UnknownCode(other)),
         }
     }
 }
@@ -567,7 +601,7 @@ impl ControlClient {
 mod tests {
     use super::*;
 
-    fn request(code: u32, payload: &[u8]) -> Result<Request, String> {
+    fn request(code: u32, payload: &[u8]) -> Result<Request, RequestError> {
         Request::parse(&Message::new(code, FLAG_VERSION_1, payload.to_vec(), vec![]))
     }
 
