@@ -7,6 +7,7 @@
 //! * [`hook`]: libvirt's qemu hook, which starts and stops a domain's owner.
 
 pub mod cli;
+pub mod context;
 pub mod hook;
 pub mod limits;
 pub mod qemu;

@@ -20,6 +20,7 @@ use nix::sys::signalfd::SignalFd;
 use thiserror::Error;
 
 use crate::accept::Acceptor;
+use crate::context::{Context, IoError};
 use crate::limits::{self, Caps, FileLimit, LimitOptions};
 use crate::owner::Owner;
 use crate::peer::AccessPolicy;
@@ -52,17 +53,8 @@ pub enum ServeError {
     Pool(#[from] driver::Error),
     #[error("VM {vm:?} is already served by pageless (pid {pid}, lock {path}): stop that owner first")]
     AlreadyServed { vm: String, pid: String, path: PathBuf },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
-    let what = what.into();
-    move |source| ServeError::Io { what, source }
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Runs the owner until SIGTERM/SIGINT/SIGHUP or a STOP request, and then until no process it
@@ -75,17 +67,17 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         stop_signals.add(signal);
     }
-    stop_signals.thread_block().map_err(|e| io_error("block the stop signals")(e.into()))?;
-    let signal_fd = SignalFd::new(&stop_signals).map_err(|e| io_error("create a signalfd")(e.into()))?;
+    stop_signals.thread_block().context("block the stop signals")?;
+    let signal_fd = SignalFd::new(&stop_signals).context("create a signalfd")?;
 
-    let files = limits::raise_file_limit().map_err(|e| io_error("read the open file limit")(e.into()))?;
+    let files = limits::raise_file_limit().context("read the open file limit")?;
     if files.soft > files.was {
         info!("open file limit: raised from {} to the hard limit {}", files.was, files.soft);
     } else {
         info!("open file limit: {} (the hard limit)", files.soft);
     }
     std::fs::create_dir_all(&options.run_dir)
-        .map_err(io_error(format!("create the run directory {}", options.run_dir.display())))?;
+        .with_context(|| format!("create the run directory {}", options.run_dir.display()))?;
     let lock = lock_vm(&options)?;
 
     let pool = Pool::open(&options.pool)?;
@@ -100,9 +92,9 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let listener = listen(&socket_path, &options.allow_uids)?;
     let relays = listen_relays(&options)?;
     for listener in std::iter::once(&listener).chain(relays.iter().map(|(_, l)| l)) {
-        listener.set_nonblocking(true).map_err(io_error("make a listening socket non-blocking"))?;
+        listener.set_nonblocking(true).context("make a listening socket non-blocking")?;
     }
-    let (stop_wait, stop_request) = nix::unistd::pipe().map_err(|e| io_error("create a pipe")(e.into()))?;
+    let (stop_wait, stop_request) = nix::unistd::pipe().context("create a pipe")?;
     let policy =
         AccessPolicy { owner_uid: nix::unistd::geteuid().as_raw(), allowed_uids: options.allow_uids.clone() };
     let owner = Arc::new(Owner::new(
@@ -189,7 +181,7 @@ fn lock_vm(options: &ServeOptions) -> Result<VmLock, ServeError> {
             .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
-            .map_err(io_error(format!("open the lock file {}", path.display())))?;
+            .with_context(|| format!("open the lock file {}", path.display()))?;
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((mut unlocked, _)) => {
@@ -204,13 +196,13 @@ fn lock_vm(options: &ServeOptions) -> Result<VmLock, ServeError> {
         };
         // A stopping owner unlinks its lock file: if ours was unlinked between open and flock,
         // it locks nothing any more; take the new one.
-        let locked = lock.metadata().map_err(io_error("stat the lock file"))?;
+        let locked = lock.metadata().context("stat the lock file")?;
         match std::fs::metadata(&path) {
             Ok(current) if (current.dev(), current.ino()) == (locked.dev(), locked.ino()) => {}
             _ => continue,
         }
-        lock.set_len(0).map_err(io_error("truncate the lock file"))?;
-        writeln!(lock, "{}", std::process::id()).map_err(io_error("write the lock file"))?;
+        lock.set_len(0).context("truncate the lock file")?;
+        writeln!(lock, "{}", std::process::id()).context("write the lock file")?;
         return Ok(VmLock { path, _lock: lock });
     }
 }
@@ -222,15 +214,15 @@ fn listen(path: &std::path::Path, allow_uids: &[u32]) -> Result<UnixListener, Se
     match std::fs::remove_file(path) {
         Ok(()) => info!("removed the stale socket {}", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_error(format!("remove the stale socket {}", path.display()))(e)),
+        Err(e) => return Err(IoError::new(format!("remove the stale socket {}", path.display()), e).into()),
     }
-    let listener = UnixListener::bind(path).map_err(io_error(format!("listen on {}", path.display())))?;
+    let listener = UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_error(format!("chmod {}", path.display())))?;
+        .with_context(|| format!("chmod {}", path.display()))?;
     if let Some(&uid) = allow_uids.first() {
         if nix::unistd::geteuid().is_root() {
             nix::unistd::chown(path, Some(uid.into()), None)
-                .map_err(|e| io_error(format!("chown {} to uid {uid}", path.display()))(e.into()))?;
+                .with_context(|| format!("chown {} to uid {uid}", path.display()))?;
         }
     }
     Ok(listener)
@@ -245,7 +237,7 @@ fn hand_over_file(allocation: &Allocation, allow_uids: &[u32]) -> Result<(), Ser
         return Ok(());
     }
     nix::unistd::fchown(std::os::fd::AsRawFd::as_raw_fd(allocation.file()), Some(uid.into()), None)
-        .map_err(|e| io_error(format!("chown {} to uid {uid}", path.display()))(e.into()))?;
+        .with_context(|| format!("chown {} to uid {uid}", path.display()))?;
     if let Some(dir) = path.parent().filter(|dir| searchable_by_others(dir, allow_uids)) {
         warn!(
             "{} now belongs to uid {uid}, and {} is searchable by the --allow-uid users: any of their processes can open the VM's memory by path, not just the VM's QEMU (which opens it through its inherited fd); make the directory root's, mode 0700",
@@ -275,15 +267,15 @@ fn listen_relays(options: &ServeOptions) -> Result<Vec<(RelaySpec, UnixListener)
         return Ok(Vec::new());
     }
     let dir = relay_dir(&options.run_dir, &options.vm);
-    std::fs::create_dir_all(&dir).map_err(io_error(format!("create {}", dir.display())))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-        .map_err(io_error(format!("chmod {}", dir.display())))?;
+        .with_context(|| format!("chmod {}", dir.display()))?;
     let mut names = BTreeSet::new();
     let mut relays = Vec::new();
     for spec in &options.vhost_user {
         if !names.insert(spec.name.as_str()) {
             let what = format!("--vhost-user {} is given twice", spec.name);
-            return Err(io_error(what)(std::io::ErrorKind::InvalidInput.into()));
+            return Err(IoError::new(what, std::io::ErrorKind::InvalidInput).into());
         }
         relays.push((spec.clone(), listen(&relay_socket(options, spec), &options.allow_uids)?));
     }

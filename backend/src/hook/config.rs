@@ -8,7 +8,8 @@ use driver::PoolSpec;
 use log::warn;
 use serde::Deserialize;
 
-use super::{io_error, HookError, XML_NAMESPACE};
+use super::{HookError, XML_NAMESPACE};
+use crate::context::IoError;
 use crate::{control_socket_path, DEFAULT_RUN_DIR};
 
 /// The users libvirt runs QEMU as when qemu.conf does not say: Debian's build default, then
@@ -147,7 +148,7 @@ pub(super) fn find_config(vm: &str, config_dir: &Path, xml: &str) -> Result<Opti
             return Ok(Some(Found { config, source_desc }));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_error(format!("VM {vm:?}: read {}", path.display()))(e)),
+        Err(e) => return Err(IoError::new(format!("VM {vm:?}: read {}", path.display()), e).into()),
     }
     if xml.trim().is_empty() {
         return Ok(None);

@@ -13,7 +13,8 @@ use log::{debug, info, warn};
 use protocol::control::ControlClient;
 
 use super::config::{OwnerPlan, MAX_TIMEOUT};
-use super::{io_error, HookError, HookOptions};
+use super::{HookError, HookOptions};
+use crate::context::Context;
 use crate::lock_path;
 use crate::peer::process_alive;
 
@@ -80,7 +81,7 @@ impl Started {
 pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookError> {
     let vm = &plan.vm;
     std::fs::create_dir_all(&plan.run_dir)
-        .map_err(io_error(format!("create the run directory {}", plan.run_dir.display())))?;
+        .with_context(|| format!("create the run directory {}", plan.run_dir.display()))?;
     let socket = plan.socket();
     if let Ok(client) = ControlClient::connect(&socket, "hook") {
         return Err(HookError::AlreadyRunning {
@@ -95,8 +96,8 @@ pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookE
         .append(true)
         .mode(0o640)
         .open(&log_path)
-        .map_err(io_error(format!("open the owner's log {}", log_path.display())))?;
-    let log_start = log.seek(SeekFrom::End(0)).map_err(io_error(format!("seek {}", log_path.display())))?;
+        .with_context(|| format!("open the owner's log {}", log_path.display()))?;
+    let log_start = log.seek(SeekFrom::End(0)).with_context(|| format!("seek {}", log_path.display()))?;
     let args = plan.serve_args();
     let _ = writeln!(
         log,

@@ -23,6 +23,7 @@ use thiserror::Error;
 mod config;
 mod launch;
 
+use crate::context::IoError;
 use config::{find_config, plan};
 pub use config::{OwnerPlan, VhostUser, MAX_TIMEOUT};
 pub use launch::unit_name;
@@ -77,17 +78,8 @@ pub enum HookError {
     },
     #[error("the memory owner of VM {vm:?} (pageless serve) could not start: {why}. {log}\nFix {source_desc} and start the VM again.")]
     OwnerFailed { vm: String, why: String, log: String, source_desc: String },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HookError {
-    let what = what.into();
-    move |source| HookError::Io { what, source }
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Runs the hook. Reads the domain XML from stdin for every operation (libvirt writes it).
