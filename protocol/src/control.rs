@@ -26,6 +26,13 @@
 //!
 //! Replies carry [`FLAG_REPLY`]; a refused request is answered with [`FLAG_ERROR`] and a UTF-8
 //! reason, and the owner may close the connection after it.
+//!
+//! All integers are native-endian (client and owner share the host). The client's HELLO must
+//! be the first request; the owner refuses anything else before it. A request has
+//! [`FLAG_VERSION_1`] and no other version bits, no [`FLAG_REPLY`], and never fds; its payload
+//! is bounded as the table says ([`MAX_ROLE_LEN`], [`MAX_FIND_PATTERN`], [`MAX_WRITE`]) and the
+//! whole message by [`LIMITS`]. FIND, WRITE and STOP are for root and the owner's user only;
+//! GET_MEMORY is for the peers the owner's policy admits.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -64,54 +71,108 @@ pub const MAX_FIND_PATTERN: usize = 4096;
 pub const MAX_WRITE: usize = 4096;
 /// Control messages are small; STATUS and EXTENTS replies, the largest, are paged to stay
 /// well below this.
+///
+/// Both ends read with these limits: payloads up to 1 MiB, at most
+/// [`MAX_MEM_TABLE_REGIONS`](memory::MAX_MEM_TABLE_REGIONS) fds (a GET_MEMORY reply's).
 pub const LIMITS: Limits = Limits { max_payload: 1 << 20, max_fds: memory::MAX_MEM_TABLE_REGIONS };
 
-/// Request codes.
+/// Request codes: the `request` field of a control message's [`Header`](frame::Header); a
+/// reply carries its request's code. Numbers are never reused; unknown ones are refused.
 pub mod code {
+    /// Version negotiation, first on every connection: payload `u32` version + role (UTF-8,
+    /// up to [`MAX_ROLE_LEN`](super::MAX_ROLE_LEN) bytes, no control characters).
     pub const HELLO: u32 = 1;
+    /// The VM's memory as a memory table with one fd per region (see
+    /// [`parse_memory`](super::parse_memory)); empty payload.
     pub const GET_MEMORY: u32 = 2;
+    /// The owner's [`VmStatus`](super::VmStatus), as JSON; empty payload.
     pub const STATUS: u32 = 3;
+    /// Offsets of a byte pattern in the VM's memory, as a JSON array; payload: the pattern.
     pub const FIND: u32 = 4;
+    /// Asks the owner to shut down; empty payload and reply.
     pub const STOP: u32 = 5;
+    /// Stores bytes in the VM's memory: payload `u64` offset + the data.
     pub const WRITE: u32 = 6;
+    /// Version 2: one page of extents, binary ([`ExtentPage`](super::ExtentPage)); payload
+    /// `u64` start + `u32` max.
     pub const EXTENTS: u32 = 7;
 }
 
-/// What went wrong talking to an owner.
+/// What went wrong talking to an owner. Only [`ControlError::Refused`] leaves the connection
+/// usable for further requests (unless the owner hung up after refusing); after any other
+/// error, drop the [`ControlClient`] and connect again if needed.
 #[derive(Debug, Error)]
 pub enum ControlError {
+    /// The socket could not be connected: usually no owner serves this VM (ENOENT,
+    /// ECONNREFUSED) or the caller may not open the socket (EACCES).
     #[error("cannot reach the owner at {path}: {source} (is `pageless serve` running for this VM?)")]
-    Connect { path: String, source: std::io::Error },
+    Connect {
+        /// The socket path tried.
+        path: String,
+        /// Why `connect(2)` failed.
+        source: std::io::Error,
+    },
+    /// Reading or writing a message failed, or the owner's reply broke the framing limits
+    /// ([`LIMITS`]).
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// The owner closed the connection instead of answering (e.g. it stopped).
     #[error("the owner closed the connection")]
     Closed,
+    /// The owner answered with [`FLAG_ERROR`]; the reason (lossily decoded UTF-8) is for the
+    /// user: e.g. this uid may not get the memory, or the owner is stopping.
     #[error("the owner refused: {0}")]
     Refused(String),
+    /// The owner's reply is malformed or of another protocol version (a different pageless
+    /// build): the reply does not answer the request, a payload has the wrong size, bad JSON,
+    /// an invalid page size, or extent pages that do not advance.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The memory table in a GET_MEMORY reply is invalid (its fds were closed).
     #[error("bad memory table from the owner: {0}")]
     Memory(#[from] MemoryError),
 }
 
-/// A request as the owner sees it, checked.
+/// A request as the owner sees it, checked: what [`Request::parse`] returns. Payload limits
+/// are already enforced; authorization and the protocol version (e.g. EXTENTS needs version 2)
+/// are the owner's to check.
+///
+/// [`Request::parse`] refuses flags without exactly vhost-user version 1 or with
+/// [`FLAG_REPLY`], any fds, unknown request codes, and payloads of the wrong size or content
+/// for their request (as documented on each variant). Its error says why, for the client: the
+/// owner sends it back with [`error_reply`] and closes the connection. The message's fds stay
+/// owned by the message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
+    /// HELLO: the client's protocol version and role.
     Hello {
+        /// The version the client speaks; the owner answers if it is between
+        /// [`MIN_CONTROL_VERSION`] and [`CONTROL_VERSION`], else refuses.
         version: u32,
+        /// What the client is (`qemu`, `status`, …), for STATUS and logs: at most
+        /// [`MAX_ROLE_LEN`] bytes of UTF-8 without control characters, possibly empty.
         role: String,
     },
+    /// GET_MEMORY: hand out the memory (fds) to this client.
     GetMemory,
+    /// STATUS: the [`VmStatus`] as JSON.
     Status,
+    /// FIND: the pattern to look for, 1 to [`MAX_FIND_PATTERN`] bytes.
     Find(Vec<u8>),
+    /// WRITE: store `data` at `offset` of the VM's memory.
     Write {
+        /// Byte offset in the VM's memory (its file); not range-checked here.
         offset: u64,
+        /// The bytes to store, 1 to [`MAX_WRITE`].
         data: Vec<u8>,
     },
+    /// STOP: shut the owner down.
     Stop,
     /// Up to `max` extents (capped at [`MAX_EXTENTS_PER_REPLY`]) from file offset `start` on.
     Extents {
+        /// File offset, in bytes, the page starts at: the first extent returned ends after it.
         start: u64,
+        /// Most extents wanted; at least 1 (checked), the owner caps it.
         max: u32,
     },
 }
@@ -206,6 +267,9 @@ impl Request {
 }
 
 /// The HELLO reply of this version: the version, then the owner's pid (from version 2).
+///
+/// Payload: `u32 version`, then for version 2 and later `u32 owner_pid` (8 bytes in all);
+/// `version` is the one negotiated, so a version 1 client gets 4 bytes.
 pub fn hello_reply(version: u32, owner_pid: u32) -> Message {
     let mut payload = version.to_ne_bytes().to_vec();
     if version >= 2 {
@@ -231,36 +295,49 @@ fn parse_hello_reply(payload: &[u8]) -> Result<u32, ControlError> {
     Ok(u32::from_ne_bytes(pid[4..].try_into().expect("4 bytes")))
 }
 
-/// A successful reply to `request`.
+/// A successful reply to `request` (a [`code`]): flags [`FLAG_VERSION_1`] | [`FLAG_REPLY`].
 pub fn reply(request: u32, payload: Vec<u8>, fds: Vec<OwnedFd>) -> Message {
     Message::new(request, FLAG_VERSION_1 | FLAG_REPLY, payload, fds)
 }
 
-/// A refusal of `request`, with its reason.
+/// A refusal of `request`, with its reason: flags [`FLAG_VERSION_1`] | [`FLAG_REPLY`] |
+/// [`FLAG_ERROR`], payload the reason as UTF-8 (keep it short: the client shows it to its user
+/// as [`ControlError::Refused`]).
 pub fn error_reply(request: u32, reason: &str) -> Message {
     Message::new(request, FLAG_VERSION_1 | FLAG_REPLY | FLAG_ERROR, reason.as_bytes().to_vec(), vec![])
 }
 
-/// What `pageless status` shows of one VM.
+/// What `pageless status` shows of one VM: the STATUS reply, as JSON (field names as here;
+/// fields marked `#[serde(default)]` may be absent, from older owners). Sizes are in bytes,
+/// times in seconds since the Unix epoch.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct VmStatus {
+    /// The VM's name, as given to `serve --vm`.
     pub vm: String,
     /// The owner's process id.
     pub pid: u32,
+    /// Size of the VM's memory, in bytes.
     pub size: u64,
     /// The pool as given to `serve` (`memfd`, `dir:/…`, `pagelessfs:/…`).
     pub pool: String,
-    /// The filesystem the memory is on (`memfd`, `tmpfs`, `hugetlbfs`, `pagelessfs`).
+    /// The filesystem the memory is on (`memfd`, `memfd-hugetlb`, `tmpfs`, `hugetlbfs`,
+    /// `pagelessfs`).
     pub memory: String,
+    /// The page size the memory is allocated in, in bytes (4 KiB, 2 MiB, 1 GiB).
     pub page_size: u64,
+    /// The memory's file, for directory pools; `None` for memfd.
     pub path: Option<String>,
+    /// Device number of the memory's file (`st_dev`): with `inode`, identifies the allocation.
     pub dev: u64,
+    /// Inode number of the memory's file (`st_ino`).
     pub inode: u64,
     /// Whether the owner found the allocation from an earlier run.
     pub reattached: bool,
     /// Unix time the owner started serving.
     pub started: u64,
+    /// Size of the pool, in bytes (0 when the owner could not read the pool's statistics).
     pub pool_total: u64,
+    /// Free bytes in the pool (0 when the owner could not read the pool's statistics).
     pub pool_free: u64,
     /// pagelessfs pools: bytes freed from files that were mapped, held back (not free) until
     /// every process that mapped them has exited. `None` for other pools.
@@ -277,7 +354,9 @@ pub struct VmStatus {
     /// `extents` is complete.
     #[serde(default)]
     pub extents_next: Option<u64>,
+    /// The clients connected to the control socket, this one included.
     pub clients: Vec<ClientStatus>,
+    /// The vhost-user device backends the relay has connected.
     pub consumers: Vec<ConsumerStatus>,
     /// Set once the owner was asked to stop: it keeps the memory while any process it handed
     /// the memory to is alive, and says which.
@@ -292,7 +371,9 @@ pub struct VmStatus {
 /// The VM's QEMU, as bound by the owner (by a pidfd, not a reusable pid number).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BoundQemuStatus {
+    /// Its process id.
     pub pid: u32,
+    /// Its user id.
     pub uid: u32,
     /// Unix time it was bound.
     pub since: u64,
@@ -325,14 +406,25 @@ pub struct MemoryHolder {
     pub what: String,
 }
 
+/// One extent of the VM's memory file: `length` bytes at file offset `logical`, stored at
+/// `physical`. All in bytes; extents are listed in file order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtentStatus {
+    /// Offset in the memory's file.
     pub logical: u64,
+    /// Where the filesystem stores it (on pagelessfs the physical address, which the module
+    /// reveals only to an owner with `CAP_SYS_ADMIN`); `None` when unknown or hidden (memfd,
+    /// tmpfs and hugetlbfs memory is one extent with no physical address). Encoded as `u64::MAX` in EXTENTS replies.
     pub physical: Option<u64>,
+    /// Length of the extent.
     pub length: u64,
 }
 
 /// One EXTENTS reply.
+///
+/// Binary payload: `u64 next` (`u64::MAX` for `None`), then per extent 24 bytes: `u64
+/// logical`, `u64 physical` (`u64::MAX` for `None`), `u64 length`; at most
+/// [`MAX_EXTENTS_PER_REPLY`] extents, so the payload stays under [`LIMITS`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExtentPage {
     /// Extents in file order, the first one ending after the requested start.
@@ -342,7 +434,8 @@ pub struct ExtentPage {
 }
 
 impl ExtentPage {
-    /// The binary EXTENTS reply payload.
+    /// The binary EXTENTS reply payload (8 + 24 × n bytes). Does not cap the extents: the
+    /// owner keeps a page to [`MAX_EXTENTS_PER_REPLY`], or [`ExtentPage::decode`] refuses it.
     pub fn encode(&self) -> Vec<u8> {
         let mut payload = Vec::with_capacity(8 + self.extents.len() * EXTENT_BYTES);
         payload.extend_from_slice(&self.next.unwrap_or(u64::MAX).to_ne_bytes());
@@ -354,7 +447,10 @@ impl ExtentPage {
         payload
     }
 
-    /// Parses a binary EXTENTS reply.
+    /// Parses a binary EXTENTS reply. A payload that is not 8 + 24 × n bytes, or that holds
+    /// more than [`MAX_EXTENTS_PER_REPLY`] extents, is a [`ControlError::Protocol`]. Whether
+    /// the extents are ordered or the page advances is not checked here
+    /// ([`ControlClient::status`] checks that it advances).
     pub fn decode(payload: &[u8]) -> Result<ExtentPage, ControlError> {
         let bad = || ControlError::Protocol(format!("EXTENTS reply of {} bytes is malformed", payload.len()));
         let (next, rest) = payload.split_first_chunk::<8>().ok_or_else(bad)?;
@@ -389,6 +485,11 @@ impl RegionInfo {
 }
 
 /// The GET_MEMORY reply payload for `regions`, each with its info; v1 clients get the table only.
+///
+/// `version` is the one negotiated in HELLO. The payload is a SET_MEM_TABLE payload (see
+/// [`memory`]), then for version 2 and later one native-endian `u64` page size per region, in
+/// order. The regions' fds go with the reply, in the same order. At most
+/// [`MAX_MEM_TABLE_REGIONS`](memory::MAX_MEM_TABLE_REGIONS) regions; not checked here.
 pub fn encode_memory(regions: &[(VhostUserMemoryRegion, RegionInfo)], version: u32) -> Vec<u8> {
     let mut payload = memory::encode_mem_table(regions.iter().map(|(region, _)| region));
     if version >= 2 {
@@ -400,6 +501,12 @@ pub fn encode_memory(regions: &[(VhostUserMemoryRegion, RegionInfo)], version: u
 }
 
 /// Parses a version 2 GET_MEMORY reply: the memory table, then one [`RegionInfo`] per region.
+///
+/// The region count is taken from the fds (one per region): the last 8 × `fds.len()` bytes are
+/// the page sizes, the rest must be a valid memory table with exactly that many regions
+/// ([`memory::parse_mem_table`]). Each page size must be a power of two of at least 4096.
+/// Errors are [`ControlError::Memory`] or [`ControlError::Protocol`]; the fds are closed on
+/// any error.
 pub fn parse_memory(payload: &[u8], fds: Vec<OwnedFd>) -> Result<Vec<OwnerRegion>, ControlError> {
     let count = fds.len();
     let table_len = payload.len().checked_sub(count.saturating_mul(RegionInfo::SIZE)).ok_or_else(|| {
@@ -452,10 +559,15 @@ impl std::fmt::Debug for OwnerRegion {
 /// A client connected to the control socket (e.g. QEMU, which keeps its connection).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientStatus {
+    /// The owner's number for the connection, unique while the owner runs.
     pub id: u64,
+    /// The role it gave in HELLO (empty before HELLO).
     pub role: String,
+    /// Its process id (from `SO_PEERCRED`, when it connected).
     pub pid: u32,
+    /// Its user id (from `SO_PEERCRED`).
     pub uid: u32,
+    /// Unix time it connected.
     pub since: u64,
     /// Whether it received the memory's fd.
     pub has_memory: bool,
@@ -464,23 +576,39 @@ pub struct ClientStatus {
 /// A vhost-user device backend that maps the VM's memory through the relay.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsumerStatus {
+    /// The device's name in the owner's configuration.
     pub device: String,
+    /// The backend's socket path.
     pub backend_socket: String,
+    /// The backend's process id (`SO_PEERCRED`), when known.
     pub backend_pid: Option<u32>,
+    /// The frontend's (QEMU's) process id, when known.
     pub frontend_pid: Option<u32>,
+    /// Unix time the relay connected the backend.
     pub since: u64,
+    /// The memory regions the backend was given (by SET_MEM_TABLE or ADD_MEM_REG, less those
+    /// removed by REM_MEM_REG).
     pub regions: Vec<RegionStatus>,
 }
 
+/// One memory region a relayed backend was given. Sizes and addresses are in bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionStatus {
+    /// Where the region is in the guest's physical address space.
     pub guest_phys_addr: u64,
+    /// Its size.
     pub size: u64,
+    /// Its offset in the VM's memory file (`mmap_offset`).
     pub offset: u64,
+    /// Unix time it was given.
     pub since: u64,
 }
 
-/// A connection to an owner.
+/// A connection to an owner, greeted with HELLO at [`CONTROL_VERSION`].
+///
+/// Each method sends one request and waits for its reply (blocking, no timeout of its own);
+/// requests on one client are not meant to overlap. A refusal is [`ControlError::Refused`]
+/// with the owner's reason.
 #[derive(Debug)]
 pub struct ControlClient {
     sock: UnixStream,
@@ -489,6 +617,12 @@ pub struct ControlClient {
 
 impl ControlClient {
     /// Connects to the owner's socket and introduces itself as `role`.
+    ///
+    /// `role` must be at most [`MAX_ROLE_LEN`] bytes without control characters, or the owner
+    /// refuses. Fails with [`ControlError::Connect`] when no owner listens at `path`, with
+    /// [`ControlError::Refused`] when the owner will not talk to this user or version, and with
+    /// [`ControlError::Protocol`] when the owner does not speak [`CONTROL_VERSION`] (use the
+    /// same pageless build on both ends).
     pub fn connect(path: &Path, role: &str) -> Result<ControlClient, ControlError> {
         let sock = UnixStream::connect(path)
             .map_err(|source| ControlError::Connect { path: path.display().to_string(), source })?;
@@ -506,12 +640,21 @@ impl ControlClient {
     }
 
     /// The VM's memory: its regions, each with its fd and page size.
+    ///
+    /// The fds are the caller's to map (shared, at `mmap_offset`, aligned to the page size)
+    /// and to close. The owner refuses peers its policy does not admit and while it is stopping
+    /// ([`ControlError::Refused`]).
     pub fn get_memory(&self) -> Result<Vec<OwnerRegion>, ControlError> {
         let answer = self.call(code::GET_MEMORY, vec![])?;
         parse_memory(&answer.payload, answer.fds)
     }
 
     /// The owner's status with every extent (fetched page by page).
+    ///
+    /// Sends STATUS, then EXTENTS from `extents_next` until the last page, so the result has
+    /// `extents_next: None`. Fails with [`ControlError::Protocol`] if a page does not move
+    /// forward (a broken owner cannot keep it looping). For a quick look use
+    /// [`ControlClient::status_summary`].
     pub fn status(&self) -> Result<VmStatus, ControlError> {
         let mut status = self.status_summary()?;
         let mut next = status.extents_next.take();
@@ -540,6 +683,9 @@ impl ControlClient {
     }
 
     /// Up to `max` extents from file offset `start` on.
+    ///
+    /// `max` must be at least 1 (0 is refused); the owner caps it at [`MAX_EXTENTS_PER_REPLY`].
+    /// Continue from the page's `next` until it is `None`.
     pub fn extents(&self, start: u64, max: u32) -> Result<ExtentPage, ControlError> {
         let mut payload = start.to_ne_bytes().to_vec();
         payload.extend_from_slice(&max.to_ne_bytes());
@@ -548,19 +694,26 @@ impl ControlClient {
     }
 
     /// Offsets of `pattern` in the VM's memory, as the owner sees it through its own mapping.
+    ///
+    /// Byte offsets in the memory's file; the owner caps how many it reports. `pattern` must
+    /// be 1 to [`MAX_FIND_PATTERN`] bytes. Only root and the owner's user may ask.
     pub fn find(&self, pattern: &[u8]) -> Result<Vec<u64>, ControlError> {
         let answer = self.call(code::FIND, pattern.to_vec())?;
         serde_json::from_slice(&answer.payload).map_err(|e| ControlError::Protocol(format!("find: {e}")))
     }
 
     /// Stores `data` at `offset` of the VM's memory through the owner's own mapping.
+    ///
+    /// A debugging aid. `data` must be 1 to [`MAX_WRITE`] bytes and lie within the memory.
+    /// Only root and the owner's user may write, and not while the owner is stopping.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), ControlError> {
         let mut payload = offset.to_ne_bytes().to_vec();
         payload.extend_from_slice(data);
         self.call(code::WRITE, payload).map(drop)
     }
 
-    /// Asks the owner to shut down.
+    /// Asks the owner to shut down (root and the owner's user only). It acknowledges, then
+    /// stops handing out memory and exits once every process it gave the memory to has gone.
     pub fn stop(&self) -> Result<(), ControlError> {
         self.call(code::STOP, vec![]).map(drop)
     }

@@ -1,4 +1,17 @@
 //! vhost-user framing over a Unix stream socket, with fds.
+//!
+//! A message is a 12-byte [`Header`] (`u32 request`, `u32 flags`, `u32 size`, native-endian),
+//! then exactly `size` bytes of payload. File descriptors travel as SCM_RIGHTS ancillary data;
+//! [`send_parts`] attaches them to the first byte of the message, and [`recv_message`] collects
+//! every fd that arrives while the message is read. Reads never go past the end of one message,
+//! so the next message (and its fds) stays queued for the next call.
+//!
+//! Receiving is written for a hostile peer: the payload size is checked against
+//! [`Limits::max_payload`] before any buffer is allocated, fds are counted against
+//! [`Limits::max_fds`], and every fd is wrapped in an [`OwnedFd`] as soon as `recvmsg(2)`
+//! returns, before anything else is checked, so all of them are closed when an error is
+//! returned (received fds are close-on-exec). Any error leaves the stream at an unknown position
+//! inside a message: the caller should drop the connection rather than read on.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -10,6 +23,8 @@ use thiserror::Error;
 pub const HEADER_SIZE: usize = 12;
 /// Version bits of the flags field: vhost-user version 1.
 pub const FLAG_VERSION_1: u32 = 0x1;
+/// The bits of the flags field that hold the vhost-user version; a request must have
+/// `flags & FLAG_VERSION_MASK == FLAG_VERSION_1`.
 pub const FLAG_VERSION_MASK: u32 = 0x3;
 /// The message is a reply.
 pub const FLAG_REPLY: u32 = 0x4;
@@ -19,10 +34,14 @@ pub const FLAG_NEED_REPLY: u32 = 0x8;
 /// The most fds one recvmsg can take in; more are a protocol violation.
 const FD_BUFFER_ENTRIES: usize = 64;
 
-/// How much a peer may send in one message.
+/// How much a peer may send in one message; [`recv_message`] refuses anything bigger.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// Largest accepted payload, in bytes (the header's `size`, header not included). Checked
+    /// before the payload buffer is allocated, so a peer cannot make the receiver allocate more.
     pub max_payload: usize,
+    /// Most fds accepted with one message. Independently of it, one `recvmsg(2)` takes in at
+    /// most 64 fds; more make the message fail with [`FrameError::TooManyFds`].
     pub max_fds: usize,
 }
 
@@ -35,29 +54,68 @@ impl Limits {
 }
 
 /// Why a message could not be read or written.
+///
+/// Every variant but [`FrameError::Io`] is the peer's fault (a protocol violation); after any
+/// of them the stream is no longer at a message boundary, so the caller should close the
+/// connection (and may log the error). Fds received with the failed message are already closed.
 #[derive(Debug, Error)]
 pub enum FrameError {
+    /// The peer closed the connection in the middle of a message.
     #[error("the peer closed the connection in the middle of a message ({got} of {want} bytes)")]
-    Truncated { got: usize, want: usize },
+    Truncated {
+        /// Bytes of the message (header included) received before the end of the stream.
+        got: usize,
+        /// Bytes the message should have had: the header, or the header plus its payload.
+        want: usize,
+    },
+    /// The header announced a payload over [`Limits::max_payload`]; nothing of it was read.
     #[error("payload of {size} bytes is over the limit of {max}")]
-    TooLarge { size: usize, max: usize },
+    TooLarge {
+        /// The payload size from the header, in bytes.
+        size: usize,
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// More fds came with the message than [`Limits::max_fds`] allows, or more than one
+    /// `recvmsg(2)` can take in (the kernel truncated the control data); all were closed.
     #[error("{count} fds attached, more than the {max} allowed")]
-    TooManyFds { count: usize, max: usize },
+    TooManyFds {
+        /// How many fds arrived (a lower bound when the control data was truncated).
+        count: usize,
+        /// How many were allowed.
+        max: usize,
+    },
+    /// Ancillary data other than SCM_RIGHTS (e.g. credentials) came with the message.
     #[error("unexpected control message (level {level}, type {kind})")]
-    BadControlMessage { level: i32, kind: i32 },
+    BadControlMessage {
+        /// The control message's `cmsg_level`.
+        level: i32,
+        /// The control message's `cmsg_type`.
+        kind: i32,
+    },
+    /// `recvmsg(2)` or `sendmsg(2)` failed (EINTR is retried, not reported). On send, `EPIPE`
+    /// or `ECONNRESET` mean the peer has gone (no SIGPIPE is raised).
     #[error("socket I/O: {0}")]
     Io(#[from] io::Error),
 }
 
-/// The 12-byte message header.
+/// The 12-byte message header: three native-endian `u32`s, in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Header {
+    /// The request code (bytes 0..4): a vhost-user [`FrontendReq`](crate::FrontendReq) or a
+    /// [`control::code`](crate::control::code); a reply repeats its request's code.
     pub request: u32,
+    /// Flags (bytes 4..8): the version ([`FLAG_VERSION_MASK`]), [`FLAG_REPLY`],
+    /// [`FLAG_NEED_REPLY`], and on the control socket
+    /// [`FLAG_ERROR`](crate::control::FLAG_ERROR).
     pub flags: u32,
+    /// Payload size in bytes (bytes 8..12), not counting the header. Untrusted until checked
+    /// against [`Limits::max_payload`], which [`recv_message`] does.
     pub size: u32,
 }
 
 impl Header {
+    /// The header's wire form: `request`, `flags`, `size`, native-endian.
     pub fn to_bytes(self) -> [u8; HEADER_SIZE] {
         let mut bytes = [0u8; HEADER_SIZE];
         bytes[0..4].copy_from_slice(&self.request.to_ne_bytes());
@@ -66,30 +124,45 @@ impl Header {
         bytes
     }
 
+    /// Reads a header from its wire form. Any 12 bytes are a header: the caller checks `size`
+    /// and `flags` before trusting them.
     pub fn from_bytes(bytes: &[u8; HEADER_SIZE]) -> Header {
         let word = |i: usize| u32::from_ne_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
         Header { request: word(0), flags: word(4), size: word(8) }
     }
 
+    /// Whether [`FLAG_REPLY`] is set: the message answers a request.
     pub fn is_reply(&self) -> bool {
         self.flags & FLAG_REPLY != 0
     }
 
+    /// Whether [`FLAG_NEED_REPLY`] is set: the sender waits for a REPLY_ACK.
     pub fn needs_reply(&self) -> bool {
         self.flags & FLAG_NEED_REPLY != 0
     }
 }
 
 /// One message: header, payload and the fds that came with it.
+///
+/// A received message has `header.size == payload.len()`; [`Message::new`] keeps that true for
+/// messages to send. The fds are owned: dropping the message closes them.
 #[derive(Debug)]
 pub struct Message {
+    /// The header as received (or as built by [`Message::new`]).
     pub header: Header,
+    /// The payload, exactly `header.size` bytes.
     pub payload: Vec<u8>,
+    /// The fds that arrived with the message, in the order sent; empty if none.
     pub fds: Vec<OwnedFd>,
 }
 
 impl Message {
     /// A message whose header size is the payload's length.
+    ///
+    /// # Panics
+    ///
+    /// If the payload is 4 GiB or more (it cannot be described by the `u32` size); payloads
+    /// meant for a peer must anyway stay within its [`Limits`].
     pub fn new(request: u32, flags: u32, payload: Vec<u8>, fds: Vec<OwnedFd>) -> Message {
         let size = u32::try_from(payload.len()).expect("payloads are far below 4 GiB");
         Message { header: Header { request, flags, size }, payload, fds }
@@ -98,6 +171,14 @@ impl Message {
 
 /// Reads exactly one message. Returns `Ok(None)` when the peer closed the connection cleanly
 /// between messages.
+///
+/// Blocks until the whole message is in (subject to the socket's read timeout, which surfaces
+/// as [`FrameError::Io`]). Fails with [`FrameError::TooLarge`] before reading a payload over
+/// `limits.max_payload`, with [`FrameError::TooManyFds`] once more than `limits.max_fds` fds
+/// arrive, with [`FrameError::Truncated`] when the peer hangs up inside a message, and with
+/// [`FrameError::BadControlMessage`] for ancillary data that is not SCM_RIGHTS. On every error
+/// all fds received so far are closed. The flags and request code are not checked here: that
+/// is the caller's job (e.g. [`Request::parse`](crate::control::Request::parse)).
 pub fn recv_message(sock: &UnixStream, limits: Limits) -> Result<Option<Message>, FrameError> {
     let mut fds = Vec::new();
     let mut header = [0u8; HEADER_SIZE];
@@ -206,13 +287,22 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> R
     }
 }
 
-/// Writes one message; its fds go with the first byte.
+/// Writes one message; its fds go with the first byte. The message's header is sent as it
+/// is, so its `size` must match the payload (as [`Message::new`] ensures). The fds stay open
+/// (and owned by `message`): the peer receives duplicates.
 pub fn send_message(sock: &UnixStream, message: &Message) -> Result<(), FrameError> {
     let fds: Vec<RawFd> = message.fds.iter().map(AsRawFd::as_raw_fd).collect();
     send_parts(sock, message.header, &message.payload, &fds)
 }
 
 /// Writes a header and payload with `fds` (borrowed: they stay open here).
+///
+/// The header is sent as given: the caller makes `header.size` equal to `payload.len()`. The
+/// fds go as one SCM_RIGHTS message with the first byte sent (the peer's limits apply: at most
+/// 32 for a vhost-user peer, [`control::LIMITS`](crate::control::LIMITS) on the control socket).
+/// Partial writes and EINTR are retried; uses `MSG_NOSIGNAL`, so a vanished peer is an
+/// [`FrameError::Io`] (`EPIPE`), not a SIGPIPE. After an error, part of the message may have
+/// been sent: the connection is no longer usable.
 pub fn send_parts(
     sock: &UnixStream,
     header: Header,
