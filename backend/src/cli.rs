@@ -19,10 +19,12 @@ use crate::{control_socket_path, status, DEFAULT_RUN_DIR};
 #[command(name = "pageless", version, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
+    /// The subcommand to run.
     pub command: Command,
 }
 
 #[derive(Debug, Args)]
+/// `--run-dir`, flattened into every subcommand that reaches an owner.
 pub struct RunDir {
     /// Directory of the owners' sockets and lock files.
     #[arg(long, env = "PAGELESS_RUN_DIR", default_value = DEFAULT_RUN_DIR)]
@@ -30,8 +32,9 @@ pub struct RunDir {
 }
 
 #[derive(Debug, Subcommand)]
+/// `pageless`'s subcommands; [`run`] carries each out.
 pub enum Command {
-    /// Own a VM's memory: create (or re-attach to) it and serve it on <run-dir>/<vm>.sock until
+    /// Own a VM's memory: create (or re-attach to) it and serve it on `<run-dir>/<vm>.sock` until
     /// SIGTERM or `pageless stop`, then until no process it handed the memory to holds it.
     Serve {
         /// The VM's name (also the allocation's file name in directory pools).
@@ -44,6 +47,7 @@ pub enum Command {
         /// (tmpfs) or pagelessfs:DIR. Directory pools survive the owner's restart.
         #[arg(long, default_value = "memfd")]
         pool: PoolSpec,
+        /// `--run-dir`: where the control socket, the lock file and the relay sockets go.
         #[command(flatten)]
         run_dir: RunDir,
         /// Allocate every page before serving, so that the guest cannot run short later.
@@ -59,7 +63,7 @@ pub enum Command {
         /// owner to re-attach).
         #[arg(long)]
         remove_on_exit: bool,
-        /// Relay a vhost-user device (repeatable): QEMU connects to <run-dir>/<vm>/<NAME>.sock
+        /// Relay a vhost-user device (repeatable): QEMU connects to `<run-dir>/<vm>/<NAME>.sock`
         /// (`-chardev socket,path=…,reconnect-ms=…`), the owner relays to BACKEND_SOCKET and
         /// hands the backend the owner's own fd for the VM's memory.
         #[arg(long = "vhost-user", value_name = "NAME=BACKEND_SOCKET")]
@@ -91,7 +95,9 @@ pub enum Command {
     /// Without --vm the name comes from QEMU's `-name guest=NAME`.
     Qemu {
         #[arg(long)]
+        /// The VM's name; default: QEMU's `-name guest=NAME`, and without one QEMU runs unchanged.
         vm: Option<String>,
+        /// `--run-dir`: where the VM's owner listens.
         #[command(flatten)]
         run_dir: RunDir,
         /// The QEMU binary and its arguments.
@@ -104,6 +110,7 @@ pub enum Command {
         /// Only this VM.
         #[arg(long)]
         vm: Option<String>,
+        /// `--run-dir`: whose owner sockets to ask.
         #[command(flatten)]
         run_dir: RunDir,
         /// Machine-readable output.
@@ -113,7 +120,9 @@ pub enum Command {
     /// Find a string in a VM's memory, through the owner's own mapping; prints the offsets.
     Find {
         #[arg(long)]
+        /// The VM whose memory to search.
         vm: String,
+        /// `--run-dir`: where the VM's owner listens.
         #[command(flatten)]
         run_dir: RunDir,
         /// The text to look for.
@@ -122,7 +131,9 @@ pub enum Command {
     /// Ask a VM's owner to stop.
     Stop {
         #[arg(long)]
+        /// The VM whose owner to stop.
         vm: String,
+        /// `--run-dir`: where the VM's owner listens.
         #[command(flatten)]
         run_dir: RunDir,
     },
@@ -139,7 +150,7 @@ pub enum Command {
         /// libvirt's extra argument (ignored).
         #[arg(allow_hyphen_values = true)]
         extra: Vec<String>,
-        /// Per-VM config files: <DIR>/<vm>.toml.
+        /// Per-VM config files: `<DIR>/<vm>.toml`.
         #[arg(long, env = "PAGELESS_CONFIG_DIR", default_value = hook::DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
     },

@@ -6,6 +6,8 @@
 //! * [`status`]: what every owner under a run dir serves, and to whom.
 //! * [`hook`]: libvirt's qemu hook, which starts and stops a domain's owner.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod context;
 pub mod hook;

@@ -2,7 +2,7 @@
 //! deadline, and the two tools that keep an owner at a limit cheap: a log line limit (one line
 //! per burst, not one per event) and an exponential back-off for failing accept() calls.
 //!
-//! The only other rate limit in the owner, [`crate::stopping::ReportSchedule`], is a fixed
+//! The only other rate limit in the owner, `stopping::ReportSchedule`, is a fixed
 //! schedule for the stop wait's reports; these are for events that come in bursts.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,8 +36,13 @@ pub const LOG_EVERY: Duration = Duration::from_secs(10);
 /// HELLO.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LimitOptions {
+    /// Most control connections held at once (`--max-clients`); at least 1.
     pub max_clients: usize,
+    /// Most relayed vhost-user connections at once, over all devices
+    /// (`--max-device-connections`).
     pub max_device_connections: usize,
+    /// How long a control client may take from connecting to completing HELLO
+    /// (`--hello-timeout`); it is then told so and closed.
     pub hello_timeout: Duration,
 }
 
@@ -54,8 +59,11 @@ impl Default for LimitOptions {
 /// RLIMIT_NOFILE before and after [`raise_file_limit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileLimit {
+    /// The soft limit before, in open files.
     pub was: u64,
+    /// The soft limit now, in open files: the hard limit once raised.
     pub soft: u64,
+    /// The hard limit, in open files; only root (`ulimit -Hn`, a unit's `LimitNOFILE=`) can raise it.
     pub hard: u64,
 }
 
@@ -73,7 +81,9 @@ pub fn raise_file_limit() -> nix::Result<FileLimit> {
 /// The connection caps that fit the file limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caps {
+    /// Control connections the owner accepts at once; at least 1.
     pub clients: usize,
+    /// Relayed vhost-user connections at once, over all devices; 0 without devices.
     pub device_connections: usize,
 }
 
@@ -114,14 +124,18 @@ pub struct Slots {
 pub struct Slot(Arc<AtomicUsize>);
 
 impl Slots {
+    /// A set of `cap` places, none taken.
     pub fn new(cap: usize) -> Slots {
         Slots { used: Arc::new(AtomicUsize::new(0)), cap }
     }
 
+    /// How many places there are.
     pub fn cap(&self) -> usize {
         self.cap
     }
 
+    /// How many places are taken now (other threads may take or give back places at any
+    /// time).
     pub fn in_use(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
@@ -152,6 +166,7 @@ pub struct LogLimit {
 }
 
 impl LogLimit {
+    /// At most one line per `every`; the first event is always logged.
     pub fn new(every: Duration) -> LogLimit {
         LogLimit { every, last: None, unlogged: 0 }
     }
@@ -191,6 +206,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// No delay until the first failure, which waits `min`.
     pub fn new(min: Duration, max: Duration) -> Backoff {
         Backoff { min, max, delay: None, until: None }
     }
@@ -203,6 +219,7 @@ impl Backoff {
         delay
     }
 
+    /// A success: no wait now, and the next failure waits `min` again.
     pub fn succeeded(&mut self) {
         self.delay = None;
         self.until = None;

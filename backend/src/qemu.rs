@@ -19,30 +19,65 @@ use thiserror::Error;
 use crate::control_socket_path;
 use crate::qemu_args::{self, ArgError, OwnerRam};
 
+/// What `pageless qemu` was asked to run: see [`run`].
 #[derive(Clone, Debug)]
 pub struct QemuOptions {
+    /// The VM's name (`--vm`); `None` takes it from QEMU's `-name guest=NAME`, and without
+    /// that QEMU is exec'd unchanged.
     pub vm: Option<String>,
+    /// Where the VM's owner listens: `<run_dir>/<vm>.sock`.
     pub run_dir: PathBuf,
     /// The QEMU binary and its arguments.
     pub command: Vec<String>,
 }
 
+/// Why [`run`] returned instead of becoming QEMU. Nothing was started; the message says what
+/// to fix.
 #[derive(Debug, Error)]
 pub enum QemuError {
+    /// [`QemuOptions::command`] is empty.
     #[error("no QEMU command given: use `pageless qemu --vm NAME -- qemu-system-x86_64 ARGS…`")]
     NoCommand,
+    /// The VM name is not a valid file name (empty, starts with `.`, has `/` or a control
+    /// character, or is over 200 bytes); the field says which.
     #[error("VM name: {0}")]
     BadName(String),
+    /// Connecting to the VM's owner, HELLO or GET_MEMORY failed: no owner serves the VM (start
+    /// `pageless serve`), it refused this process (see the owner's log), or it is stopping.
     #[error("VM {vm:?}: {source}")]
-    Owner { vm: String, source: ControlError },
+    Owner {
+        /// The VM.
+        vm: String,
+        /// What the control client reported.
+        source: ControlError,
+    },
+    /// The owner answered GET_MEMORY without a region; the field is the VM name.
     #[error("the owner of VM {0:?} sent no memory region")]
     NoMemory(String),
+    /// QEMU's command line cannot be rewritten to use the owner's memory: see [`ArgError`].
     #[error("VM {vm:?}: {source}")]
-    Args { vm: String, source: ArgError },
+    Args {
+        /// The VM.
+        vm: String,
+        /// What is wrong with the command line.
+        source: ArgError,
+    },
+    /// Clearing `FD_CLOEXEC` on the memory fd or the control connection failed.
     #[error("make fd {fd} inheritable: {source}")]
-    Inherit { fd: RawFd, source: nix::Error },
+    Inherit {
+        /// The fd whose close-on-exec flag could not be cleared.
+        fd: RawFd,
+        /// fcntl's error.
+        source: nix::Error,
+    },
+    /// `exec` of the QEMU binary failed (not found, not executable, …).
     #[error("cannot run {program}: {source}")]
-    Exec { program: String, source: std::io::Error },
+    Exec {
+        /// The QEMU binary as given.
+        program: String,
+        /// exec's error.
+        source: std::io::Error,
+    },
 }
 
 /// Replaces this process with QEMU; returns only on failure.

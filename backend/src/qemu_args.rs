@@ -19,26 +19,58 @@ pub const PAGELESS_RAM_ID: &str = "pageless-ram";
 pub struct OwnerRam {
     /// `/proc/self/fd/N`.
     pub mem_path: String,
+    /// The allocation's size in bytes: the RAM backends (or `-m`) must add up to exactly this.
     pub size: u64,
+    /// The allocation's page size in bytes; above 4 KiB it becomes each object's `align=`.
     pub page_size: u64,
 }
 
+/// Why [`rewrite`] refused a QEMU command line. QEMU is not started: fix its arguments (or
+/// the owner's `--size`) as the message says.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ArgError {
+    /// An option that takes a value is the last argument.
     #[error("`{option}` needs a value")]
-    MissingValue { option: String },
+    MissingValue {
+        /// The option, as given.
+        option: String,
+    },
+    /// An `-object` or `-m` value cannot be parsed, or a RAM backend object has no `size`.
     #[error("cannot parse `{option} {value}`: {why}")]
-    Unparsable { option: String, value: String, why: String },
+    Unparsable {
+        /// `-object` or `-m`.
+        option: String,
+        /// The value, as given.
+        value: String,
+        /// The parser's complaint.
+        why: String,
+    },
+    /// QEMU's RAM size (`-m`, or the RAM backends' sizes added up) is not the owner's.
     #[error("the VM's RAM is {} (`{source_arg}`) but its owner serves {}: make them equal (`pageless serve --size` or the VM's memory size)", Size(*qemu), Size(*owner))]
-    SizeMismatch { qemu: u64, owner: u64, source_arg: String },
+    SizeMismatch {
+        /// QEMU's size in bytes.
+        qemu: u64,
+        /// The owner's allocation size in bytes.
+        owner: u64,
+        /// Where QEMU's size comes from: `-m …` or `RAM backend(s) <ids>`.
+        source_arg: String,
+    },
+    /// A RAM backend id that no `-object` has; the field is the id.
     #[error("`-machine memory-backend={0}` or `-numa memdev={0}` names no -object with that id")]
     MissingBackend(String),
+    /// `-mem-path` or `-mem-prealloc`, which would give QEMU other memory or preallocate the
+    /// owner's; the field is the argument as given.
     #[error("`{0}` conflicts with pageless, which provides the VM's RAM: remove it")]
     Conflict(String),
+    /// Two `-machine` options name different `memory-backend=` ids (the first, then the second).
     #[error("`-machine` names two RAM backends, {0} and {1}")]
     TwoMachineBackends(String, String),
+    /// The RAM backends' sizes overflow a u64.
     #[error("the RAM backends {ids} add up to more than 16 EiB: fix their sizes")]
-    TooLarge { ids: String },
+    TooLarge {
+        /// The RAM backends' ids, comma-separated.
+        ids: String,
+    },
 }
 
 /// Options that take a value, so that the value is not mistaken for an option.

@@ -31,7 +31,10 @@ use crate::peer::Peer;
 /// `--vhost-user NAME=BACKEND_SOCKET`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelaySpec {
+    /// The device's name: QEMU connects to `<run-dir>/<vm>/<name>.sock`. A valid file name
+    /// (no `/`, no leading `.`), checked when `NAME=BACKEND_SOCKET` is parsed.
     pub name: String,
+    /// The device backend's listening socket; each QEMU connection gets a fresh connection to it.
     pub backend: PathBuf,
 }
 

@@ -31,12 +31,22 @@ use crate::{control_socket_path, lock_path, relay_dir};
 /// What `pageless serve` was asked to do.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
+    /// The VM's name: names the control socket, the lock file, the relay directory and, in
+    /// directory pools, the allocation's file.
     pub vm: String,
+    /// Memory size in bytes; a multiple of the pool's page size.
     pub size: u64,
+    /// Where the memory comes from (`--pool`).
     pub pool: PoolSpec,
+    /// Directory of the control socket, the lock file and the relay sockets; created if missing.
     pub run_dir: PathBuf,
+    /// Allocate every page before serving, so that the guest cannot run short later.
     pub prefault: bool,
+    /// Users besides root and the owner's own who may connect (HELLO, STATUS, and the memory
+    /// only as the VM's bound QEMU). When root runs the owner, the first is given the sockets
+    /// and a directory pool's file.
     pub allow_uids: Vec<u32>,
+    /// Remove a directory pool's file once stopped; by default it stays for the next owner.
     pub remove_on_exit: bool,
     /// vhost-user devices to relay: `<run-dir>/<vm>/<name>.sock` → the backend's socket.
     pub vhost_user: Vec<RelaySpec>,
@@ -47,12 +57,25 @@ pub struct ServeOptions {
     pub limits: LimitOptions,
 }
 
+/// Why [`serve`] failed: the owner did not start, or could not remove its file at the end.
 #[derive(Debug, Error)]
 pub enum ServeError {
+    /// From the pool: an invalid VM name, a pool that cannot be opened, a size it has no room
+    /// for or that is not a multiple of its page size, mapping, sealing, prefaulting or
+    /// removing the allocation; the message says which.
     #[error(transparent)]
     Pool(#[from] driver::Error),
+    /// Another owner holds the VM's lock: stop it (`pageless stop`) before starting a new one.
     #[error("VM {vm:?} is already served by pageless (pid {pid}, lock {path}): stop that owner first")]
-    AlreadyServed { vm: String, pid: String, path: PathBuf },
+    AlreadyServed {
+        /// The VM.
+        vm: String,
+        /// The other owner's pid as its lock file says it, as text (empty if unreadable).
+        pid: String,
+        /// The lock file, `<run-dir>/<vm>.lock`.
+        path: PathBuf,
+    },
+    /// A system call failed while setting up (signals, run directory, lock file, sockets).
     #[error(transparent)]
     Io(#[from] IoError),
 }

@@ -9,7 +9,10 @@ use protocol::control::{ControlClient, StoppingStatus, VmStatus};
 /// One owner socket and what it answered.
 #[derive(Debug)]
 pub struct Entry {
+    /// The VM's name: the socket's file name without `.sock`.
     pub vm: String,
+    /// What the owner answered, or why it could not be asked (nothing listens on the socket, it
+    /// refused this user, …), as a message.
     pub status: Result<VmStatus, String>,
 }
 

@@ -44,7 +44,9 @@ enum Uids {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct VhostUser {
+    /// The device's name: its relay socket is `<run_dir>/<vm>/<name>.sock`.
     pub name: String,
+    /// The device backend's socket the owner relays to.
     pub backend: PathBuf,
 }
 
@@ -78,15 +80,30 @@ pub(super) struct Found {
 /// Everything needed to run and stop the VM's owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnerPlan {
+    /// The domain's name, the owner's `--vm`.
     pub vm: String,
+    /// Memory size in bytes, never 0: the config's `size`, else the domain's `<memory>` or
+    /// the sum of its NUMA cells, each rounded up to 1 MiB as libvirt does.
     pub size: u64,
+    /// The `--pool` spec (default `memfd`), checked to parse.
     pub pool: String,
+    /// The owner's `--run-dir` (default `/run/pageless`).
     pub run_dir: PathBuf,
+    /// The `--allow-uid` users: `allow_uid` as configured, else the uid of `qemu_user`, else
+    /// that of qemu.conf's `user` (or the first of `libvirt-qemu`, `qemu` that exists); the
+    /// last two leave out root, which may connect anyway. The first is handed the sockets.
     pub allow_uids: Vec<u32>,
+    /// Devices the owner relays (`--vhost-user`).
     pub vhost_user: Vec<VhostUser>,
+    /// `--consumer-timeout`, in seconds (default 30, at most [`MAX_TIMEOUT`]); `release`
+    /// kills an owner still running 10 s after it.
     pub consumer_timeout: u64,
+    /// Seconds `prepare` waits for the owner to answer on its socket before it stops it and
+    /// fails (default 30, at most [`MAX_TIMEOUT`]).
     pub start_timeout: u64,
+    /// `--remove-on-exit`: remove a directory pool's file when the owner stops.
     pub remove_on_exit: bool,
+    /// `--prefault`: allocate every page before QEMU starts.
     pub prefault: bool,
     /// Where the config came from, for messages.
     pub source_desc: String,
@@ -125,10 +142,13 @@ impl OwnerPlan {
         args
     }
 
+    /// `<run_dir>/<vm>.log`: where the owner's stdout and stderr are appended, detached or
+    /// as a systemd unit; the hook quotes its end when the owner fails to start.
     pub fn log_path(&self) -> PathBuf {
         self.run_dir.join(format!("{}.log", self.vm))
     }
 
+    /// `<run_dir>/<vm>.sock`: the owner's control socket.
     pub fn socket(&self) -> PathBuf {
         control_socket_path(&self.run_dir, &self.vm)
     }

@@ -39,9 +39,13 @@ pub const QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
 /// What libvirt asked, and where to look.
 #[derive(Clone, Debug)]
 pub struct HookOptions {
+    /// The domain's name (the hook's first argument).
     pub vm: String,
+    /// libvirt's operation: only `prepare` and `release` do anything.
     pub operation: String,
+    /// libvirt's sub-operation: `begin` for `prepare`, `end` for `release`.
     pub subop: String,
+    /// Directory of the per-VM config files, `<config_dir>/<vm>.toml`.
     pub config_dir: PathBuf,
     /// libvirt's qemu.conf, for the user QEMU runs as.
     pub qemu_conf: PathBuf,
@@ -51,33 +55,89 @@ pub struct HookOptions {
     pub systemd: bool,
 }
 
+/// Why the hook failed. `pageless hook` prints it on stderr and exits 1, so libvirt fails
+/// the operation and shows the message (`virsh start`'s error); it says what to fix.
 #[derive(Debug, Error)]
 pub enum HookError {
+    /// Reading the domain XML from stdin failed.
     #[error("cannot read the domain XML from stdin: {0}")]
     Stdin(#[source] std::io::Error),
+    /// The VM's name, config file or metadata is invalid.
     #[error("VM {vm:?}: {source_desc}: {why}")]
-    Config { vm: String, source_desc: String, why: String },
+    Config {
+        /// The VM.
+        vm: String,
+        /// Which config: the file's path, the domain metadata, or the VM's name.
+        source_desc: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The domain XML on stdin is not well-formed XML, or its memory size cannot be read.
     #[error("VM {vm:?}: the domain XML on stdin cannot be parsed ({why}): is this hook run by libvirt?")]
-    Xml { vm: String, why: String },
+    Xml {
+        /// The VM.
+        vm: String,
+        /// The parser's complaint.
+        why: String,
+    },
+    /// No `size` is configured and the domain XML has no `<memory>` or NUMA cells.
     #[error(
         "VM {vm:?}: no memory size: set `size` in its pageless config, or give the domain XML (with <memory>) on stdin"
     )]
-    NoSize { vm: String },
+    NoSize {
+        /// The VM.
+        vm: String,
+    },
+    /// `qemu_user` names no user of this host.
     #[error("VM {vm:?}: {source_desc} sets the QEMU user {user:?}, which does not exist: fix qemu_user, or set allow_uid")]
-    NoSuchUser { vm: String, source_desc: String, user: String },
+    NoSuchUser {
+        /// The VM.
+        vm: String,
+        /// Which config sets `qemu_user`.
+        source_desc: String,
+        /// The user name as configured.
+        user: String,
+    },
+    /// `prepare`: an owner already answers on the VM's socket, e.g. left over after libvirtd
+    /// died; libvirt's `release` for the failed start stops it.
     #[error(
         "VM {vm:?} already has a memory owner (pid {pid}, {socket}), a leftover from an earlier run: stop it with `pageless stop --vm {vm}` if it still runs, and start the VM again"
     )]
-    AlreadyRunning { vm: String, pid: u32, socket: String },
+    AlreadyRunning {
+        /// The VM.
+        vm: String,
+        /// The running owner's pid.
+        pid: u32,
+        /// Its control socket.
+        socket: String,
+    },
+    /// `prepare`: the owner process, or `systemd-run`, could not be spawned.
     #[error("VM {vm:?}: cannot start its memory owner ({what}): {source}")]
     Spawn {
+        /// The VM.
         vm: String,
+        /// What could not be started, e.g. `run /usr/local/bin/pageless`.
         what: String,
+        /// The spawn's error.
         #[source]
         source: std::io::Error,
     },
+    /// `prepare`: the started owner exited, its unit stopped, `systemd-run` failed, or it did
+    /// not answer within `start_timeout` (it was then stopped).
     #[error("the memory owner of VM {vm:?} (pageless serve) could not start: {why}. {log}\nFix {source_desc} and start the VM again.")]
-    OwnerFailed { vm: String, why: String, log: String, source_desc: String },
+    OwnerFailed {
+        /// The VM.
+        vm: String,
+        /// What happened to the owner.
+        why: String,
+        /// The end of the owner's log since this start (at most 20 lines), or a note that
+        /// it is empty; empty when `systemd-run` failed.
+        log: String,
+        /// Which config the owner was started from, for the user to fix.
+        source_desc: String,
+    },
+    /// Another I/O failure: reading the config file, creating the run directory, opening
+    /// the owner's log.
     #[error(transparent)]
     Io(#[from] IoError),
 }
