@@ -73,10 +73,10 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64) -> Result<(), String>
             Request::Status => {
                 reply(code, serde_json::to_vec(&owner.status()).expect("status serializes"), vec![])
             }
-            Request::Find(pattern) => {
-                let offsets = owner.mapping.find(&pattern, FIND_LIMIT);
-                reply(code, serde_json::to_vec(&offsets).expect("offsets serialize"), vec![])
-            }
+            Request::Find(pattern) => match owner.mapping.find(&pattern, FIND_LIMIT) {
+                Ok(offsets) => reply(code, serde_json::to_vec(&offsets).expect("offsets serialize"), vec![]),
+                Err(why) => error_reply(code, &why.to_string()),
+            },
             Request::Write { offset, data } => {
                 let written = usize::try_from(offset)
                     .map_err(|e| e.to_string())

@@ -88,10 +88,13 @@ struct pl_sb_info {
 	umode_t mode;		/* root directory mode */
 };
 
+struct pl_mf;
+
 struct pl_inode {
 	struct rw_semaphore lock;	/* see the top of this file */
 	struct pl_extents *layout;	/* NULL while empty */
 	struct list_head files;		/* pl_files (regular files), mce.c */
+	struct pl_mf *mf;		/* registered extents, mf.c (6.19+) */
 	struct inode vfs_inode;
 };
 

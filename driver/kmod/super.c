@@ -137,6 +137,7 @@ static struct inode *pl_alloc_inode(struct super_block *sb)
 	if (!pi)
 		return NULL;
 	pi->layout = NULL;
+	pi->mf = NULL;
 	INIT_LIST_HEAD(&pi->files);
 	return &pi->vfs_inode;
 }
@@ -166,6 +167,7 @@ static void pl_evict_inode(struct inode *inode)
 	clear_inode(inode);
 	if (!list_empty(&pi->files))
 		pl_files_del(pi);
+	pl_mf_clear(pi);
 	pl_pool_release(pi->layout);
 	pi->layout = NULL;
 }

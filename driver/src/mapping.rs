@@ -1,6 +1,7 @@
 //! A process's own shared mapping of an allocation, on vm-memory's `MmapRegion`.
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::mmap::MmapRegion;
@@ -44,36 +45,47 @@ impl Mapping {
         self.region.as_volatile_slice()
     }
 
-    /// Copies `buf.len()` bytes at `offset` into `buf`.
+    /// Copies `buf.len()` bytes at `offset` into `buf`, through the file (`pread`): a poisoned
+    /// or missing page is an error (`EIO` from pagelessfs, hugetlbfs and shmem), never a
+    /// `SIGBUS` that would kill the process.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        let slice = self.range(offset, buf.len())?;
-        slice.copy_to(buf);
-        Ok(())
+        self.range(offset, buf.len())?;
+        self.file()?.read_exact_at(buf, offset as u64).map_err(|e| {
+            Error::io(format!("read {} bytes at offset {offset:#x} of the allocation", buf.len()), e)
+        })
     }
 
-    /// Copies `data` into the mapping at `offset`.
+    /// Copies `data` into the allocation at `offset`, through the file (`pwrite`) like
+    /// [`Mapping::read`]; through the mapping where the file has no `write` (hugetlbfs).
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         let slice = self.range(offset, data.len())?;
-        slice.copy_from(data);
-        Ok(())
+        match self.file()?.write_all_at(data, offset as u64) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                slice.copy_from(data);
+                Ok(())
+            }
+            Err(e) => Err(Error::io(
+                format!("write {} bytes at offset {offset:#x} of the allocation", data.len()),
+                e,
+            )),
+        }
     }
 
-    /// Offsets of every occurrence of `pattern` (at most `limit`), scanning in chunks.
-    pub fn find(&self, pattern: &[u8], limit: usize) -> Vec<u64> {
+    /// Offsets of every occurrence of `pattern` (at most `limit`), scanning in chunks read as
+    /// [`Mapping::read`] does: a poisoned or missing page fails the search.
+    pub fn find(&self, pattern: &[u8], limit: usize) -> Result<Vec<u64>> {
         const CHUNK: usize = 1 << 20;
         let mut found = Vec::new();
         if pattern.is_empty() || pattern.len() > CHUNK {
-            return found;
+            return Ok(found);
         }
         let overlap = pattern.len() - 1;
         let mut buf = vec![0u8; CHUNK + overlap];
         let mut offset = 0usize;
         while offset < self.len() && found.len() < limit {
             let len = (CHUNK + overlap).min(self.len() - offset);
-            self.slice()
-                .subslice(offset, len)
-                .expect("chunk lies inside the mapping")
-                .copy_to(&mut buf[..len]);
+            self.read(offset, &mut buf[..len])?;
             for (i, window) in buf[..len].windows(pattern.len()).enumerate() {
                 // Matches starting in the overlap are found again by the next chunk.
                 if i < CHUNK && window == pattern {
@@ -85,7 +97,13 @@ impl Mapping {
             }
             offset += CHUNK;
         }
-        found
+        Ok(found)
+    }
+
+    fn file(&self) -> Result<&File> {
+        self.region.file_offset().map(FileOffset::file).ok_or_else(|| {
+            Error::io("access the allocation", std::io::Error::other("the mapping has no file"))
+        })
     }
 
     fn range(&self, offset: usize, len: usize) -> Result<VolatileSlice<'_, impl BitmapSlice + '_>> {
