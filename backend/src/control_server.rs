@@ -141,10 +141,10 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64, peer: Peer) -> Result
                     Err(why) => error_reply(code, &why),
                 }
             }
-            Request::Find(pattern) => {
-                let offsets = owner.mapping.find(&pattern, FIND_LIMIT);
-                reply(code, serde_json::to_vec(&offsets).expect("offsets serialize"), vec![])
-            }
+            Request::Find(pattern) => match owner.mapping.find(&pattern, FIND_LIMIT) {
+                Ok(offsets) => reply(code, serde_json::to_vec(&offsets).expect("offsets serialize"), vec![]),
+                Err(why) => error_reply(code, &why.to_string()),
+            },
             Request::Write { offset, data } => {
                 let written = owner
                     .check_not_stopping()

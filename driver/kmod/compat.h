@@ -18,6 +18,31 @@
 #include <linux/pfn_t.h>
 #endif
 
+struct pl_inode;
+
+/*
+ * Memory errors through memory_failure() (register_pfn_address_space(),
+ * 6.19+): mf.c, built only there.  Elsewhere the MCE decode chain (mce.c)
+ * is all there is.
+ */
+#ifdef PL_HAVE_PFN_ADDRESS_SPACE
+void pl_mf_sync(struct pl_inode *pi);
+void pl_mf_clear(struct pl_inode *pi);
+void pl_mf_exit(void);
+#else
+static inline void pl_mf_sync(struct pl_inode *pi)
+{
+}
+
+static inline void pl_mf_clear(struct pl_inode *pi)
+{
+}
+
+static inline void pl_mf_exit(void)
+{
+}
+#endif
+
 /* super.c: the directory operations behind the ->create/->mkdir adapters */
 int pl_do_create(struct inode *dir, struct dentry *dentry, umode_t mode);
 int pl_do_mkdir(struct inode *dir, struct dentry *dentry, umode_t mode);

@@ -92,6 +92,7 @@ static int pl_grow(struct inode *inode, u64 old, u64 newsize)
 	i_size_write(inode, newsize);
 	inode->i_blocks = newsize >> 9;
 	up_write(&pi->lock);
+	pl_mf_sync(pi);
 
 	/* Nobody uses the old table after up_write(): readers copy values. */
 	pl_extents_free(cur);
@@ -141,6 +142,7 @@ static int pl_shrink(struct inode *inode, u64 newsize)
 		gone = cur;
 	}
 	up_write(&pi->lock);
+	pl_mf_sync(pi);
 
 	/* Let read()/write() copies that looked the tail up finish. */
 	synchronize_srcu(&pl_io_srcu);

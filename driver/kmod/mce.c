@@ -37,6 +37,7 @@
 #include <asm/mce.h>
 #endif
 
+#include "compat.h"
 #include "pageless.h"
 
 static DEFINE_XARRAY(pl_poison);
@@ -163,6 +164,7 @@ void pl_mce_init(void)
 void pl_mce_exit(void)
 {
 	mce_unregister_decode_chain(&pl_mce_nb);
+	pl_mf_exit();
 }
 #else
 void pl_mce_init(void)
@@ -171,6 +173,7 @@ void pl_mce_init(void)
 
 void pl_mce_exit(void)
 {
+	pl_mf_exit();
 }
 #endif
 

@@ -109,6 +109,7 @@ struct pl_sb_info {
 	umode_t mode;		/* root directory mode */
 };
 
+struct pl_mf;
 struct pl_pids;
 
 struct pl_inode {
@@ -118,6 +119,7 @@ struct pl_inode {
 	struct pl_pids *mappers;	/* processes that mapped it, quarantine.c */
 	u32 seals;			/* PAGELESS_SEAL_*, under i_rwsem */
 	struct list_head files;		/* pl_files (regular files), mce.c */
+	struct pl_mf *mf;		/* registered extents, mf.c (6.19+) */
 	struct inode vfs_inode;
 };
 

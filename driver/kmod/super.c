@@ -139,6 +139,7 @@ static struct inode *pl_alloc_inode(struct super_block *sb)
 	pi->layout = NULL;
 	pi->mappers = NULL;
 	pi->seals = 0;
+	pi->mf = NULL;
 	INIT_LIST_HEAD(&pi->files);
 	return &pi->vfs_inode;
 }
@@ -170,6 +171,7 @@ static void pl_evict_inode(struct inode *inode)
 	clear_inode(inode);
 	if (!list_empty(&pi->files))
 		pl_files_del(pi);
+	pl_mf_clear(pi);
 	pl_quarantine_free(pi, pi->layout, true);
 	pi->layout = NULL;
 	pl_mappers_free(pi);

@@ -1,6 +1,7 @@
 //! A process's own shared mapping of an allocation, on vm-memory's `MmapRegion`.
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::mmap::MmapRegion;
@@ -54,48 +55,57 @@ impl Mapping {
         self.region.as_volatile_slice()
     }
 
-    /// Copies `buf.len()` bytes at byte `offset` of the mapping into `buf`.
+    /// Copies `buf.len()` bytes at `offset` into `buf`, through the file (`pread`): a poisoned
+    /// or missing page is an error (`EIO` from pagelessfs, hugetlbfs and shmem), never a
+    /// `SIGBUS` that would kill the process.
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] when the range does not lie inside the mapping; nothing is copied then.
+    /// [`Error::Io`] when the range does not lie inside the mapping (nothing is copied then),
+    /// or the read fails (`EIO` on a poisoned page).
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        let slice = self.range(offset, buf.len())?;
-        slice.copy_to(buf);
-        Ok(())
+        self.range(offset, buf.len())?;
+        self.file()?.read_exact_at(buf, offset as u64).map_err(|e| {
+            Error::io(format!("read {} bytes at offset {offset:#x} of the allocation", buf.len()), e)
+        })
     }
 
-    /// Copies `data` into the mapping at byte `offset`. Other mappings of the file (QEMU's, the
-    /// guest's) see the bytes at once.
+    /// Copies `data` into the allocation at `offset`, through the file (`pwrite`) like
+    /// [`Mapping::read`]; through the mapping where the file has no `write` (hugetlbfs).
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] when the range does not lie inside the mapping; nothing is written then.
+    /// [`Error::Io`] when the range does not lie inside the mapping (nothing is written then),
+    /// or the write fails (`EIO` on a poisoned page).
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         let slice = self.range(offset, data.len())?;
-        slice.copy_from(data);
-        Ok(())
+        match self.file()?.write_all_at(data, offset as u64) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                slice.copy_from(data);
+                Ok(())
+            }
+            Err(e) => Err(Error::io(
+                format!("write {} bytes at offset {offset:#x} of the allocation", data.len()),
+                e,
+            )),
+        }
     }
 
-    /// Byte offsets of the occurrences of `pattern` in the mapping, in increasing order, at most
-    /// `limit` of them (the first ones). Scans 1 MiB chunks copied out of the mapping, so it
-    /// sees a snapshot that others may change while it runs; matches across chunk boundaries
-    /// are found. An empty pattern, or one longer than 1 MiB, finds nothing.
-    pub fn find(&self, pattern: &[u8], limit: usize) -> Vec<u64> {
+    /// Offsets of every occurrence of `pattern` (at most `limit`), scanning in chunks read as
+    /// [`Mapping::read`] does: a poisoned or missing page fails the search.
+    pub fn find(&self, pattern: &[u8], limit: usize) -> Result<Vec<u64>> {
         const CHUNK: usize = 1 << 20;
         let mut found = Vec::new();
         if pattern.is_empty() || pattern.len() > CHUNK {
-            return found;
+            return Ok(found);
         }
         let overlap = pattern.len() - 1;
         let mut buf = vec![0u8; CHUNK + overlap];
         let mut offset = 0usize;
         while offset < self.len() && found.len() < limit {
             let len = (CHUNK + overlap).min(self.len() - offset);
-            self.slice()
-                .subslice(offset, len)
-                .expect("chunk lies inside the mapping")
-                .copy_to(&mut buf[..len]);
+            self.read(offset, &mut buf[..len])?;
             for (i, window) in buf[..len].windows(pattern.len()).enumerate() {
                 // Matches starting in the overlap are found again by the next chunk.
                 if i < CHUNK && window == pattern {
@@ -107,7 +117,13 @@ impl Mapping {
             }
             offset += CHUNK;
         }
-        found
+        Ok(found)
+    }
+
+    fn file(&self) -> Result<&File> {
+        self.region.file_offset().map(FileOffset::file).ok_or_else(|| {
+            Error::io("access the allocation", std::io::Error::other("the mapping has no file"))
+        })
     }
 
     fn range(&self, offset: usize, len: usize) -> Result<VolatileSlice<'_, impl BitmapSlice + '_>> {

@@ -1,6 +1,6 @@
 //! The pool API on real memory: memfd and tmpfs directories.
 
-use driver::{Error, Pool, PoolKind, PoolSpec};
+use driver::{Error, Mapping, Pool, PoolKind, PoolSpec};
 
 fn tmpfs_dir() -> tempfile::TempDir {
     tempfile::tempdir_in("/dev/shm").expect("/dev/shm is a tmpfs on every Linux host")
@@ -25,7 +25,7 @@ fn memfd_allocation_is_shared_memory_of_the_rounded_size() {
     let mut buf = [0u8; 5];
     second.read(8192, &mut buf).unwrap();
     assert_eq!(&buf, b"hello");
-    assert_eq!(second.find(b"hello", 10), vec![8192]);
+    assert_eq!(second.find(b"hello", 10).unwrap(), vec![8192]);
     assert!(first.write(12286, b"xyz").is_err(), "writes past the end are refused");
 }
 
@@ -52,8 +52,32 @@ fn find_sees_patterns_across_chunk_boundaries() {
     for &offset in &offsets {
         mapping.write(offset as usize, b"TOKEN!").unwrap();
     }
-    assert_eq!(mapping.find(b"TOKEN!", 100), offsets);
-    assert_eq!(mapping.find(b"TOKEN!", 2), offsets[..2]);
+    assert_eq!(mapping.find(b"TOKEN!", 100).unwrap(), offsets);
+    assert_eq!(mapping.find(b"TOKEN!", 2).unwrap(), offsets[..2]);
+}
+
+/// A page the owner cannot read (here: past the end of a file that shrank under the mapping,
+/// which SIGBUSes a direct access; a poisoned page is the same) is an error of that request
+/// (FIND, read), and the process lives on.
+#[test]
+fn find_and_read_over_a_missing_page_fail_without_sigbus() {
+    let dir = tmpfs_dir();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path().join("m"))
+        .unwrap();
+    file.set_len(4 << 20).unwrap();
+    let mapping = Mapping::new(&file, 4 << 20).unwrap();
+    mapping.write(1 << 20, b"TOKEN!").unwrap();
+    file.set_len(2 << 20).unwrap();
+    assert!(mapping.find(b"TOKEN!", 10).is_err());
+    let mut buf = [0u8; 8];
+    assert!(mapping.read(3 << 20, &mut buf).is_err());
+    mapping.read(1 << 20, &mut buf[..6]).unwrap();
+    assert_eq!(&buf[..6], b"TOKEN!");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Driver benchmark: `cargo bench -p pageless-tests --bench driver`.
 //!
 //! One outer TCG guest (q35, intel-iommu, QEMU's edu device, 10 GiB) boots the 6.12 cloud kernel
+//! (`PAGELESS_BENCH_KERNEL=newest`: the 7.3 one, with the module built for it)
 //! with the pagelessfs pool reserved (`memmap=1G$4G memmap=512M$6G`, `pageless.ko
 //! ranges=1G@4G,512M@6G`), a legacy pmem range for device-dax (`memmap=1G!8G`) and one 1G
 //! hugetlb page reserved at boot, and runs tests/vm/bench-driver.sh, which measures in that one
@@ -14,6 +15,8 @@
 //!    reference (`pageless-guest vfio-map-bench`, edu bound to vfio-pci);
 //! 4. the seed scenario's nested VM (160M, vhost-user disk through the relay, edu passed
 //!    through) booted alternately on pagelessfs and memfd: seconds to INNER-READY.
+//!
+//! `PAGELESS_BENCH_INNER_RUNS=N` sets the nested boots per kind (default 3; 0 skips part 4).
 //!
 //! Prints the tables with ratios; exits non-zero, with the console's tail, on any CHECK FAIL
 //! or missing result.
@@ -30,8 +33,20 @@ use pageless_tests::repo_root;
 use pageless_tests::vm::{Vm, VmConfig};
 
 /// Nested boots per memory kind (ABBA order, after one warm-up boot); bench-driver.sh's
-/// INNER_RUNS.
+/// INNER_RUNS. `PAGELESS_BENCH_INNER_RUNS` overrides it (0: no nested boot at all).
 const INNER_RUNS: usize = 3;
+
+fn inner_runs() -> usize {
+    std::env::var("PAGELESS_BENCH_INNER_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(INNER_RUNS)
+}
+
+/// The outer guest's kernel: `PAGELESS_BENCH_KERNEL=newest` for the 7.3 one, else 6.12.
+fn bench_kernel() -> Kernel {
+    match std::env::var("PAGELESS_BENCH_KERNEL").as_deref() {
+        Ok("newest") => Kernel::newest(),
+        _ => Kernel::get(),
+    }
+}
 const PMEM_MODULES: &[&str] = &["libnvdimm", "nd_e820", "nd_btt", "nd_pmem", "device_dax", "dax_pmem"];
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -81,10 +96,12 @@ const REQUIRED_CHECKS: &[&str] = &[
     "dmesg-clean",
 ];
 
-fn required_checks() -> Vec<String> {
+fn required_checks(runs: usize) -> Vec<String> {
     let mut names: Vec<String> = REQUIRED_CHECKS.iter().map(|c| c.to_string()).collect();
-    names.push("inner-memfd-0-boots".into());
-    for run in 1..=INNER_RUNS {
+    if runs > 0 {
+        names.push("inner-memfd-0-boots".into());
+    }
+    for run in 1..=runs {
         for label in ["pagelessfs", "memfd"] {
             names.push(format!("inner-{label}-{run}-boots"));
             names.push(format!("inner-{label}-{run}-disk-and-vfio"));
@@ -93,7 +110,7 @@ fn required_checks() -> Vec<String> {
     names
 }
 
-fn required() -> Vec<String> {
+fn required(runs: usize) -> Vec<String> {
     let mut keys: Vec<String> = vec![
         "thp".into(),
         "struct_page_ram_bytes_per_gib".into(),
@@ -120,8 +137,10 @@ fn required() -> Vec<String> {
         keys.push(format!("vfio_map_ms_per_gib_{row}"));
         keys.push(format!("vfio_unmap_ms_per_gib_{row}"));
     }
-    keys.push("inner_boot_secs_memfd_0".into());
-    for run in 1..=INNER_RUNS {
+    if runs > 0 {
+        keys.push("inner_boot_secs_memfd_0".into());
+    }
+    for run in 1..=runs {
         for label in ["pagelessfs", "memfd"] {
             keys.push(format!("inner_boot_secs_{label}_{run}"));
         }
@@ -129,18 +148,17 @@ fn required() -> Vec<String> {
     keys
 }
 
-fn build_initrd(dir: &Path) -> std::path::PathBuf {
-    let kernel = Kernel::get();
+fn build_initrd(dir: &Path, kernel: &Kernel, runs: usize) -> std::path::PathBuf {
     let script = std::fs::read_to_string(repo_root().join("tests/vm/bench-driver.sh")).unwrap();
-    let mut outer = outer_initramfs(dir, &kernel);
+    let mut outer = outer_initramfs(dir, kernel);
     let ndctl = Path::new("/usr/bin/ndctl");
     assert!(ndctl.exists(), "{} is missing: run scripts/setup.sh (it installs ndctl)", ndctl.display());
     outer.binary(ndctl, "/usr/bin/ndctl");
     for module in PMEM_MODULES {
-        outer.kernel_module_file(&kernel, module, &format!("/mods/{module}.ko"));
+        outer.kernel_module_file(kernel, module, &format!("/mods/{module}.ko"));
     }
     let initrd = dir.join("outer-initrd");
-    outer.init(&format!("INNER_RUNS={INNER_RUNS}\n{script}")).build(&initrd).unwrap();
+    outer.init(&format!("INNER_RUNS={runs}\n{script}")).build(&initrd).unwrap();
     initrd
 }
 
@@ -264,7 +282,7 @@ fn print_inner(r: &Results) {
         "\n4. Nested VM boot (160M RAM from the owner, vhost-user disk via the relay, edu via vfio-pci), s to INNER-READY"
     );
     let runs = |label: &str| -> Vec<f64> {
-        (1..=INNER_RUNS).map(|n| r.f(&format!("inner_boot_secs_{label}_{n}"))).collect()
+        (1..=inner_runs()).map(|n| r.f(&format!("inner_boot_secs_{label}_{n}"))).collect()
     };
     let (pl, mf) = (runs("pagelessfs"), runs("memfd"));
     let show = |v: &[f64]| v.iter().map(|s| format!("{s:.1}")).collect::<Vec<_>>().join(", ");
@@ -283,9 +301,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let dir = tempfile::tempdir().unwrap();
-    let initrd = build_initrd(dir.path());
+    let kernel = bench_kernel();
+    let runs = inner_runs();
+    let initrd = build_initrd(dir.path(), &kernel, runs);
 
     let mut config = VmConfig::new("bench", initrd);
+    config.kernel = kernel.vmlinuz();
     config.memory = "10G".into();
     config.smp = 2;
     config.machine = Some("q35".into());
@@ -307,13 +328,13 @@ fn main() -> ExitCode {
     for check in checks.iter().filter(|c| !c.ok) {
         problems.push(format!("FAILED {}: {}", check.name, check.detail));
     }
-    for name in required_checks() {
+    for name in required_checks(runs) {
         if !checks.iter().any(|c| c.name == name) {
             problems.push(format!("MISSING CHECK {name}"));
         }
     }
     let results = Results(results(&console));
-    for key in required() {
+    for key in required(runs) {
         if !results.0.contains_key(&key) {
             problems.push(format!("MISSING RESULT {key}"));
         }
@@ -329,13 +350,16 @@ fn main() -> ExitCode {
     }
 
     println!(
-        "\npageless driver benchmark: one TCG guest (q35, intel-iommu, {}, 6.12 cloud kernel), {:.0} s in all",
+        "\npageless driver benchmark: one TCG guest (q35, intel-iommu, {}, kernel {}), {:.0} s in all",
         config.memory,
+        kernel.version,
         elapsed.as_secs_f64()
     );
     print_faults(&results);
     print_struct_page(&results);
     print_vfio(&results);
-    print_inner(&results);
+    if runs > 0 {
+        print_inner(&results);
+    }
     ExitCode::SUCCESS
 }

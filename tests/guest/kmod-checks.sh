@@ -229,6 +229,10 @@ else
 	echo "# memory-error checks skipped: no $MCE_KO (decompressed mce-inject.ko of the guest kernel)"
 fi
 
+# --- memory_failure() of pool pages: SIGBUS to the mappers on 6.19+, ignored before ----------
+$G memory-failure $M/2m
+$G memory-failure $M/4k
+
 # --- benchmark (optional) -----------------------------------------------------------------
 if [ "${PAGELESS_BENCH:-0}" = 1 ]; then
 	echo 512 >/proc/sys/vm/nr_hugepages

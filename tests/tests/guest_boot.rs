@@ -35,7 +35,7 @@ fn guest_ram_is_the_owners_memfd() {
     // So does a client that maps the fd the owner hands out.
     let region = owner.connect().unwrap().get_memory().unwrap().pop().unwrap();
     let mapping = Mapping::new(&File::from(region.fd), region.region.memory_size).unwrap();
-    assert_eq!(mapping.find(token.as_bytes(), 100), offsets);
+    assert_eq!(mapping.find(token.as_bytes(), 100).unwrap(), offsets);
 
     // QEMU (same pid as the wrapper, which exec'd it) maps the owner's memfd and is a client.
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", vm.pid())).unwrap();

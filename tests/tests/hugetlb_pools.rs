@@ -58,7 +58,7 @@ fn hugetlbfs_and_hugetlb_memfd_pools() {
     assert_eq!(pool.stats().unwrap().free, free_before - (4 << 20), "pre-faulting takes two pages");
     let mapping = allocation.map().unwrap();
     mapping.write((2 << 20) + 7, b"huge").unwrap();
-    assert_eq!(mapping.find(b"huge", 4), vec![(2 << 20) + 7]);
+    assert_eq!(mapping.find(b"huge", 4).unwrap(), vec![(2 << 20) + 7]);
     drop(mapping);
     allocation.remove().unwrap();
     drop(allocation);

@@ -71,6 +71,21 @@ case "$status" in
     *'"pool_quarantined":0,'*) ok serve-status-quarantine-released "0 quarantined once the holder exited" ;;
     *) fail serve-status-quarantine-released "sysfs $(cat /sys/fs/pagelessfs/quarantined_bytes), status $status" ;;
 esac
+# An uncorrected memory error in the VM's memory (mce-inject, through the decode chain): FIND
+# over the poisoned page fails that request (the owner reads with pread: EIO), the owner lives.
+insmod /mce-inject.ko
+pageless-guest inject-error $((phys + 4096))
+for i in $(seq 50); do
+    out=$(pageless find --vm g --run-dir /run/pageless $TOKEN 2>&1) || break
+    sleep 0.1
+done
+if pageless find --vm g --run-dir /run/pageless $TOKEN >/dev/null 2>&1; then
+    fail serve-find-memory-error "find still succeeds: $out"
+else
+    ok serve-find-memory-error "$(echo "$out" | tail -n 1)"
+fi
+check serve-owner-alive-after-memory-error pageless status --vm g --run-dir /run/pageless
+rmmod mce_inject
 pageless stop --vm g --run-dir /run/pageless
 wait
 check serve-stopped sh -c "[ ! -e /run/pageless/g.sock ] && [ -e /mnt/serve/g ]"
@@ -107,6 +122,8 @@ const REQUIRED: &[&str] = &[
     "serve-owner-sees-client",
     "serve-status-quarantined",
     "serve-status-quarantine-released",
+    "serve-find-memory-error",
+    "serve-owner-alive-after-memory-error",
     "serve-stopped",
     "serve-reattach-sealed",
     "environment",
@@ -206,6 +223,12 @@ const REQUIRED: &[&str] = &[
     "mce-sigbus-mceerr-ar-4K",
     "mce-page-retired-4K",
     "unload-refused-quarantined",
+    "memory-failure-consumer-2M",
+    "memory-failure-other-mapper-2M",
+    "memory-failure-retired-2M",
+    "memory-failure-consumer-4K",
+    "memory-failure-other-mapper-4K",
+    "memory-failure-retired-4K",
     "unload",
     "pat-released",
     "reload",

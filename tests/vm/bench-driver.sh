@@ -85,7 +85,7 @@ run_inner() { # label pool run
     rm -f "/mnt/pl/2m/$vm" "$disk"
 }
 phase inner
-run_inner memfd memfd 0
+[ "$INNER_RUNS" -gt 0 ] && run_inner memfd memfd 0
 n=1
 while [ $n -le "$INNER_RUNS" ]; do
     if [ $((n % 2)) = 1 ]; then

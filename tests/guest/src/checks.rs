@@ -776,6 +776,25 @@ fn inj_write(dir: &Path, file: &str, val: u64) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("{}/{file}: {e}", dir.display())))
 }
 
+/// Injects an uncorrected memory error at `phys` with mce-inject (software: through the MCE
+/// decode chain, as a patrol-scrub report would come). Returns whether the CPU is Intel.
+pub fn inject_uncorrected(inject: &Path, phys: u64) -> io::Result<bool> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let intel = cpuinfo.contains("GenuineIntel");
+    // MCi_STATUS: VAL | UC | EN | MISCV | ADDRV, plus a memory error code for the vendor.
+    let base: u64 = (1 << 63) | (1 << 61) | (1 << 60) | (1 << 59) | (1 << 58);
+    let (bank, status, misc) = if intel {
+        (1, base | 0x9f, (2 << 6) | 12) // MCACOD memory read error; MISC: physical, lsb 12
+    } else {
+        (4, base | (8 << 16), 0) // AMD legacy northbridge DRAM ECC (bank 4, XEC 8)
+    };
+    inj_write(inject, "status", status)?;
+    inj_write(inject, "misc", misc)?;
+    inj_write(inject, "addr", phys)?;
+    inj_write(inject, "bank", bank)?; // injects
+    Ok(intel)
+}
+
 /// A software-injected uncorrected memory error (mce-inject) inside a mapped file:
 /// the page gets SIGBUS BUS_MCEERR_AR, its neighbours keep working, read() gets EIO,
 /// the page never returns to the pool.
@@ -797,19 +816,7 @@ pub fn memory_error(r: &mut Report, dir: &Path, inject: &Path) -> io::Result<()>
         .first()
         .map(|e| e.physical)
         .ok_or_else(|| io::Error::other("no FIEMAP extent for the target"))?;
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let intel = cpuinfo.contains("GenuineIntel");
-    // MCi_STATUS: VAL | UC | EN | MISCV | ADDRV, plus a memory error code for the vendor.
-    let base: u64 = (1 << 63) | (1 << 61) | (1 << 60) | (1 << 59) | (1 << 58);
-    let (bank, status, misc) = if intel {
-        (1, base | 0x9f, (2 << 6) | 12) // MCACOD memory read error; MISC: physical, lsb 12
-    } else {
-        (4, base | (8 << 16), 0) // AMD legacy northbridge DRAM ECC (bank 4, XEC 8)
-    };
-    inj_write(inject, "status", status)?;
-    inj_write(inject, "misc", misc)?;
-    inj_write(inject, "addr", phys)?;
-    inj_write(inject, "bank", bank)?; // injects (software: through the decode chain)
+    let intel = inject_uncorrected(inject, phys)?;
 
     // The decode chain runs from a workqueue: wait for read() to see the poison.
     let mut buf = [0u8; 8];
@@ -839,7 +846,6 @@ pub fn memory_error(r: &mut Report, dir: &Path, inject: &Path) -> io::Result<()>
     let (rfd, wfd) = nix::unistd::pipe()?;
     let wraw = wfd.as_raw_fd();
     let child = fork_child(|| {
-        REPORT_FD.store(wraw, std::sync::atomic::Ordering::Relaxed);
         let Ok(m) = Map::shared(&f, size as usize, 0) else { return 1 };
         let around = [0usize, target as usize - PAGE, target as usize + PAGE, size as usize - PAGE];
         let ok_around = around.iter().all(|&off| m.read_u64(off) == pattern(5, off as u64));
@@ -850,13 +856,7 @@ pub fn memory_error(r: &mut Report, dir: &Path, inject: &Path) -> io::Result<()>
         if unsafe { libc::write(wraw, head.as_ptr().cast(), head.len()) } != 16 {
             return 2;
         }
-        // SAFETY: zeroed sigaction, then handler and flags set; the handler only calls
-        // async-signal-safe functions.
-        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-        sa.sa_sigaction = on_mce_sigbus as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO;
-        // SAFETY: valid sigaction.
-        unsafe { libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut()) };
+        report_sigbus_to(wraw);
         let _ = m.read_u64(target as usize);
         0
     });
@@ -907,12 +907,181 @@ pub fn memory_error(r: &mut Report, dir: &Path, inject: &Path) -> io::Result<()>
     Ok(())
 }
 
+/// Whether this kernel's memory_failure() handles PFNs without struct page through
+/// register_pfn_address_space() (6.19 and later).
+fn kernel_has_pfn_memory_failure() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut nums = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    (nums.next().unwrap_or(0), nums.next().unwrap_or(0)) >= (6, 19)
+}
+
+/// Reads one 16-byte report (two u64) from a pipe; None at EOF.
+fn read_report(fd: std::os::fd::OwnedFd) -> Option<(u64, u64)> {
+    let mut rep = [0u8; 16];
+    File::from(fd).read_exact(&mut rep).ok()?;
+    Some((
+        u64::from_ne_bytes(rep[..8].try_into().unwrap_or([0; 8])),
+        u64::from_ne_bytes(rep[8..].try_into().unwrap_or([0; 8])),
+    ))
+}
+
+/// memory_failure() of a page of a mapped file, as the kernel's machine-check handler calls it
+/// for an error consumed by a user access (`kill_me_maybe()`), here through
+/// /sys/devices/system/memory/hard_offline_page written by the consuming process itself
+/// (Debian's kernels have no /dev/mcelog for mce-inject's raise mode). With
+/// register_pfn_address_space() (6.19+) that process gets SIGBUS BUS_MCEERR_AR with si_addr in
+/// the page, a second mapper with PR_MCE_KILL_EARLY (as QEMU sets) BUS_MCEERR_AO, and the page
+/// is retired. Older kernels ignore the PFN: ENXIO ("memory outside kernel control"), no
+/// signal, the page stays in use; that outcome is what the checks expect there.
+pub fn memory_failure(r: &mut Report, dir: &Path) -> io::Result<()> {
+    let st = statfs(dir)?;
+    let ps = st.bsize;
+    let size = ps.max(2 * MIB) * 2;
+    let p = dir.join("mf");
+    let f = create(&p)?;
+    f.set_len(size)?;
+    // This process never maps the file (its memory would stay quarantined while it lives); each
+    // child maps it itself (mappings are not inherited across fork) and reports si_addr as an
+    // offset into its own mapping.
+    for off in (0..size).step_by(PAGE) {
+        f.write_all_at(&pattern(6, off).to_ne_bytes(), off)?;
+    }
+    let target = size / 2 + 3 * PAGE as u64;
+    let phys = phys_of_range(&fiemap(&f)?, target, PAGE as u64)
+        .first()
+        .map(|e| e.physical)
+        .ok_or_else(|| io::Error::other("no FIEMAP extent for the target"))?;
+    let expect_addr = target;
+    let new_api = kernel_has_pfn_memory_failure();
+
+    // The other mapper: early kill, then waits up to 20 s for a signal.
+    let (other_r, other_w) = nix::unistd::pipe()?;
+    let (ready_r, ready_w) = nix::unistd::pipe()?;
+    let (ow, rw) = (other_w.as_raw_fd(), ready_w.as_raw_fd());
+    let other = fork_child(|| {
+        let Ok(m) = Map::shared(&f, size as usize, 0) else { return 1 };
+        MAP_BASE.store(m.addr() as u64, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_MCE_KILL, libc::PR_MCE_KILL_SET, libc::PR_MCE_KILL_EARLY, 0, 0) };
+        report_sigbus_to(ow);
+        let _ = m.read_u64(target as usize);
+        // SAFETY: a one-byte write from a valid buffer.
+        unsafe { libc::write(rw, b"r".as_ptr().cast(), 1) };
+        std::thread::sleep(Duration::from_secs(20));
+        4
+    });
+    drop((other_w, ready_w));
+    let mut ready = [0u8; 1];
+    File::from(ready_r).read_exact(&mut ready)?;
+
+    // The consumer: its SIGBUS handler reports (si_code, si_addr); without a signal it reports
+    // (0, errno of the write) and exits 5.
+    let (cons_r, cons_w) = nix::unistd::pipe()?;
+    let cw = cons_w.as_raw_fd();
+    let consumer = fork_child(|| {
+        let Ok(m) = Map::shared(&f, size as usize, 0) else { return 1 };
+        MAP_BASE.store(m.addr() as u64, std::sync::atomic::Ordering::Relaxed);
+        report_sigbus_to(cw);
+        // It maps the page (faulted in) when it "consumes" the error.
+        let _ = m.read_u64(target as usize);
+        let res = std::fs::write("/sys/devices/system/memory/hard_offline_page", format!("{phys:#x}\n"));
+        let errno = res.err().and_then(|e| e.raw_os_error()).unwrap_or(0) as u64;
+        let mut buf = [0u8; 16];
+        buf[8..].copy_from_slice(&errno.to_ne_bytes());
+        // SAFETY: a write from a valid 16-byte buffer.
+        unsafe { libc::write(cw, buf.as_ptr().cast(), buf.len()) };
+        5
+    });
+    drop(cons_w);
+    let cons = read_report(cons_r);
+    let cons_status = waitpid(consumer, None)?;
+    if !new_api {
+        // Nothing will signal it: give it a second, then stop waiting.
+        std::thread::sleep(Duration::from_secs(1));
+        let _ = nix::sys::signal::kill(other, Signal::SIGKILL);
+    }
+    let oth = read_report(other_r);
+    let other_status = waitpid(other, None)?;
+
+    let ar = libc::BUS_MCEERR_AR as u64;
+    let ao = libc::BUS_MCEERR_AO as u64;
+    let (cons_ok, oth_ok) = if new_api {
+        (
+            matches!(cons_status, WaitStatus::Exited(_, 3)) && cons == Some((ar, expect_addr)),
+            matches!(other_status, WaitStatus::Exited(_, 3)) && oth == Some((ao, expect_addr)),
+        )
+    } else {
+        (
+            matches!(cons_status, WaitStatus::Exited(_, 5)) && cons == Some((0, libc::ENXIO as u64)),
+            matches!(other_status, WaitStatus::Signaled(_, Signal::SIGKILL, _)) && oth.is_none(),
+        )
+    };
+    let want = if new_api {
+        "register_pfn_address_space(): want SIGBUS BUS_MCEERR_AR to the consumer, BUS_MCEERR_AO to the early-kill mapper"
+    } else {
+        "before 6.19 memory_failure() ignores PFNs without struct page: want ENXIO, no signal"
+    };
+    r.check(
+        &format!("memory-failure-consumer-{}", human(ps)),
+        cons_ok,
+        format!(
+            "{want}; page at file offset {expect_addr:#x} (phys {phys:#x}): consumer {cons_status:?}, report (si_code or 0, si_addr or errno) {cons:x?} (BUS_MCEERR_AR = {ar})"
+        ),
+    );
+    r.check(
+        &format!("memory-failure-other-mapper-{}", human(ps)),
+        oth_ok,
+        format!("{want}; other mapper (PR_MCE_KILL_EARLY) {other_status:?}, report {oth:x?} (BUS_MCEERR_AO = {ao})"),
+    );
+
+    // Retired (6.19+: the module learns the PFN from memory_failure()): read() there is EIO
+    // once recorded, and after unlink one block less comes back. Before: the data is intact.
+    let mut buf = [0u8; 8];
+    let t0 = Instant::now();
+    let mut rd = f.read_exact_at(&mut buf, target);
+    while new_api && rd.is_ok() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        rd = f.read_exact_at(&mut buf, target);
+    }
+    let eio = matches!(&rd, Err(e) if e.raw_os_error() == Some(libc::EIO));
+    let intact = rd.is_ok() && u64::from_ne_bytes(buf) == pattern(6, target);
+    drop(f);
+    std::fs::remove_file(&p)?;
+    let want_free = if new_api { st.bfree - 1 } else { st.bfree };
+    let free = wait_free(dir, want_free, 30)?;
+    r.check(
+        &format!("memory-failure-retired-{}", human(ps)),
+        free == want_free && if new_api { eio } else { intact },
+        format!(
+            "read() of the page: {}, data intact: {intact}; free blocks {} before, {free} after unlink (want {want_free})",
+            rd.as_ref().map(|_| "ok".to_string()).unwrap_or_else(errno_name),
+            st.bfree
+        ),
+    );
+    Ok(())
+}
+
+/// In a forked child: report SIGBUS (si_code, si_addr) to `fd` and exit 3 (on_mce_sigbus).
+fn report_sigbus_to(fd: RawFd) {
+    REPORT_FD.store(fd, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: zeroed sigaction, then handler and flags set; the handler only calls
+    // async-signal-safe functions.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = on_mce_sigbus as *const () as usize;
+    sa.sa_flags = libc::SA_SIGINFO;
+    // SAFETY: valid sigaction.
+    unsafe { libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut()) };
+}
+
 static REPORT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// Where the reporting child's own mapping starts: si_addr is reported relative to it (0: as is).
+static MAP_BASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// SIGBUS handler of the memory-error probe: write si_code and si_addr to REPORT_FD, exit 3.
 extern "C" fn on_mce_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t.
     let (code, addr) = unsafe { ((*info).si_code as i64, (*info).si_addr() as u64) };
+    let addr = addr.wrapping_sub(MAP_BASE.load(std::sync::atomic::Ordering::Relaxed));
     let mut buf = [0u8; 16];
     buf[..8].copy_from_slice(&code.to_ne_bytes());
     buf[8..].copy_from_slice(&addr.to_ne_bytes());

@@ -108,6 +108,16 @@ enum Cmd {
         #[arg(long, default_value = "/sys/kernel/debug/mce-inject")]
         inject: PathBuf,
     },
+    /// Inject an uncorrected memory error at physical address PHYS (mce-inject debugfs dir).
+    InjectError {
+        #[arg(value_parser = util::parse_size)]
+        phys: u64,
+        #[arg(long, default_value = "/sys/kernel/debug/mce-inject")]
+        inject: PathBuf,
+    },
+    /// memory_failure() of a page of a mapped file of DIR (hard_offline_page): SIGBUS to its
+    /// mappers and retirement on 6.19+, ignored before.
+    MemoryFailure { dir: PathBuf },
     /// Benchmark: faults and time to first-touch SIZE, and struct page bytes per GiB.
     BenchFaults {
         /// pagelessfs mounts (1G, 2M, 4K ...).
@@ -223,6 +233,8 @@ fn main() {
         Cmd::RmmodBusy { module } => checks::rmmod_busy(&mut r, &module),
         Cmd::Stress { secs, workers, dirs } => checks::stress(&mut r, &dirs, secs, workers),
         Cmd::MemoryError { dir, inject } => checks::memory_error(&mut r, &dir, &inject),
+        Cmd::MemoryFailure { dir } => checks::memory_failure(&mut r, &dir),
+        Cmd::InjectError { phys, inject } => checks::inject_uncorrected(&inject, phys).map(|_| ()),
         Cmd::BenchFaults { pageless, hugetlbfs, size } => {
             bench::bench_faults(&mut r, &pageless, &hugetlbfs, size)
         }
