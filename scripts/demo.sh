@@ -5,7 +5,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-cargo build --quiet -p backend -p pageless-tests --bins
+cargo build --quiet -p pageless -p pageless-tests --bins
 pageless=$here/target/debug/pageless
 testbed=$here/target/debug/pageless-testbed
 work=$(mktemp -d)

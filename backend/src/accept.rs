@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use log::{error, warn};
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
-use protocol::control::{code, error_reply};
-use protocol::frame::send_message;
+use pageless_protocol::control::{code, error_reply};
+use pageless_protocol::frame::send_message;
 
 use crate::control_server;
 use crate::limits::{and_more, Backoff, Caps, FileLimit, LogLimit, Slot, Slots, LOG_EVERY};

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use driver::size::parse_size;
-use driver::PoolSpec;
-use protocol::control::ControlClient;
+use pageless_pool::size::parse_size;
+use pageless_pool::PoolSpec;
+use pageless_protocol::control::ControlClient;
 
 use crate::hook;
 use crate::limits::{self, LimitOptions};
@@ -195,7 +195,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Status { vm, run_dir, json } => {
             if let Some(vm) = &vm {
-                driver::check_name(vm)?;
+                pageless_pool::check_name(vm)?;
             }
             let extents = if json { status::Extents::All } else { status::Extents::Summary };
             let entries = status::collect(&run_dir.run_dir, vm.as_deref(), extents)?;
@@ -210,14 +210,14 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Find { vm, run_dir, pattern } => {
-            driver::check_name(&vm)?;
+            pageless_pool::check_name(&vm)?;
             let client = ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "find")?;
             let offsets: String =
                 client.find(pattern.as_bytes())?.iter().map(|o| format!("{o:#x}\n")).collect();
             print_out(&offsets)?;
         }
         Command::Stop { vm, run_dir } => {
-            driver::check_name(&vm)?;
+            pageless_pool::check_name(&vm)?;
             ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "stop")?.stop()?;
         }
         Command::Hook { vm, operation, subop, extra: _, config_dir } => {

@@ -8,12 +8,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use protocol::control::{
+use pageless_protocol::control::{
     self, code, encode_memory, error_reply, hello_reply, reply, RegionInfo, Request, CONTROL_VERSION,
     MAX_EXTENTS_PER_REPLY, MIN_CONTROL_VERSION, STATUS_EXTENTS,
 };
-use protocol::frame::{recv_message, send_message, FrameError, Message};
-use protocol::VhostUserMemoryRegion;
+use pageless_protocol::frame::{recv_message, send_message, FrameError, Message};
+use pageless_protocol::VhostUserMemoryRegion;
 
 use crate::limits::{and_more, LogLimit};
 use crate::owner::Owner;

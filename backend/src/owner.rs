@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use driver::{Allocation, Mapping, Pool, PoolKind};
 use log::{error, warn};
-use protocol::control::{
+use pageless_pool::{Allocation, Mapping, Pool, PoolKind};
+use pageless_protocol::control::{
     ClientStatus, ConsumerStatus, ExtentPage, ExtentStatus, MemoryHolder, RegionStatus, VmStatus,
 };
 
@@ -166,11 +166,8 @@ impl Owner {
             clients: self.clients.lock().expect("clients lock").values().cloned().collect(),
             consumers: self.consumers.lock().expect("consumers lock").values().cloned().collect(),
             stopping: self.stop_state().map(|s| s.status()),
-            qemu: self.qemu.describe().map(|(pid, uid, since, running)| protocol::control::BoundQemuStatus {
-                pid,
-                uid,
-                since,
-                running,
+            qemu: self.qemu.describe().map(|(pid, uid, since, running)| {
+                pageless_protocol::control::BoundQemuStatus { pid, uid, since, running }
             }),
         }
     }
@@ -267,7 +264,7 @@ impl Owner {
 /// VFIO fd (VFIO type1 keeps IOMMU mappings of PFN-only memory without a reference to the file,
 /// and an exiting process drops its mappings before it closes its fds). A process we cannot
 /// inspect counts as holding it while it lives; a zombie or a gone one does not.
-fn process_holds(pid: u32, id: driver::FileId) -> Vec<&'static str> {
+fn process_holds(pid: u32, id: pageless_pool::FileId) -> Vec<&'static str> {
     if !process_alive(pid) {
         return Vec::new();
     }
@@ -300,7 +297,7 @@ fn process_holds(pid: u32, id: driver::FileId) -> Vec<&'static str> {
 }
 
 /// Whether a /proc/<pid>/maps text maps the file `id` (`major:minor inode` columns).
-fn maps_file(maps: &str, id: driver::FileId) -> bool {
+fn maps_file(maps: &str, id: pageless_pool::FileId) -> bool {
     let (major, minor) = (libc::major(id.dev), libc::minor(id.dev));
     maps.lines().any(|line| {
         let mut fields = line.split_whitespace().skip(3);
@@ -318,7 +315,7 @@ mod tests {
 
     #[test]
     fn maps_file_matches_device_and_inode() {
-        let id = driver::FileId { dev: libc::makedev(0, 0x1a), ino: 1234 };
+        let id = pageless_pool::FileId { dev: libc::makedev(0, 0x1a), ino: 1234 };
         let maps =
             "7f00-7f10 rw-s 00000000 00:1a 1234   /dev/shm/vm\n7f10-7f20 r--p 00000000 fd:01 99 /usr/lib/x";
         assert!(maps_file(maps, id));
@@ -330,10 +327,10 @@ mod tests {
     #[test]
     fn a_process_holding_the_file_open_holds_it() {
         let file = tempfile::tempfile().unwrap();
-        let id = driver::FileId::of(&file).unwrap();
+        let id = pageless_pool::FileId::of(&file).unwrap();
         assert_eq!(process_holds(std::process::id(), id), vec!["holds an fd of the memory"]);
         file.set_len(4096).unwrap();
-        let mapping = driver::Mapping::new(&file, 4096).unwrap();
+        let mapping = pageless_pool::Mapping::new(&file, 4096).unwrap();
         drop(file);
         assert_eq!(
             process_holds(std::process::id(), id),

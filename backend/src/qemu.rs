@@ -11,9 +11,9 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use driver::size::Size;
 use log::info;
-use protocol::control::{ControlClient, ControlError};
+use pageless_pool::size::Size;
+use pageless_protocol::control::{ControlClient, ControlError};
 use thiserror::Error;
 
 use crate::control_socket_path;
@@ -87,7 +87,7 @@ pub fn run(options: QemuOptions) -> Result<Infallible, QemuError> {
         info!("no VM name: running {program} unchanged");
         return Err(exec(program, args));
     };
-    driver::check_name(&vm).map_err(|e| QemuError::BadName(e.to_string()))?;
+    pageless_pool::check_name(&vm).map_err(|e| QemuError::BadName(e.to_string()))?;
     let socket = control_socket_path(&options.run_dir, &vm);
     let owner_error = |source| QemuError::Owner { vm: vm.clone(), source };
     let client = ControlClient::connect(&socket, "qemu").map_err(owner_error)?;

@@ -7,7 +7,7 @@
 //! `pageless-ram` object and `-machine memory-backend=pageless-ram`. `-m` is kept, but must
 //! agree with the owner's size: a mismatch is an error, never silently overridden.
 
-use driver::size::{parse_size, Size};
+use pageless_pool::size::{parse_size, Size};
 use serde_json::{Map, Value};
 use thiserror::Error;
 

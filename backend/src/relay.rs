@@ -16,12 +16,14 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use log::{debug, info, warn};
-use protocol::control::{ConsumerStatus, RegionStatus};
-use protocol::frame::{recv_message, send_message, FrameError, Limits, Message, FLAG_REPLY, FLAG_VERSION_1};
-use protocol::memory::{
+use pageless_protocol::control::{ConsumerStatus, RegionStatus};
+use pageless_protocol::frame::{
+    recv_message, send_message, FrameError, Limits, Message, FLAG_REPLY, FLAG_VERSION_1,
+};
+use pageless_protocol::memory::{
     encode_mem_table, encode_single_region, file_range, parse_mem_table, parse_single_region, MemoryError,
 };
-use protocol::{FrontendReq, VhostUserMemoryRegion};
+use pageless_protocol::{FrontendReq, VhostUserMemoryRegion};
 use thiserror::Error;
 
 use crate::clock::unix_now;
@@ -46,7 +48,7 @@ pub enum RelaySpecError {
     Syntax(String),
     /// NAME cannot name a socket file.
     #[error(transparent)]
-    Name(#[from] driver::Error),
+    Name(#[from] pageless_pool::Error),
 }
 
 impl FromStr for RelaySpec {
@@ -57,7 +59,7 @@ impl FromStr for RelaySpec {
             .split_once('=')
             .filter(|(name, backend)| !name.is_empty() && !backend.is_empty())
             .ok_or_else(|| RelaySpecError::Syntax(text.into()))?;
-        driver::check_name(name)?;
+        pageless_pool::check_name(name)?;
         Ok(RelaySpec { name: name.into(), backend: backend.into() })
     }
 }

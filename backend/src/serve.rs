@@ -10,13 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use driver::size::Size;
-use driver::{Allocation, Pool, PoolSpec};
 use log::{error, info, warn};
 use nix::fcntl::{Flock, FlockArg};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
+use pageless_pool::size::Size;
+use pageless_pool::{Allocation, Pool, PoolSpec};
 use thiserror::Error;
 
 use crate::accept::Acceptor;
@@ -64,7 +64,7 @@ pub enum ServeError {
     /// for or that is not a multiple of its page size, mapping, sealing, prefaulting or
     /// removing the allocation; the message says which.
     #[error(transparent)]
-    Pool(#[from] driver::Error),
+    Pool(#[from] pageless_pool::Error),
     /// Another owner holds the VM's lock: stop it (`pageless stop`) before starting a new one.
     #[error("VM {vm:?} is already served by pageless (pid {pid}, lock {path}): stop that owner first")]
     AlreadyServed {
@@ -83,7 +83,7 @@ pub enum ServeError {
 /// Runs the owner until SIGTERM/SIGINT/SIGHUP or a STOP request, and then until no process it
 /// handed the memory to holds it any more.
 pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
-    driver::check_name(&options.vm)?;
+    pageless_pool::check_name(&options.vm)?;
     // Block the stop signals before any thread exists, so that every thread inherits the mask
     // and they are only ever read from the signalfd.
     let mut stop_signals = SigSet::empty();

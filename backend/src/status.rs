@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use driver::size::Size;
-use protocol::control::{ControlClient, StoppingStatus, VmStatus};
+use pageless_pool::size::Size;
+use pageless_protocol::control::{ControlClient, StoppingStatus, VmStatus};
 
 /// One owner socket and what it answered.
 #[derive(Debug)]
@@ -210,7 +210,7 @@ fn render_stopping(out: &mut String, stopping: &StoppingStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::control::MemoryHolder;
+    use pageless_protocol::control::MemoryHolder;
 
     #[test]
     fn shows_quarantine_and_what_a_stopping_owner_waits_for() {
@@ -247,7 +247,11 @@ mod tests {
     #[test]
     fn lists_the_first_extents_and_counts_the_rest() {
         let extents: Vec<_> = (0..SHOWN_EXTENTS as u64 + 3)
-            .map(|i| protocol::control::ExtentStatus { logical: i * 8192, physical: None, length: 4096 })
+            .map(|i| pageless_protocol::control::ExtentStatus {
+                logical: i * 8192,
+                physical: None,
+                length: 4096,
+            })
             .collect();
         let status =
             VmStatus { vm: "vm1".into(), extent_count: Some(100_000), extents, ..Default::default() };

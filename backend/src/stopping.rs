@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use protocol::control::{MemoryHolder, StoppingStatus};
+use pageless_protocol::control::{MemoryHolder, StoppingStatus};
 
 use crate::clock::unix_now;
 

@@ -33,9 +33,9 @@
 //! # Example
 //!
 //! ```
-//! use driver::{Pool, PoolSpec};
+//! use pageless_pool::{Pool, PoolSpec};
 //!
-//! # fn main() -> driver::Result<()> {
+//! # fn main() -> pageless_pool::Result<()> {
 //! let spec: PoolSpec = "memfd".parse()?;
 //! let pool = Pool::open(&spec)?;
 //! // 10000 bytes are rounded up to whole pages.

@@ -1,6 +1,6 @@
 //! The pool API on real memory: memfd and tmpfs directories.
 
-use driver::{Error, Mapping, Pool, PoolKind, PoolSpec};
+use pageless_pool::{Error, Mapping, Pool, PoolKind, PoolSpec};
 
 fn tmpfs_dir() -> tempfile::TempDir {
     tempfile::tempdir_in("/dev/shm").expect("/dev/shm is a tmpfs on every Linux host")

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use protocol::frame::{send_parts, Header, HEADER_SIZE};
+use pageless_protocol::frame::{send_parts, Header, HEADER_SIZE};
 
 /// Most bytes one input sends through a socket: well below a Unix socket's buffer, so that
 /// writing everything before reading never blocks.

@@ -1,5 +1,5 @@
 //! The owner's decoding of control requests: frames read with the control protocol's limits
-//! (`protocol::control::LIMITS`), then `Request::parse`, as the owner's control server does.
+//! (`pageless_protocol::control::LIMITS`), then `Request::parse`, as the owner's control server does.
 //! What it accepts is within the protocol's bounds.
 //!
 //! Input: byte 0 is how many fds come with the first message (0 to 15); the rest is the byte
@@ -11,8 +11,8 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use protocol::control::{code, Request, LIMITS, MAX_FIND_PATTERN, MAX_ROLE_LEN, MAX_WRITE};
-use protocol::frame::{recv_message, FrameError};
+use pageless_protocol::control::{code, Request, LIMITS, MAX_FIND_PATTERN, MAX_ROLE_LEN, MAX_WRITE};
+use pageless_protocol::frame::{recv_message, FrameError};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&fd_count, stream)) = data.split_first() else { return };

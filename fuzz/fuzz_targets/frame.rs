@@ -1,4 +1,4 @@
-//! The vhost-user frame parser (`protocol::frame::recv_message`), fed through a real Unix socket
+//! The vhost-user frame parser (`pageless_protocol::frame::recv_message`), fed through a real Unix socket
 //! with fds attached: every message it returns is self-consistent, it never takes more than its
 //! limits, and no fd leaks.
 //!
@@ -12,11 +12,11 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use protocol::frame::{recv_message, FrameError, Header, Limits, HEADER_SIZE};
+use pageless_protocol::frame::{recv_message, FrameError, Header, Limits, HEADER_SIZE};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, stream)) = data.split_first() else { return };
-    let limits = if mode & 0x80 != 0 { protocol::control::LIMITS } else { Limits::VHOST_USER };
+    let limits = if mode & 0x80 != 0 { pageless_protocol::control::LIMITS } else { Limits::VHOST_USER };
     let fd_count = usize::from(mode & 0x7f);
     let guard = common::FdGuard::new();
     let sock = common::stream_with(stream, fd_count);

@@ -1,4 +1,4 @@
-//! The libvirt hook's config reader (`backend::hook::owner_plan`): the per-VM TOML file, the
+//! The libvirt hook's config reader (`pageless::hook::owner_plan`): the per-VM TOML file, the
 //! domain XML's `<pageless:vm>` metadata, its `<memory>` / NUMA cells, and qemu.conf's user.
 //! Any input gives a plan or an error, never a panic.
 //!
@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use backend::hook::owner_plan;
+use pageless::hook::owner_plan;
 use libfuzzer_sys::fuzz_target;
 
 /// A scratch directory of this process: `<tmp>/pageless-fuzz-<pid>`.
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = std::fs::remove_file(&qemu_conf);
     // Only a name the hook accepts becomes a file name (check_name keeps it inside the directory).
-    if !toml.is_empty() && driver::check_name(&vm).is_ok() {
+    if !toml.is_empty() && pageless_pool::check_name(&vm).is_ok() {
         std::fs::write(config_dir.join(format!("{vm}.toml")), toml.as_bytes()).expect("write the config");
     }
     if !qemu_conf_text.is_empty() {

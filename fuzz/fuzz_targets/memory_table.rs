@@ -1,4 +1,4 @@
-//! The vhost-user memory-table parsers (`protocol::memory`): SET_MEM_TABLE with its fds, and
+//! The vhost-user memory-table parsers (`pageless_protocol::memory`): SET_MEM_TABLE with its fds, and
 //! ADD_MEM_REG / REM_MEM_REG. What they accept is valid and encodes back to the same bytes; no fd
 //! leaks.
 //!
@@ -10,7 +10,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use protocol::memory::{
+use pageless_protocol::memory::{
     encode_mem_table, encode_single_region, file_range, parse_mem_table, parse_single_region,
     MAX_MEM_TABLE_REGIONS,
 };

@@ -1,4 +1,4 @@
-//! The QEMU argument rewriter (`backend::qemu_args`): any command line gives a rewritten one or
+//! The QEMU argument rewriter (`pageless::qemu_args`): any command line gives a rewritten one or
 //! an error, never a panic; a rewritten one puts the VM's RAM on the owner's memory.
 //!
 //! Input: bytes 0-7 are the owner's size (little-endian; a few fixed sizes are likelier, see
@@ -6,7 +6,7 @@
 
 #![no_main]
 
-use backend::qemu_args::{guest_name, rewrite, OwnerRam, PAGELESS_RAM_ID};
+use pageless::qemu_args::{guest_name, rewrite, OwnerRam, PAGELESS_RAM_ID};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use pageless_protocol::control::{code, ControlClient, CONTROL_VERSION};
+use pageless_protocol::frame::{recv_message, send_message, Message, FLAG_VERSION_1};
 use pageless_tests::owner::Owner;
 use pageless_tests::procfs::raise_file_limit;
-use protocol::control::{code, ControlClient, CONTROL_VERSION};
-use protocol::frame::{recv_message, send_message, Message, FLAG_VERSION_1};
 
 const WINDOW: Duration = Duration::from_secs(3);
 const IDLE_CLIENTS: usize = 2000;
@@ -35,7 +35,8 @@ enum Work {
 fn hello(sock: &UnixStream, hello: &[u8]) {
     send_message(sock, &Message::new(code::HELLO, FLAG_VERSION_1, hello.to_vec(), vec![]))
         .expect("send HELLO");
-    let reply = recv_message(sock, protocol::control::LIMITS).expect("HELLO reply").expect("HELLO reply");
+    let reply =
+        recv_message(sock, pageless_protocol::control::LIMITS).expect("HELLO reply").expect("HELLO reply");
     assert!(reply.header.is_reply());
 }
 

@@ -9,7 +9,7 @@
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use driver::{Pool, PoolSpec};
+use pageless_pool::{Pool, PoolSpec};
 use pageless_tests::bins;
 use pageless_tests::guests::token_guest;
 use pageless_tests::owner::Owner;

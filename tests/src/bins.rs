@@ -40,5 +40,5 @@ pub fn build(package: &str, bin: &str) -> PathBuf {
 
 /// The `pageless` binary.
 pub fn pageless() -> PathBuf {
-    build("backend", "pageless")
+    build("pageless", "pageless")
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use protocol::control::{ControlClient, VmStatus};
+use pageless_protocol::control::{ControlClient, VmStatus};
 
 use crate::bins;
 
@@ -88,7 +88,7 @@ impl Owner {
         self.child.id()
     }
 
-    pub fn connect(&self) -> Result<ControlClient, protocol::control::ControlError> {
+    pub fn connect(&self) -> Result<ControlClient, pageless_protocol::control::ControlError> {
         ControlClient::connect(&self.socket(), "test")
     }
 

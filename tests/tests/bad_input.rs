@@ -9,10 +9,12 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use pageless_protocol::control::{code, CONTROL_VERSION, FLAG_ERROR};
+use pageless_protocol::frame::{
+    recv_message, send_message, FrameError, Header, Limits, Message, FLAG_VERSION_1,
+};
 use pageless_tests::env::{require_env, Need};
 use pageless_tests::{bins, owner::Owner};
-use protocol::control::{code, CONTROL_VERSION, FLAG_ERROR};
-use protocol::frame::{recv_message, send_message, FrameError, Header, Limits, Message, FLAG_VERSION_1};
 
 fn connect(owner: &Owner) -> UnixStream {
     let sock = UnixStream::connect(owner.socket()).unwrap();

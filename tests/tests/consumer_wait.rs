@@ -9,13 +9,13 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use pageless_protocol::control::{ControlError, StoppingStatus};
 use pageless_tests::backends::{disk_image_with_token, Backend};
 use pageless_tests::bins;
 use pageless_tests::env::{require_env, Need, QEMU};
 use pageless_tests::guests::token_guest;
 use pageless_tests::owner::Owner;
 use pageless_tests::vm::{Vm, VmConfig};
-use protocol::control::{ControlError, StoppingStatus};
 
 /// `pageless-testbed hold-memory`: a separate process that maps the owner's memory until its
 /// stdin closes.

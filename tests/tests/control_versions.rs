@@ -5,10 +5,10 @@
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use pageless_protocol::control::{code, VmStatus, CONTROL_VERSION, FLAG_ERROR};
+use pageless_protocol::frame::{recv_message, send_message, Limits, Message, FLAG_VERSION_1};
+use pageless_protocol::memory::parse_mem_table;
 use pageless_tests::owner::Owner;
-use protocol::control::{code, VmStatus, CONTROL_VERSION, FLAG_ERROR};
-use protocol::frame::{recv_message, send_message, Limits, Message, FLAG_VERSION_1};
-use protocol::memory::parse_mem_table;
 
 const LIMITS: Limits = Limits { max_payload: 1 << 20, max_fds: 8 };
 

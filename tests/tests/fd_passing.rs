@@ -4,9 +4,9 @@
 use std::fs::File;
 use std::process::Command;
 
-use driver::Mapping;
+use pageless_pool::Mapping;
+use pageless_protocol::control::ControlClient;
 use pageless_tests::{bins, owner::Owner, random_token};
-use protocol::control::ControlClient;
 
 fn map_from_owner(owner: &Owner) -> (ControlClient, Mapping, u64) {
     let client = owner.connect().expect("connect");

@@ -8,12 +8,12 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use pageless_protocol::control::VmStatus;
 use pageless_tests::bins;
 use pageless_tests::env::{require_env, Need, QEMU};
 use pageless_tests::guests::{token_guest, token_of};
 use pageless_tests::owner::Owner;
 use pageless_tests::vm::{Vm, VmConfig};
-use protocol::control::VmStatus;
 
 const EXTENTS: u64 = 120_000;
 const SIZE_MIB: u64 = 960;

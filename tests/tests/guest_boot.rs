@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::time::Duration;
 
-use driver::Mapping;
+use pageless_pool::Mapping;
 use pageless_tests::checks;
 use pageless_tests::env::{require_env, Need, QEMU};
 use pageless_tests::guests::{token_guest, token_of};

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::process::Command;
 
-use driver::{Mapping, Pool, PoolSpec};
+use pageless_pool::{Mapping, Pool, PoolSpec};
 use pageless_tests::env::{require_env, Need};
 use pageless_tests::owner::Owner;
 

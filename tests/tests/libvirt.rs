@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use pageless_protocol::control::ControlClient;
 use pageless_tests::backends::{disk_image_with_token, image_sector_line, Backend};
 use pageless_tests::env::{require_env, Need, QEMU, QEMU_STORAGE_DAEMON};
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::{bins, random_token, repo_root};
-use protocol::control::ControlClient;
 
 const URI: &str = "qemu:///system";
 const RUN_DIR: &str = "/run/pageless";

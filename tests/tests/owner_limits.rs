@@ -14,15 +14,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pageless_protocol::control::{code, ControlClient, ControlError, FLAG_ERROR};
+use pageless_protocol::frame::{
+    recv_message, send_message, Limits, Message, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_1,
+};
+use pageless_protocol::memory::encode_mem_table;
+use pageless_protocol::{FrontendReq, VhostUserMemoryRegion};
 use pageless_tests::bins;
 use pageless_tests::owner::Owner;
 use pageless_tests::procfs::{raise_file_limit, Usage};
-use protocol::control::{code, ControlClient, ControlError, FLAG_ERROR};
-use protocol::frame::{
-    recv_message, send_message, Limits, Message, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_1,
-};
-use protocol::memory::encode_mem_table;
-use protocol::{FrontendReq, VhostUserMemoryRegion};
 
 /// The tests measure CPU and count threads: one at a time, on a machine shared with others.
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -8,13 +8,13 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use driver::FileId;
-use pageless_tests::owner::Owner;
-use protocol::frame::{
+use pageless_pool::FileId;
+use pageless_protocol::frame::{
     recv_message, send_message, FrameError, Limits, Message, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_1,
 };
-use protocol::memory::{encode_mem_table, encode_single_region};
-use protocol::{FrontendReq, VhostUserMemoryRegion};
+use pageless_protocol::memory::{encode_mem_table, encode_single_region};
+use pageless_protocol::{FrontendReq, VhostUserMemoryRegion};
+use pageless_tests::owner::Owner;
 
 const SIZE: u64 = 16 << 20;
 

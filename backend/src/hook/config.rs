@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use driver::size::{parse_size, round_up};
-use driver::PoolSpec;
 use log::warn;
+use pageless_pool::size::{parse_size, round_up};
+use pageless_pool::PoolSpec;
 use serde::Deserialize;
 
 use super::{HookError, XML_NAMESPACE};

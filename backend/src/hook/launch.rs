@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use driver::size::Size;
 use log::{debug, info, warn};
-use protocol::control::ControlClient;
+use pageless_pool::size::Size;
+use pageless_protocol::control::ControlClient;
 
 use super::config::{OwnerPlan, MAX_TIMEOUT};
 use super::{HookError, HookOptions};

@@ -172,7 +172,7 @@ pub fn owner_plan(
     xml: &str,
     qemu_conf: &Path,
 ) -> Result<Option<OwnerPlan>, HookError> {
-    driver::check_name(vm).map_err(|e| HookError::Config {
+    pageless_pool::check_name(vm).map_err(|e| HookError::Config {
         vm: vm.into(),
         source_desc: "the VM's name".into(),
         why: e.to_string(),

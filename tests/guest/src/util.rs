@@ -12,8 +12,8 @@ use std::time::Instant;
 pub const PAGE: usize = 4096;
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
-/// statfs f_type of pagelessfs ("PGLS"): the value the driver crate recognizes pools by.
-pub use driver::PAGELESSFS_MAGIC;
+/// statfs f_type of pagelessfs ("PGLS"): the value pageless-pool recognizes pools by.
+pub use pageless_pool::PAGELESSFS_MAGIC;
 
 /// Collects CHECK lines; the process exit status says whether all passed.
 #[derive(Default)]
@@ -356,17 +356,17 @@ pub fn pool_counter(name: &str) -> io::Result<u64> {
     text.trim().parse().map_err(|e| io::Error::other(format!("{path}: {text:?}: {e}")))
 }
 
-/// A size as the driver crate parses them (`4K`, `2M`, `1G`, bytes), or hex bytes (`0x…`), as
+/// A size as pageless-pool parses them (`4K`, `2M`, `1G`, bytes), or hex bytes (`0x…`), as
 /// in the module's `ranges=`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     match s.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(hex, 16).map_err(|e| format!("bad size {s}: {e}")),
-        None => driver::size::parse_size(s),
+        None => pageless_pool::size::parse_size(s),
     }
 }
 
 /// A byte count in the largest binary unit that divides it (`2M`, `1G`, `1536K`).
 pub fn human(b: u64) -> String {
-    driver::size::Size(b).to_string()
+    pageless_pool::size::Size(b).to_string()
 }

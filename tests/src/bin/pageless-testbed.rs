@@ -21,13 +21,13 @@ use std::io::{BufRead, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use driver::{FileId, Mapping};
-use protocol::control::{ControlClient, VmStatus};
-use protocol::frame::{
+use pageless_pool::{FileId, Mapping};
+use pageless_protocol::control::{ControlClient, VmStatus};
+use pageless_protocol::frame::{
     recv_message, send_message, Limits, Message, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_1,
 };
-use protocol::memory::encode_mem_table;
-use protocol::{FrontendReq, VhostUserMemoryRegion};
+use pageless_protocol::memory::encode_mem_table;
+use pageless_protocol::{FrontendReq, VhostUserMemoryRegion};
 
 fn check(name: &str, ok: bool, detail: &str) -> bool {
     println!("CHECK {name} {} {detail}", if ok { "ok" } else { "FAIL" });
@@ -229,7 +229,7 @@ fn ask_memory(socket: &Path) -> i32 {
             println!("GOT-MEMORY {}", regions.iter().map(|r| r.region.memory_size).sum::<u64>());
             0
         }
-        Err(protocol::control::ControlError::Refused(reason)) => {
+        Err(pageless_protocol::control::ControlError::Refused(reason)) => {
             println!("REFUSED {reason}");
             3
         }

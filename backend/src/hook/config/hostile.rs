@@ -55,7 +55,7 @@ fn check_plan(plan: &OwnerPlan) -> Result<(), TestCaseError> {
     prop_assert!(plan.start_timeout <= MAX_TIMEOUT && plan.consumer_timeout <= MAX_TIMEOUT);
     prop_assert!(plan.pool.parse::<PoolSpec>().is_ok());
     for device in &plan.vhost_user {
-        prop_assert!(driver::check_name(&device.name).is_ok(), "{:?}", device.name);
+        prop_assert!(pageless_pool::check_name(&device.name).is_ok(), "{:?}", device.name);
     }
     for arg in plan.serve_args() {
         prop_assert!(!arg.chars().any(char::is_control), "{arg:?}");
