@@ -17,9 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use log::{debug, info, warn};
 use pageless_protocol::control::{ConsumerStatus, RegionStatus};
-use pageless_protocol::frame::{
-    recv_message, send_message, FrameError, Limits, Message, FLAG_REPLY, FLAG_VERSION_1,
-};
+use pageless_protocol::frame::{recv_message, send_message, FrameError, Limits, Message};
 use pageless_protocol::memory::{
     encode_mem_table, encode_single_region, file_range, parse_mem_table, parse_single_region, MemoryError,
 };
@@ -235,12 +233,7 @@ fn frontend_to_backend(
                     request_name(header.request)
                 );
                 if header.needs_reply() {
-                    let failure = Message::new(
-                        header.request,
-                        FLAG_VERSION_1 | FLAG_REPLY,
-                        1u64.to_ne_bytes().to_vec(),
-                        vec![],
-                    );
+                    let failure = Message::reply_ack(header.request, false);
                     let _ = send_message(&front_writer.lock().unwrap_or_else(|e| e.into_inner()), &failure);
                 }
                 return format!("refused {}", request_name(header.request));

@@ -36,6 +36,7 @@ struct FiemapExtent {
 
 /// `struct fiemap` without its extents.
 #[repr(C)]
+#[derive(Default)]
 struct FiemapHeader {
     fm_start: u64,
     fm_length: u64,
@@ -45,14 +46,10 @@ struct FiemapHeader {
     fm_reserved: u32,
 }
 
+/// `struct fiemap` with room for [`EXTENTS_PER_CALL`] extents.
 #[repr(C)]
 struct Fiemap {
-    fm_start: u64,
-    fm_length: u64,
-    fm_flags: u32,
-    fm_mapped_extents: u32,
-    fm_extent_count: u32,
-    fm_reserved: u32,
+    header: FiemapHeader,
     fm_extents: [FiemapExtent; EXTENTS_PER_CALL],
 }
 
@@ -113,14 +110,7 @@ pub(crate) fn extent_count(file: impl AsFd, start: u64, end: u64) -> std::io::Re
     if start >= end {
         return Ok(Some(0));
     }
-    let mut request = FiemapHeader {
-        fm_start: start,
-        fm_length: end - start,
-        fm_flags: 0,
-        fm_mapped_extents: 0,
-        fm_extent_count: 0,
-        fm_reserved: 0,
-    };
+    let mut request = FiemapHeader { fm_start: start, fm_length: end - start, ..Default::default() };
     // SAFETY: with fm_extent_count 0, FS_IOC_FIEMAP reads and writes only the `struct fiemap`
     // header, which is exactly the layout and size of `request`; it only counts the extents.
     let rc = unsafe { libc::ioctl(file.as_fd().as_raw_fd(), FS_IOC_FIEMAP, &mut request) };
@@ -147,12 +137,12 @@ fn fiemap(
 ) -> std::io::Result<Option<(Vec<Extent>, bool)>> {
     let count = count.min(EXTENTS_PER_CALL);
     let mut request = Box::new(Fiemap {
-        fm_start: start,
-        fm_length: length,
-        fm_flags: 0,
-        fm_mapped_extents: 0,
-        fm_extent_count: count as u32,
-        fm_reserved: 0,
+        header: FiemapHeader {
+            fm_start: start,
+            fm_length: length,
+            fm_extent_count: count as u32,
+            ..Default::default()
+        },
         fm_extents: [FiemapExtent::default(); EXTENTS_PER_CALL],
     });
     // SAFETY: FS_IOC_FIEMAP reads and writes a `struct fiemap` followed by `fm_extent_count`
@@ -161,7 +151,7 @@ fn fiemap(
     if rc < 0 {
         return unsupported_or(std::io::Error::last_os_error());
     }
-    let mapped = (request.fm_mapped_extents as usize).min(count);
+    let mapped = (request.header.fm_mapped_extents as usize).min(count);
     let extents: Vec<Extent> = request.fm_extents[..mapped]
         .iter()
         .map(|fe| Extent {

@@ -47,7 +47,7 @@
 //! let mut buf = [0u8; 5];
 //! mapping.read(0, &mut buf)?;
 //! assert_eq!(&buf, b"hello");
-//! assert_eq!(mapping.find(b"hello", 10), vec![0]);
+//! assert_eq!(mapping.find(b"hello", 10)?, vec![0]);
 //! # Ok(())
 //! # }
 //! ```

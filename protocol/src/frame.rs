@@ -167,6 +167,12 @@ impl Message {
         let size = u32::try_from(payload.len()).expect("payloads are far below 4 GiB");
         Message { header: Header { request, flags, size }, payload, fds }
     }
+
+    /// The vhost-user REPLY_ACK reply to `request`: a u64 payload, 0 when it succeeded and
+    /// non-zero when it failed.
+    pub fn reply_ack(request: u32, ok: bool) -> Message {
+        Message::new(request, FLAG_VERSION_1 | FLAG_REPLY, u64::from(!ok).to_ne_bytes().to_vec(), vec![])
+    }
 }
 
 /// Reads exactly one message. Returns `Ok(None)` when the peer closed the connection cleanly

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use pageless_protocol::control::{code, ControlClient, ControlError, FLAG_ERROR};
 use pageless_protocol::frame::{
-    recv_message, send_message, Limits, Message, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_1,
+    recv_message, send_message, Limits, Message, FLAG_NEED_REPLY, FLAG_VERSION_1,
 };
 use pageless_protocol::memory::encode_mem_table;
 use pageless_protocol::{FrontendReq, VhostUserMemoryRegion};
@@ -235,12 +235,7 @@ fn dummy_backend(path: &Path, connections: Arc<AtomicU64>) {
             std::thread::spawn(move || {
                 while let Ok(Some(message)) = recv_message(&conn, Limits::VHOST_USER) {
                     if message.header.needs_reply() {
-                        let ack = Message::new(
-                            message.header.request,
-                            FLAG_VERSION_1 | FLAG_REPLY,
-                            0u64.to_ne_bytes().to_vec(),
-                            vec![],
-                        );
+                        let ack = Message::reply_ack(message.header.request, true);
                         if send_message(&conn, &ack).is_err() {
                             return;
                         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pageless_pool::FileId;
 use pageless_protocol::frame::{
-    recv_message, send_message, FrameError, Limits, Message, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_1,
+    recv_message, send_message, FrameError, Limits, Message, FLAG_NEED_REPLY, FLAG_VERSION_1,
 };
 use pageless_protocol::memory::{encode_mem_table, encode_single_region};
 use pageless_protocol::{FrontendReq, VhostUserMemoryRegion};
@@ -45,12 +45,7 @@ fn fake_backend(listener: UnixListener, received: Received) {
                         .collect();
                     received.lock().unwrap().push((message.header.request, fds));
                     if message.header.needs_reply() {
-                        let ack = Message::new(
-                            message.header.request,
-                            FLAG_VERSION_1 | FLAG_REPLY,
-                            0u64.to_ne_bytes().to_vec(),
-                            vec![],
-                        );
+                        let ack = Message::reply_ack(message.header.request, true);
                         let _ = send_message(&conn, &ack);
                     }
                 }
@@ -98,8 +93,18 @@ fn reopen(fd: &OwnedFd) -> OwnedFd {
         .into()
 }
 
-#[test]
-fn forged_memory_regions_never_reach_the_backend() {
+/// An owner of 16M relaying `dev0` to a fake backend that records what it receives, and the
+/// VM's memory as a frontend got it from the owner.
+struct Relayed {
+    dir: tempfile::TempDir,
+    received: Received,
+    owner: Owner,
+    relay: std::path::PathBuf,
+    memory: OwnedFd,
+    memory_id: FileId,
+}
+
+fn relayed() -> Relayed {
     let dir = tempfile::tempdir().unwrap();
     let backend_socket = dir.path().join("fake.sock");
     let received: Received = Arc::default();
@@ -109,6 +114,12 @@ fn forged_memory_regions_never_reach_the_backend() {
     let relay = owner.run_dir.join("vm/dev0.sock");
     let memory = owner.connect().unwrap().get_memory().unwrap().pop().unwrap().fd;
     let memory_id = FileId::of(&memory).unwrap();
+    Relayed { dir, received, owner, relay, memory, memory_id }
+}
+
+#[test]
+fn forged_memory_regions_never_reach_the_backend() {
+    let Relayed { dir: _dir, received, owner, relay, memory, memory_id } = relayed();
 
     // Another file: a pipe, whose read end shows whether the relay closed the forged fd.
     let (pipe_read, pipe_write) = nix::unistd::pipe().unwrap();
@@ -197,15 +208,7 @@ fn wait_received(received: &Received, count: usize) -> Vec<Record> {
 /// without an fd. A region it never added, or already removed, is refused.
 #[test]
 fn rem_mem_reg_closes_its_fd_and_removes_only_added_regions() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend_socket = dir.path().join("fake.sock");
-    let received: Received = Arc::default();
-    fake_backend(UnixListener::bind(&backend_socket).unwrap(), Arc::clone(&received));
-    let relay_arg = format!("dev0={}", backend_socket.display());
-    let owner = Owner::start(&dir.path().join("run"), "vm", &["--size", "16M", "--vhost-user", &relay_arg]);
-    let relay = owner.run_dir.join("vm/dev0.sock");
-    let memory = owner.connect().unwrap().get_memory().unwrap().pop().unwrap().fd;
-    let memory_id = FileId::of(&memory).unwrap();
+    let Relayed { dir: _dir, received, owner, relay, memory, memory_id } = relayed();
 
     // Removing what was never added is refused, with or without an fd.
     refused(&relay, rem_mem_reg(&region(4096, 0), vec![]));

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use pageless_pool::{FileId, Mapping};
 use pageless_protocol::control::{ControlClient, VmStatus};
 use pageless_protocol::frame::{
-    recv_message, send_message, Limits, Message, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_1,
+    recv_message, send_message, Limits, Message, FLAG_NEED_REPLY, FLAG_VERSION_1,
 };
 use pageless_protocol::memory::encode_mem_table;
 use pageless_protocol::{FrontendReq, VhostUserMemoryRegion};
@@ -135,12 +135,7 @@ fn fake_backend(listener: UnixListener) -> Result<File, String> {
             .map_err(|e| e.to_string())?
             .ok_or("the relay hung up before SET_MEM_TABLE")?;
         if message.header.needs_reply() {
-            let ack = Message::new(
-                message.header.request,
-                FLAG_VERSION_1 | FLAG_REPLY,
-                0u64.to_ne_bytes().to_vec(),
-                vec![],
-            );
+            let ack = Message::reply_ack(message.header.request, true);
             send_message(&conn, &ack).map_err(|e| e.to_string())?;
         }
         if message.header.request == u32::from(FrontendReq::SET_MEM_TABLE) {
