@@ -37,6 +37,11 @@ fuzz_target!(|data: &[u8]| {
             Request::GetMemory | Request::Status | Request::Stop => assert!(message.payload.is_empty()),
             Request::Find(pattern) => assert!((1..=MAX_FIND_PATTERN).contains(&pattern.len())),
             Request::Write { data, .. } => assert!((1..=MAX_WRITE).contains(&data.len())),
+            Request::Extents { max, .. } => {
+                assert_eq!(message.header.request, code::EXTENTS);
+                assert_eq!(message.payload.len(), 12);
+                assert!(max > 0);
+            }
         }
     }
     drop(sock);
