@@ -20,7 +20,6 @@
 #include <linux/sched/mm.h>
 #include <linux/uaccess.h>
 #include <linux/uio.h>
-#include <linux/uaccess.h>
 
 #include "compat.h"
 #include "pageless.h"
