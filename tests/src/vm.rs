@@ -192,8 +192,9 @@ impl Vm {
             let now = Instant::now();
             if now >= deadline {
                 return Err(format!(
-                    "[{}] no console line with {needle:?} (#{n}) within {timeout:?}",
-                    self.name
+                    "[{}] no console line with {needle:?} (#{n}) within {timeout:?}; the console's last lines:\n{}",
+                    self.name,
+                    tail(&guard, 60)
                 ));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -245,6 +246,14 @@ impl Drop for Vm {
             self.kill();
         }
     }
+}
+
+/// The last `n` lines of a console, for error messages.
+fn tail(lines: &[String], n: usize) -> String {
+    if lines.is_empty() {
+        return "(nothing: the guest printed no line)".into();
+    }
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A command line as one could paste it into a shell.

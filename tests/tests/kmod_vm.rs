@@ -24,8 +24,11 @@ use pageless_tests::{bins, checks, kmod, random_token, repo_root};
 /// served to a separate client process that maps it (PFN-only, `pf`), both ways.
 const SERVE_ON_PAGELESSFS: &str = r#"
 TOKEN=@TOKEN@
+echo '# init: insmod pageless.ko'
 insmod /pageless.ko ranges=1G@4G,512M@6G
+echo '# init: mount'
 mkdir -p /mnt/serve && mount -t pagelessfs -o pagesize=2M none /mnt/serve
+echo '# init: pageless serve'
 pageless serve --vm g --size 64M --pool pagelessfs:/mnt/serve --run-dir /run/pageless \
     --vhost-user dev0=/run/fake-backend.sock 2>/tmp/owner.log &
 for i in $(seq 100); do pageless status --vm g --run-dir /run/pageless >/dev/null 2>&1 && break; sleep 0.1; done
