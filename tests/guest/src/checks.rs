@@ -795,27 +795,44 @@ pub fn inject_uncorrected(inject: &Path, phys: u64) -> io::Result<bool> {
     Ok(intel)
 }
 
+/// The file a memory-error check poisons a page of.
+struct Victim {
+    f: File,
+    /// Two huge pages of the mount (at least 2 MiB each), in bytes.
+    size: u64,
+    /// The file offset of the page to poison, inside the second huge page.
+    target: u64,
+    /// Its physical address.
+    phys: u64,
+}
+
+/// Creates `path` (two huge pages of a mount of page size `ps`) with `pattern(tag, offset)` at
+/// the start of every page, and picks page `page` of the second huge page as the target. This
+/// process never maps the file: the memory of a file that a living process mapped stays
+/// quarantined, and the checks count on it coming back once the file is gone.
+fn victim(path: &Path, ps: u64, tag: u64, page: u64) -> io::Result<Victim> {
+    let size = ps.max(2 * MIB) * 2;
+    let f = create(path)?;
+    f.set_len(size)?;
+    for off in (0..size).step_by(PAGE) {
+        f.write_all_at(&pattern(tag, off).to_ne_bytes(), off)?;
+    }
+    let target = size / 2 + page * PAGE as u64;
+    let phys = phys_of_range(&fiemap(&f)?, target, PAGE as u64)
+        .first()
+        .map(|e| e.physical)
+        .ok_or_else(|| io::Error::other("no FIEMAP extent for the target"))?;
+    Ok(Victim { f, size, target, phys })
+}
+
 /// A software-injected uncorrected memory error (mce-inject) inside a mapped file:
 /// the page gets SIGBUS BUS_MCEERR_AR, its neighbours keep working, read() gets EIO,
 /// the page never returns to the pool.
 pub fn memory_error(r: &mut Report, dir: &Path, inject: &Path) -> io::Result<()> {
     let st = statfs(dir)?;
     let ps = st.bsize;
-    let size = ps.max(2 * MIB) * 2;
     let p = dir.join("mce");
-    let f = create(&p)?;
-    f.set_len(size)?;
-    // This process never maps the file: the page's retirement is checked by allocating the
-    // whole pool after the file is gone, which quarantine would delay while a mapper lives.
-    for off in (0..size).step_by(PAGE) {
-        f.write_all_at(&pattern(5, off).to_ne_bytes(), off)?;
-    }
-    let target = size / 2 + 2 * PAGE as u64; // inside the second huge page
-    let ext = fiemap(&f)?;
-    let phys = phys_of_range(&ext, target, PAGE as u64)
-        .first()
-        .map(|e| e.physical)
-        .ok_or_else(|| io::Error::other("no FIEMAP extent for the target"))?;
+    let Victim { f, size, target, phys } = victim(&p, ps, 5, 2)?;
     let intel = inject_uncorrected(inject, phys)?;
 
     // The decode chain runs from a workqueue: wait for read() to see the poison.
@@ -936,21 +953,10 @@ fn read_report(fd: std::os::fd::OwnedFd) -> Option<(u64, u64)> {
 pub fn memory_failure(r: &mut Report, dir: &Path) -> io::Result<()> {
     let st = statfs(dir)?;
     let ps = st.bsize;
-    let size = ps.max(2 * MIB) * 2;
     let p = dir.join("mf");
-    let f = create(&p)?;
-    f.set_len(size)?;
-    // This process never maps the file (its memory would stay quarantined while it lives); each
-    // child maps it itself (mappings are not inherited across fork) and reports si_addr as an
-    // offset into its own mapping.
-    for off in (0..size).step_by(PAGE) {
-        f.write_all_at(&pattern(6, off).to_ne_bytes(), off)?;
-    }
-    let target = size / 2 + 3 * PAGE as u64;
-    let phys = phys_of_range(&fiemap(&f)?, target, PAGE as u64)
-        .first()
-        .map(|e| e.physical)
-        .ok_or_else(|| io::Error::other("no FIEMAP extent for the target"))?;
+    // Each child maps the file itself (mappings are not inherited across fork) and reports
+    // si_addr as an offset into its own mapping.
+    let Victim { f, size, target, phys } = victim(&p, ps, 6, 3)?;
     let expect_addr = target;
     let new_api = kernel_has_pfn_memory_failure();
 
