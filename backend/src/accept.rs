@@ -188,7 +188,8 @@ impl Acceptor {
                     "uid {} may not use VM {:?} (ask for --allow-uid {})",
                     peer.uid, owner.vm, peer.uid
                 );
-                refuse(&sock, &reason);
+                // Logged before the reply, so the log has the line by the time the client
+                // sees the refusal.
                 if let Some(unlogged) = self.logs.refused_peer.admit(now) {
                     warn!(
                         "refused control client pid {} uid {}: not root, the owner or an --allow-uid user (add --allow-uid {} to let it in){}",
@@ -198,6 +199,7 @@ impl Acceptor {
                         and_more(unlogged)
                     );
                 }
+                refuse(&sock, &reason);
                 return;
             }
             Err(e) => return warn!("control client without credentials, closing: {e}"),
@@ -213,13 +215,6 @@ impl Acceptor {
             None if self.evict_oldest() => self.clients.try_take().expect("a place was just given back"),
             None => {
                 let cap = self.clients.cap();
-                refuse(
-                    &sock,
-                    &format!(
-                        "the owner of VM {:?} serves its maximum of {cap} control clients (--max-clients {cap}); try again later",
-                        self.vm
-                    ),
-                );
                 if let Some(unlogged) = self.logs.clients_full.admit(now) {
                     warn!(
                         "refused control client pid {}: {cap} clients are connected, the most --max-clients {cap} allows{}; raise --max-clients (and the file limit, LimitNOFILE=/ulimit -n, now {}) to serve more",
@@ -228,6 +223,13 @@ impl Acceptor {
                         self.files.soft
                     );
                 }
+                refuse(
+                    &sock,
+                    &format!(
+                        "the owner of VM {:?} serves its maximum of {cap} control clients (--max-clients {cap}); try again later",
+                        self.vm
+                    ),
+                );
                 return;
             }
         };

@@ -105,6 +105,19 @@ impl Owner {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Whether the owner's log shows `text` within 10 s: the owner logs from its own threads, so
+    /// a line can land just after the client saw the effect.
+    pub fn log_shows(&self, text: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.log().contains(text) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Open file descriptors of the owner process.
     pub fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)

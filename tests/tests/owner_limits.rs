@@ -106,8 +106,8 @@ fn silent_connections_under_ulimit_1024_leave_the_owner_idle_and_answering() {
         Duration::from_secs(5),
     );
     let lines_before = log_lines(&owner);
-    assert!(owner.log().contains("open file limit: 1024"), "{}", owner.log());
-    assert!(owner.log().contains("raise the hard limit"), "the reduced cap is explained:\n{}", owner.log());
+    assert!(owner.log_shows("open file limit: 1024"), "{}", owner.log());
+    assert!(owner.log_shows("raise the hard limit"), "the reduced cap is explained:\n{}", owner.log());
 
     let started = Instant::now();
     let silent: Vec<UnixStream> = (0..2000)
