@@ -138,8 +138,9 @@ pub enum Command {
         run_dir: RunDir,
     },
     /// libvirt's qemu hook (install as /etc/libvirt/hooks/qemu): starts the domain's owner on
-    /// `prepare`, stops it on `release`, for domains with a pageless config file or metadata.
-    /// Reads the domain XML on stdin.
+    /// `prepare`, lets an AppArmor- or SELinux-confined QEMU reach the VM's own sockets and
+    /// memory on `start`, stops the owner on `release`, for domains with a pageless config
+    /// file or metadata. Reads the domain XML on stdin.
     Hook {
         /// The domain's name.
         vm: String,
@@ -153,6 +154,10 @@ pub enum Command {
         /// Per-VM config files: `<DIR>/<vm>.toml`.
         #[arg(long, env = "PAGELESS_CONFIG_DIR", default_value = hook::DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
+        /// libvirt's per-domain AppArmor profiles (`libvirt-<uuid>`), where the hook adds each
+        /// VM's `libvirt-<uuid>.pageless` rules.
+        #[arg(long, env = "PAGELESS_APPARMOR_DIR", default_value = hook::svirt::APPARMOR_PROFILE_DIR)]
+        apparmor_dir: PathBuf,
     },
 }
 
@@ -220,7 +225,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             pageless_pool::check_name(&vm)?;
             ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "stop")?.stop()?;
         }
-        Command::Hook { vm, operation, subop, extra: _, config_dir } => {
+        Command::Hook { vm, operation, subop, extra: _, config_dir, apparmor_dir } => {
             let options = hook::HookOptions {
                 vm,
                 operation,
@@ -229,6 +234,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 qemu_conf: hook::QEMU_CONF.into(),
                 pageless: std::env::current_exe()?,
                 systemd: std::path::Path::new("/run/systemd/system").is_dir(),
+                apparmor_dir,
             };
             if let Err(e) = hook::run(&options, &mut std::io::stdin().lock()) {
                 // libvirt shows the hook's stderr as the error of `virsh start`: print the

@@ -29,6 +29,9 @@ pub enum Need {
     Program(&'static str),
     /// A tool `scripts/setup.sh` installs under `.cache/tools/bin`.
     Tool(&'static str),
+    /// A file `scripts/setup.sh` builds under `.cache` (with a `<path>.ready` stamp), e.g. the
+    /// sVirt test's root filesystem image.
+    Cached(&'static str),
 }
 
 /// QEMU's system emulator, which boots the test guests.
@@ -61,6 +64,10 @@ impl Need {
                 .then(|| "busybox at /bin/busybox (apt-get install busybox-static)".to_string()),
             Need::Program(name) => {
                 find_program(name).is_none().then(|| format!("{name} on PATH (scripts/setup.sh)"))
+            }
+            Need::Cached(path) => {
+                let ready = repo_root().join(".cache").join(format!("{path}.ready"));
+                (!ready.exists()).then(|| format!(".cache/{path} (scripts/setup.sh)"))
             }
             Need::Tool(name) => {
                 let path = repo_root().join(".cache/tools/bin").join(name);

@@ -7,7 +7,11 @@
 //!   hook's stdout and stderr to close). Then waits until the owner answers on its socket. An
 //!   owner that exits or does not answer in time fails the hook, with the end of its log on
 //!   stderr, which libvirt shows as `virsh start`'s error.
-//! * `release end`: asks the owner to stop and waits for its process to go. Idempotent.
+//! * `start begin` (libvirt has labelled the domain, QEMU is not running yet): under AppArmor
+//!   or SELinux, lets the domain's confined QEMU reach this VM's owner socket, relay sockets and
+//!   memory file, and nothing of other VMs' (see [`svirt`]).
+//! * `release end`: asks the owner to stop and waits for its process to go; removes the VM's
+//!   AppArmor rules. Idempotent.
 //! * Anything else: nothing.
 //!
 //! Which VMs: those with a config file `<config-dir>/<vm>.toml` (default `/etc/pageless/vms`)
@@ -22,6 +26,7 @@ use thiserror::Error;
 
 mod config;
 mod launch;
+pub mod svirt;
 
 use crate::context::IoError;
 use config::{find_config, plan};
@@ -53,6 +58,8 @@ pub struct HookOptions {
     pub pageless: PathBuf,
     /// Start owners as transient systemd units (`/run/systemd/system` exists).
     pub systemd: bool,
+    /// libvirt's per-domain AppArmor profiles ([`svirt::APPARMOR_PROFILE_DIR`]).
+    pub apparmor_dir: PathBuf,
 }
 
 /// Why the hook failed. `pageless hook` prints it on stderr and exits 1, so libvirt fails
@@ -136,6 +143,17 @@ pub enum HookError {
         /// Which config the owner was started from, for the user to fix.
         source_desc: String,
     },
+    /// `start`: the VM's AppArmor rules or SELinux labels could not be put in place; QEMU
+    /// does not start confined without them.
+    #[error("VM {vm:?}: cannot let its confined QEMU reach its own memory and sockets ({mac}): {why}")]
+    Confine {
+        /// The VM.
+        vm: String,
+        /// `AppArmor` or `SELinux`.
+        mac: &'static str,
+        /// What failed, and what to check.
+        why: String,
+    },
     /// Another I/O failure: reading the config file, creating the run directory, opening
     /// the owner's log.
     #[error(transparent)]
@@ -148,6 +166,7 @@ pub fn run(options: &HookOptions, stdin: &mut dyn Read) -> Result<(), HookError>
     stdin.read_to_string(&mut xml).map_err(HookError::Stdin)?;
     let action = match (options.operation.as_str(), options.subop.as_str()) {
         ("prepare", "begin") => Action::Start,
+        ("start", "begin") => Action::Confine,
         ("release", "end") => Action::Stop,
         (operation, subop) => {
             debug!("VM {:?}: nothing to do on {operation} {subop}", options.vm);
@@ -159,7 +178,12 @@ pub fn run(options: &HookOptions, stdin: &mut dyn Read) -> Result<(), HookError>
     };
     match action {
         Action::Start => start(options, &plan),
-        Action::Stop => stop(options, &plan),
+        Action::Confine => svirt::confine(options, &plan, &xml),
+        Action::Stop => {
+            let stopped = stop(options, &plan);
+            svirt::release(options, &plan.vm, &xml)?;
+            stopped
+        }
     }
 }
 
@@ -186,5 +210,6 @@ pub fn owner_plan(
 
 enum Action {
     Start,
+    Confine,
     Stop,
 }
