@@ -6,6 +6,8 @@
 #    and its headers, against which driver/kmod builds
 #  - a Debian 13 build root (debootstrap) with the headers of the newest 7.3 cloud kernel, and
 #    that kernel's image and modules unpacked under .cache/kernel/ (.cache/kernel/newest)
+#  - a Debian 12 root filesystem image with libvirt, QEMU and AppArmor for the sVirt test
+#    (scripts/svirt-rootfs.sh, .cache/rootfs/)
 #  - nightly Rust (minimal profile) and cargo-fuzz under .cache/tools, for scripts/fuzz.sh
 #  - cargo build of the workspace
 #  - then runs the demo (scripts/demo.sh), unless given --no-demo
@@ -15,7 +17,7 @@ run_demo=1
 for arg in "$@"; do
     case "$arg" in
         --no-demo) run_demo=0 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "setup: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -129,6 +131,9 @@ if [ ! -f "$ndir/.unpacked" ]; then
     touch "$ndir/.unpacked"
 fi
 ln -sfn "$nver" "$cache/kernel/newest"
+
+# The sVirt test's guest root filesystem (tests/tests/svirt_apparmor.rs), cached.
+"$here/scripts/svirt-rootfs.sh"
 
 # checkpatch.pl (kernel style of driver/kmod, run by .ci/run): only three files of Debian's
 # linux-source-6.12 tarball, unpacked under .cache/checkpatch.
