@@ -111,6 +111,22 @@ if [ ! -f "$broot/.ready" ]; then
 fi
 nver=$(cat "$broot/.kernel")
 
+# The package test (tests/tests/packages.rs) installs the pageless .debs in a fresh overlay of
+# the build root, which must already hold what a Debian 13 host running DKMS has: dkms, and a
+# second kernel, Debian 13's own 6.12 cloud kernel (image and headers; the 7.3 headers are there
+# already), so that the module is built for both. Installed here once, so that the test runs
+# offline. About a minute once; cached.
+if [ ! -f "$broot/.dkms" ]; then
+    log "dkms and Debian 13's 6.12 cloud kernel in the build root, for the package test"
+    tver=$(in_broot apt-cache search --names-only '^linux-headers-6\.12\.[0-9]+\+deb13-cloud-amd64$' |
+        sed -n 's/^linux-headers-\([^ ]*\) .*/\1/p' | sort -V | tail -n1)
+    [ -n "$tver" ] || { echo "setup: no 6.12 cloud kernel headers in trixie" >&2; exit 1; }
+    in_broot apt-get install -y -q --no-install-recommends dkms "linux-headers-$tver" \
+        "linux-image-$tver"
+    in_broot apt-get clean
+    echo "$tver" | $SUDO tee "$broot/.dkms" >/dev/null
+fi
+
 # The 7.3 kernel for test guests, unpacked under .cache/kernel/<version>/ like the 6.12 one (never
 # installed): in Debian 13 the image is in linux-binary-<version> (usr/lib/modules/<version>/
 # vmlinuz) and the modules in linux-modules-<version>; linux-image-<version> is a metapackage.

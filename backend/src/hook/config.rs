@@ -494,6 +494,7 @@ mod tests {
             qemu_conf: "/nonexistent".into(),
             pageless: "/nonexistent".into(),
             systemd: false,
+            unit_args_dir: dir.path().join("units"),
         };
         run(&options, &mut "<domain><name>vm1</name></domain>".as_bytes()).unwrap();
     }
