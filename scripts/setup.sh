@@ -5,9 +5,10 @@
 #  - the 6.12 cloud kernel image, unpacked (not installed) under .cache/kernel/ for test guests,
 #    and its headers, against which driver/kmod builds
 #  - a Debian 13 build root (debootstrap) with the headers of the newest 7.3 cloud kernel, and
-#    that kernel's image and modules unpacked under .cache/kernel/ (.cache/kernel/newest)
+#    that kernel's image and modules unpacked under .cache/kernel/ (.cache/kernel/newest); in
+#    it also dkms and Debian 13's 6.12 cloud kernel (image, headers) for the package test
+#  - cargo build of the workspace, and a release build of pageless (scripts/package.sh)
 #  - nightly Rust (minimal profile) and cargo-fuzz under .cache/tools, for scripts/fuzz.sh
-#  - cargo build of the workspace
 #  - then runs the demo (scripts/demo.sh), unless given --no-demo
 # Idempotent: re-running skips what is already there.
 set -euo pipefail
@@ -15,7 +16,7 @@ run_demo=1
 for arg in "$@"; do
     case "$arg" in
         --no-demo) run_demo=0 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "setup: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -191,6 +192,8 @@ fi
 
 log "building pageless ($(cargo --version))"
 (cd "$here" && cargo build --workspace --all-targets)
+# The release binary scripts/package.sh packages (tests/tests/packages.rs runs it).
+(cd "$here" && cargo build --release --locked -p pageless)
 
 if [ "$run_demo" = 1 ]; then
     log "demo: a guest booted on memory served by pageless"

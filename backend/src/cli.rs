@@ -263,7 +263,9 @@ fn serve_unit(vm: &str, args_dir: &std::path::Path) -> Result<(), Box<dyn std::e
     let cli = Cli::try_parse_from(std::iter::once("pageless".to_string()).chain(args))
         .map_err(|e| format!("{}: {e}", unit::args_path(args_dir, vm).display()))?;
     let Command::Serve { run_dir, .. } = &cli.command else {
-        return Err(format!("{}: not `pageless serve` arguments", unit::args_path(args_dir, vm).display()).into());
+        return Err(
+            format!("{}: not `pageless serve` arguments", unit::args_path(args_dir, vm).display()).into()
+        );
     };
     let log_path = run_dir.run_dir.join(format!("{vm}.log"));
     std::fs::create_dir_all(&run_dir.run_dir)

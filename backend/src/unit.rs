@@ -34,7 +34,9 @@ pub enum UnitError {
     },
     /// The file or its directory may be written by someone else than the reader, or is not
     /// a regular file / a directory.
-    #[error("{path}: {why}; it is not trusted (the libvirt hook, as root, writes it: start the VM with virsh)")]
+    #[error(
+        "{path}: {why}; it is not trusted (the libvirt hook, as root, writes it: start the VM with virsh)"
+    )]
     Untrusted {
         /// The file or directory.
         path: String,
@@ -158,8 +160,7 @@ pub fn read_args(dir: &Path, vm: &str) -> Result<Vec<String>, UnitError> {
     if args.first().map(String::as_str) != Some("serve") {
         return Err(invalid("it does not start with `serve`"));
     }
-    let vms: Vec<&String> =
-        args.windows(2).filter(|w| w[0] == "--vm").map(|w| &w[1]).collect();
+    let vms: Vec<&String> = args.windows(2).filter(|w| w[0] == "--vm").map(|w| &w[1]).collect();
     if vms.len() != 1 || vms[0] != vm || args.iter().any(|a| a.starts_with("--vm=")) {
         return Err(invalid(&format!("its arguments are not for VM {vm:?} (one `--vm {vm}`)")));
     }
@@ -215,7 +216,12 @@ mod tests {
         let path = write_args(&units, vm, &args(vm)).unwrap();
         assert_eq!(path, units.join(format!("{vm}.args")));
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, format!("serve\n--vm\n{vm}\n--size\n268435456\n--pool\ndir:/dev/shm/my pool\n--allow-uid\n64055\n"));
+        assert_eq!(
+            text,
+            format!(
+                "serve\n--vm\n{vm}\n--size\n268435456\n--pool\ndir:/dev/shm/my pool\n--allow-uid\n64055\n"
+            )
+        );
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&units).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(read_args(&units, vm).unwrap(), args(vm));
@@ -248,9 +254,18 @@ mod tests {
         write_args(&units, vm, &plan.serve_args()).unwrap();
         let args = read_args(&units, vm).unwrap();
         assert_eq!(args, plan.serve_args());
-        let cli = crate::cli::Cli::try_parse_from(std::iter::once("pageless".to_string()).chain(args)).unwrap();
+        let cli =
+            crate::cli::Cli::try_parse_from(std::iter::once("pageless".to_string()).chain(args)).unwrap();
         let crate::cli::Command::Serve {
-            vm: served, size, pool, run_dir, prefault, allow_uids, vhost_user, consumer_timeout, ..
+            vm: served,
+            size,
+            pool,
+            run_dir,
+            prefault,
+            allow_uids,
+            vhost_user,
+            consumer_timeout,
+            ..
         } = cli.command
         else {
             panic!("not serve: {:?}", cli.command);

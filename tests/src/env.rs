@@ -63,7 +63,10 @@ impl Need {
             Need::PackageRoot => {
                 let root = repo_root().join(".cache/buildroot/trixie");
                 (!root.join(".dkms").exists() || !is_executable(&root.join("usr/sbin/dkms"))).then(|| {
-                    format!("dkms and the 6.12 kernel in the build root {} (scripts/setup.sh)", root.display())
+                    format!(
+                        "dkms and the 6.12 kernel in the build root {} (scripts/setup.sh)",
+                        root.display()
+                    )
                 })
             }
             Need::Busybox => (!is_executable(Path::new("/bin/busybox")))

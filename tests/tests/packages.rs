@@ -60,7 +60,13 @@ impl Chroot {
             .arg(format!("--target={}", self.holder.id()))
             .args(["--mount", "--", "chroot"])
             .arg(&self.root)
-            .args(["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "DEBIAN_FRONTEND=noninteractive"])
+            .args([
+                "env",
+                "-i",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                "LANG=C.UTF-8",
+                "DEBIAN_FRONTEND=noninteractive",
+            ])
             .args(command)
             .stdin(Stdio::null())
             .output()
@@ -90,7 +96,8 @@ impl Chroot {
     }
 
     fn read(&self, inside: &str) -> String {
-        std::fs::read_to_string(self.path(inside)).unwrap_or_else(|e| panic!("read {inside} in the chroot: {e}"))
+        std::fs::read_to_string(self.path(inside))
+            .unwrap_or_else(|e| panic!("read {inside} in the chroot: {e}"))
     }
 
     /// Whether `inside` exists in the chroot (a dangling symlink counts).
@@ -125,7 +132,9 @@ fn version() -> String {
 fn build_packages(version: &str) -> (PathBuf, PathBuf) {
     let mut command = Command::new(repo_root().join("scripts/package.sh"));
     // The cargo running this test, first on PATH.
-    if let Some(cargo_dir) = std::env::var_os("CARGO").map(PathBuf::from).and_then(|c| c.parent().map(Path::to_path_buf)) {
+    if let Some(cargo_dir) =
+        std::env::var_os("CARGO").map(PathBuf::from).and_then(|c| c.parent().map(Path::to_path_buf))
+    {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut dirs = vec![cargo_dir];
         dirs.extend(std::env::split_paths(&path));
@@ -139,7 +148,10 @@ fn build_packages(version: &str) -> (PathBuf, PathBuf) {
         String::from_utf8_lossy(&output.stderr)
     );
     let out = repo_root().join("target/debian");
-    let debs = (out.join(format!("pageless_{version}_amd64.deb")), out.join(format!("pageless-dkms_{version}_all.deb")));
+    let debs = (
+        out.join(format!("pageless_{version}_amd64.deb")),
+        out.join(format!("pageless-dkms_{version}_all.deb")),
+    );
     let printed = String::from_utf8_lossy(&output.stdout);
     for deb in [&debs.0, &debs.1] {
         assert!(deb.is_file(), "{} was not built", deb.display());
@@ -195,7 +207,14 @@ fn packages_install_build_the_module_and_remove_cleanly() {
     let bin_name = format!("/tmp/debs/{}", bin_deb.file_name().unwrap().to_string_lossy());
     let dkms_name = format!("/tmp/debs/{}", dkms_deb.file_name().unwrap().to_string_lossy());
     chroot.ok(&["dpkg", "-i", &dkms_name, &bin_name]);
-    let listed = chroot.ok(&["dpkg-query", "-W", "-f", "${Package} ${Version} ${db:Status-Status}\n", "pageless", "pageless-dkms"]);
+    let listed = chroot.ok(&[
+        "dpkg-query",
+        "-W",
+        "-f",
+        "${Package} ${Version} ${db:Status-Status}\n",
+        "pageless",
+        "pageless-dkms",
+    ]);
     assert_eq!(listed, format!("pageless {version} installed\npageless-dkms {version} installed\n"));
 
     // DKMS: added, built and installed for both kernels' headers.
@@ -203,7 +222,8 @@ fn packages_install_build_the_module_and_remove_cleanly() {
     for kernel in &kernels {
         let line = format!("pageless/{version}, {kernel}, x86_64: installed");
         assert!(status.lines().any(|l| l == line), "dkms status lacks {line:?}:\n{status}");
-        let module = installed_module(&chroot, kernel).unwrap_or_else(|| panic!("no pageless.ko installed for {kernel}"));
+        let module = installed_module(&chroot, kernel)
+            .unwrap_or_else(|| panic!("no pageless.ko installed for {kernel}"));
         // dkms runs depmod only for kernels whose image is installed (the 6.12 one here; the
         // 7.3 one has only its headers): there modprobe finds the module by name.
         if chroot.exists(&format!("/lib/modules/{kernel}/modules.dep")) {
@@ -232,16 +252,27 @@ fn packages_install_build_the_module_and_remove_cleanly() {
     // libvirt's hook (in qemu.d: a site's own hooks/qemu is left alone) and the <emulator>.
     let hook = "/etc/libvirt/hooks/qemu.d/pageless";
     assert_eq!(chroot.mode(hook), 0o755);
-    assert!(chroot.read(hook).lines().any(|l| l == "exec /usr/bin/pageless hook \"$@\""), "{}", chroot.read(hook));
+    assert!(
+        chroot.read(hook).lines().any(|l| l == "exec /usr/bin/pageless hook \"$@\""),
+        "{}",
+        chroot.read(hook)
+    );
     assert!(!chroot.exists("/etc/libvirt/hooks/qemu"));
     let wrapper = "/usr/bin/pageless-qemu";
     assert_eq!(chroot.mode(wrapper), 0o755);
-    assert!(chroot.read(wrapper).lines().any(|l| l == "exec /usr/bin/pageless qemu -- /usr/bin/qemu-system-x86_64 \"$@\""));
+    assert!(chroot
+        .read(wrapper)
+        .lines()
+        .any(|l| l == "exec /usr/bin/pageless qemu -- /usr/bin/qemu-system-x86_64 \"$@\""));
     for script in [hook, wrapper] {
         assert!(!chroot.read(script).contains("/usr/local"), "{script} names /usr/local");
     }
     // The hook runs: for a domain without pageless config it does nothing and succeeds.
-    chroot.ok(&["sh", "-c", &format!("echo '<domain><name>plain</name></domain>' | {hook} plain prepare begin -")]);
+    chroot.ok(&[
+        "sh",
+        "-c",
+        &format!("echo '<domain><name>plain</name></domain>' | {hook} plain prepare begin -"),
+    ]);
 
     // systemd units, tmpfiles, the config directory.
     let boot = chroot.read("/lib/systemd/system/pageless-host.service");
@@ -254,7 +285,10 @@ fn packages_install_build_the_module_and_remove_cleanly() {
     ] {
         assert!(boot.lines().any(|l| l == line), "pageless-host.service lacks {line}:\n{boot}");
     }
-    assert!(chroot.exists("/etc/systemd/system/multi-user.target.wants/pageless-host.service"), "boot unit not enabled");
+    assert!(
+        chroot.exists("/etc/systemd/system/multi-user.target.wants/pageless-host.service"),
+        "boot unit not enabled"
+    );
     let template = chroot.read("/lib/systemd/system/pageless@.service");
     assert!(template.lines().any(|l| l == "ExecStart=/usr/bin/pageless serve-unit %I"), "{template}");
     for unit in ["pageless-host.service", "pageless@web1.service"] {

@@ -45,7 +45,12 @@ fn serve_unit_runs_the_owner_from_the_hooks_arguments() {
     let run_str = run.to_str().unwrap();
     // A name with a space and shell characters: one argument all the way.
     let vm = "unit vm$(x)";
-    write_args(&units, vm, &["serve", "--vm", vm, "--size", "16M", "--run-dir", run_str, "--consumer-timeout", "1"], 0o600);
+    write_args(
+        &units,
+        vm,
+        &["serve", "--vm", vm, "--size", "16M", "--run-dir", run_str, "--consumer-timeout", "1"],
+        0o600,
+    );
     let owner = serve_unit(&units, vm);
     let socket = run.join(format!("{vm}.sock"));
     wait_for("the owner's socket", || socket.exists());
@@ -58,7 +63,8 @@ fn serve_unit_runs_the_owner_from_the_hooks_arguments() {
     assert_eq!(json[0]["vm"], vm, "{json}");
     assert_eq!(json[0]["size"], 16 << 20, "{json}");
     assert_eq!(json[0]["pid"], owner.id(), "{json}");
-    let stop = Command::new(bins::pageless()).args(["stop", "--vm", vm, "--run-dir", run_str]).output().unwrap();
+    let stop =
+        Command::new(bins::pageless()).args(["stop", "--vm", vm, "--run-dir", run_str]).output().unwrap();
     assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
     let exited = owner.wait_with_output().unwrap();
     assert!(exited.status.success(), "{}", exited.status);

@@ -206,7 +206,11 @@ fn start_unit(
             .args(["start", template.as_str()])
             .stdin(Stdio::null())
             .output()
-            .map_err(|source| HookError::Spawn { vm: plan.vm.clone(), what: "run systemctl".into(), source })?;
+            .map_err(|source| HookError::Spawn {
+                vm: plan.vm.clone(),
+                what: "run systemctl".into(),
+                source,
+            })?;
         (template, output)
     } else {
         warn!(
