@@ -23,6 +23,9 @@ pub enum Need {
     /// The newest test kernel (7.3) under `.cache/kernel/newest`, and the Debian 13 build root
     /// its modules are built in (`scripts/setup.sh`).
     NewestKernel,
+    /// The Debian 13 build root with dkms and a second kernel (Debian 13's 6.12, image and
+    /// headers) installed by `scripts/setup.sh`, for the package test.
+    PackageRoot,
     /// A static busybox at /bin/busybox, the test guests' userland.
     Busybox,
     /// A program on `PATH`.
@@ -57,6 +60,15 @@ impl Need {
                         "the newest test kernel at {} and the build root {} (scripts/setup.sh)",
                         root.display(),
                         build_root.display()
+                    )
+                })
+            }
+            Need::PackageRoot => {
+                let root = repo_root().join(".cache/buildroot/trixie");
+                (!root.join(".dkms").exists() || !is_executable(&root.join("usr/sbin/dkms"))).then(|| {
+                    format!(
+                        "dkms and the 6.12 kernel in the build root {} (scripts/setup.sh)",
+                        root.display()
                     )
                 })
             }

@@ -495,6 +495,7 @@ mod tests {
             pageless: "/nonexistent".into(),
             systemd: false,
             apparmor_dir: "/nonexistent".into(),
+            unit_args_dir: dir.path().join("units"),
         };
         run(&options, &mut "<domain><name>vm1</name></domain>".as_bytes()).unwrap();
     }

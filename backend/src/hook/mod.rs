@@ -1,8 +1,10 @@
 //! `pageless hook`: libvirt's qemu hook (`/etc/libvirt/hooks/qemu VM OPERATION SUBOP EXTRA`,
 //! the domain XML on stdin).
 //!
-//! * `prepare begin`: starts the VM's owner, `pageless serve`, as a transient systemd unit
-//!   `pageless-<vm>` where systemd runs, else as a detached process (own session, stdin
+//! * `prepare begin`: starts the VM's owner, `pageless serve`, as the systemd unit
+//!   `pageless@<vm>.service` where systemd runs (its arguments in
+//!   `/run/pageless/units/<vm>.args`, see [`crate::unit`]; a transient unit `pageless-<vm>`
+//!   from `systemd-run` where that template is not installed), else as a detached process (own session, stdin
 //!   `/dev/null`, output to `<run-dir>/<vm>.log`, no inherited fds: libvirt waits for the
 //!   hook's stdout and stderr to close). Then waits until the owner answers on its socket. An
 //!   owner that exits or does not answer in time fails the hook, with the end of its log on
@@ -56,10 +58,13 @@ pub struct HookOptions {
     pub qemu_conf: PathBuf,
     /// The `pageless` binary the owner runs (this one).
     pub pageless: PathBuf,
-    /// Start owners as transient systemd units (`/run/systemd/system` exists).
+    /// Start owners as systemd units (`/run/systemd/system` exists).
     pub systemd: bool,
     /// libvirt's per-domain AppArmor profiles ([`svirt::APPARMOR_PROFILE_DIR`]).
     pub apparmor_dir: PathBuf,
+    /// Where the arguments of `pageless@<vm>.service` go (`<dir>/<vm>.args`), default
+    /// [`crate::unit::DEFAULT_UNIT_ARGS_DIR`].
+    pub unit_args_dir: PathBuf,
 }
 
 /// Why the hook failed. `pageless hook` prints it on stderr and exits 1, so libvirt fails
@@ -118,7 +123,7 @@ pub enum HookError {
         /// Its control socket.
         socket: String,
     },
-    /// `prepare`: the owner process, or `systemd-run`, could not be spawned.
+    /// `prepare`: the owner process, `systemctl` or `systemd-run` could not be spawned.
     #[error("VM {vm:?}: cannot start its memory owner ({what}): {source}")]
     Spawn {
         /// The VM.
@@ -129,8 +134,8 @@ pub enum HookError {
         #[source]
         source: std::io::Error,
     },
-    /// `prepare`: the started owner exited, its unit stopped, `systemd-run` failed, or it did
-    /// not answer within `start_timeout` (it was then stopped).
+    /// `prepare`: the started owner exited, its unit stopped, `systemctl start` or
+    /// `systemd-run` failed, or it did not answer within `start_timeout` (it was then stopped).
     #[error("the memory owner of VM {vm:?} (pageless serve) could not start: {why}. {log}\nFix {source_desc} and start the VM again.")]
     OwnerFailed {
         /// The VM.
@@ -138,7 +143,7 @@ pub enum HookError {
         /// What happened to the owner.
         why: String,
         /// The end of the owner's log since this start (at most 20 lines), or a note that
-        /// it is empty; empty when `systemd-run` failed.
+        /// it is empty.
         log: String,
         /// Which config the owner was started from, for the user to fix.
         source_desc: String,
@@ -158,6 +163,9 @@ pub enum HookError {
     /// the owner's log.
     #[error(transparent)]
     Io(#[from] IoError),
+    /// `prepare`: the arguments for `pageless@<vm>.service` could not be written.
+    #[error(transparent)]
+    Unit(#[from] crate::unit::UnitError),
 }
 
 /// Runs the hook. Reads the domain XML from stdin for every operation (libvirt writes it).

@@ -466,6 +466,7 @@ mod tests {
             pageless: "/nonexistent".into(),
             systemd: false,
             apparmor_dir: dir.path().into(),
+            unit_args_dir: dir.path().join("units"),
         };
         // At release libvirt has dropped the dynamic label: the UUID names the profile.
         let released = "<domain><name>web1</name><uuid>6B2A1F3E-1c2d-4e5f-8a9b-0c1d2e3f4a5b</uuid>\
