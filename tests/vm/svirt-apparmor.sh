@@ -194,15 +194,17 @@ for vm in web1 web2; do
 done
 dmesg | grep 'apparmor="DENIED"' | sed 's/^/# /' | tail -n 20
 
-# virsh destroy: libvirt unloads and deletes the profiles, the hook its rules; owners stop.
+# virsh destroy: libvirt unloads the profile and deletes its .files (it keeps the profile file
+# itself for the domain's next start), the hook deletes its .pageless rules; owners stop.
 for vm in web1 web2; do
     virsh -c qemu:///system destroy $vm >/dev/null 2>&1
+    dir=/etc/apparmor.d/libvirt
     left=$(grep -c "${profile[$vm]}" /sys/kernel/security/apparmor/profiles)
-    files=$(ls /etc/apparmor.d/libvirt/ | grep -c "${profile[$vm]}")
-    if [ "$left" = 0 ] && [ "$files" = 0 ] && [ ! -e /run/pageless/$vm.sock ]; then
-        ok "$vm-profile-gone-after-destroy" "no ${profile[$vm]} loaded or in /etc/apparmor.d/libvirt, owner stopped"
+    if [ "$left" = 0 ] && [ ! -e "$dir/${profile[$vm]}.pageless" ] && [ ! -e "$dir/${profile[$vm]}.files" ] &&
+        [ ! -e /run/pageless/$vm.sock ]; then
+        ok "$vm-profile-gone-after-destroy" "${profile[$vm]} unloaded, its .files and .pageless rules deleted, owner stopped"
     else
-        fail "$vm-profile-gone-after-destroy" "loaded: $left, files: $(ls /etc/apparmor.d/libvirt/), socket: $(ls /run/pageless)"
+        fail "$vm-profile-gone-after-destroy" "loaded: $left, files: $(ls $dir | tr '\n' ' '), run dir: $(ls /run/pageless | tr '\n' ' ')"
     fi
 done
 if [ ! -e "$web1_file" ]; then ok web1-memory-file-removed; else fail web1-memory-file-removed "$web1_file is left"; fi

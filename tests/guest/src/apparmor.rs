@@ -1,6 +1,6 @@
-//! `aa-probe`: what a process under a given AppArmor profile can reach. The process changes
-//! its own profile (as an unconfined root process may), then connects to unix sockets and opens
-//! files read-write, and reports whether each was allowed or refused with EACCES.
+//! `aa-probe`: what a process under a given AppArmor profile can reach. A thread changes its
+//! own profile (as an unconfined root process may), then connects to unix sockets and opens
+//! files read-write; the report says whether each was allowed or refused with EACCES.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -16,14 +16,15 @@ pub enum Expect {
     Denied,
 }
 
-/// Moves this process (its only thread) under `profile`: "changeprofile" through procfs, as
-/// libapparmor's aa_change_profile() does.
-fn change_profile(profile: &str) -> io::Result<String> {
+/// Moves the calling thread under `profile`: "changeprofile" through procfs, as libapparmor's
+/// aa_change_profile() does. AppArmor labels each thread's credentials: the other threads stay
+/// unconfined.
+fn change_profile(profile: &str) -> io::Result<()> {
+    let tid = nix::unistd::gettid();
     let request = format!("changeprofile {profile}");
-    let write = |path: &str| std::fs::write(path, request.as_bytes());
-    write("/proc/self/attr/apparmor/current").or_else(|_| write("/proc/self/attr/current"))?;
-    let now = std::fs::read_to_string("/proc/self/attr/current")?;
-    Ok(now.trim_end_matches(['\n', '\0']).to_string())
+    let write = |path: String| std::fs::write(path, request.as_bytes());
+    write(format!("/proc/self/task/{tid}/attr/apparmor/current"))
+        .or_else(|_| write(format!("/proc/self/task/{tid}/attr/current")))
 }
 
 /// What happened to one access: allowed, denied (EACCES/EPERM), or another error.
@@ -51,18 +52,40 @@ pub fn aa_probe(
     sockets: &[PathBuf],
     files: &[PathBuf],
 ) -> io::Result<()> {
-    let label = change_profile(profile)?;
-    // Every access first, then the report: under the new profile this process may not be
-    // allowed to write to a terminal, only to the pipe its caller reads.
-    let mut results = Vec::new();
-    for path in sockets {
-        results.push(("connect", path, outcome(connect(path))));
-    }
-    for path in files {
-        results.push(("open", path, outcome(open_rw(path))));
+    // A thread moves under the profile and tries every access; this (unconfined) thread reads
+    // its label, which the profile itself would not let it read, and reports: under the new
+    // profile the prober may not even write to the terminal.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let profile_name = profile.to_string();
+    let (sockets_in, files_in) = (sockets.to_vec(), files.to_vec());
+    let prober = std::thread::spawn(move || {
+        let changed = change_profile(&profile_name);
+        let _ = tid_tx.send((nix::unistd::gettid(), changed.as_ref().err().map(io::Error::to_string)));
+        let _ = go_rx.recv();
+        changed?;
+        let mut results = Vec::new();
+        for path in sockets_in {
+            let result = outcome(connect(&path));
+            results.push(("connect", path, result));
+        }
+        for path in files_in {
+            let result = outcome(open_rw(&path));
+            results.push(("open", path, result));
+        }
+        Ok::<_, io::Error>(results)
+    });
+    let (tid, change_error) = tid_rx.recv().map_err(io::Error::other)?;
+    let label = std::fs::read_to_string(format!("/proc/self/task/{tid}/attr/current"))
+        .map(|l| l.trim_end_matches(['\n', '\0']).to_string())
+        .unwrap_or_else(|e| format!("(unreadable: {e})"));
+    let _ = go_tx.send(());
+    let results = prober.join().map_err(|_| io::Error::other("the prober thread panicked"))??;
+    if let Some(e) = change_error {
+        return Err(io::Error::other(format!("changeprofile {profile}: {e}")));
     }
     let in_profile = label.starts_with(&format!("{profile} ")) || label == profile;
-    r.check(&format!("{name}-label"), in_profile, format!("running as {label:?}"));
+    r.check(&format!("{name}-label"), in_profile, format!("the prober runs as {label:?}"));
     for (what, path, result) in results {
         let (ok, detail) = match (&result, expect) {
             (Ok(true), Expect::Allowed) => (true, "allowed".to_string()),
