@@ -88,13 +88,9 @@ ln -sfn "$kver" "$cache/kernel/current"
 # once; cached.
 broot="$cache/buildroot/trixie"
 # Runs a command inside the build root with /proc mounted (apt needs it), unmounted after.
-in_broot() {
-    $SUDO mount -t proc proc "$broot/proc"
-    local rc=0
-    $SUDO env DEBIAN_FRONTEND=noninteractive chroot "$broot" "$@" || rc=$?
-    $SUDO umount "$broot/proc"
-    return $rc
-}
+# shellcheck source=scripts/chroot.sh
+. "$here/scripts/chroot.sh"
+in_broot() { in_chroot "$broot" "$@"; }
 if [ ! -f "$broot/.ready" ]; then
     log "Debian 13 build root with the 7.3 cloud kernel headers under .cache/buildroot/trixie"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap

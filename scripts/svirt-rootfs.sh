@@ -25,13 +25,9 @@ mkdir -p "$cache/rootfs"
 $SUDO debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian
 echo 'deb http://deb.debian.org/debian bookworm-backports main' |
     $SUDO tee "$root/etc/apt/sources.list.d/bookworm-backports.list" >/dev/null
-in_root() {
-    $SUDO mount -t proc proc "$root/proc"
-    local rc=0
-    $SUDO env DEBIAN_FRONTEND=noninteractive chroot "$root" "$@" || rc=$?
-    $SUDO umount "$root/proc"
-    return $rc
-}
+# shellcheck source=scripts/chroot.sh
+. "$here/scripts/chroot.sh"
+in_root() { in_chroot "$root" "$@"; }
 in_root apt-get update -q
 # shellcheck disable=SC2086 # a word list
 in_root apt-get install -y -q --no-install-recommends -t bookworm-backports $packages

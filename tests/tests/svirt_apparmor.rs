@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use pageless_tests::env::{require_env, Need, QEMU};
+use pageless_tests::guests::DISK_AND_TOKEN_GUEST;
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::nested::inner_initramfs;
@@ -18,22 +19,6 @@ use pageless_tests::{bins, checks, repo_root};
 
 /// The root filesystem image scripts/svirt-rootfs.sh builds, under .cache.
 const ROOTFS: &str = "rootfs/bookworm-svirt.img";
-
-/// The nested guests: read and write the vhost-user disk (unless booted with `nodisk`), put a
-/// random token in RAM and print it.
-const GUEST: &str = r#"
-if ! grep -qw nodisk /proc/cmdline; then
-    for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
-    echo "DISK-READ $(head -c 64 /dev/vda | head -n 1)"
-    tok="GUEST-DISK-TOKEN-$(rand_hex 8)"
-    printf '%s\n' "$tok" | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null && echo "DISK-WROTE $tok" || echo "IO-FAILED"
-fi
-ram="PAGELESS-TOKEN-$(rand_hex 12)"
-echo "$ram" > /run/token
-echo "GUEST-TOKEN $ram"
-echo GUEST-READY
-while true; do sleep 10; done
-"#;
 
 /// The outer guest's /init (busybox): mount the Debian root filesystem, bring /pl along, and
 /// hand over to tests/vm/svirt-apparmor.sh as PID 1.
@@ -89,7 +74,7 @@ fn apparmor_confines_each_pageless_domain_to_its_own_memory() {
     }
     let dir = tempfile::tempdir().unwrap();
     let inner_initrd = dir.path().join("inner-initrd");
-    inner_initramfs(&inner_initrd, &["virtio_blk"], GUEST);
+    inner_initramfs(&inner_initrd, &["virtio_blk"], DISK_AND_TOKEN_GUEST);
     let contrib = repo_root().join("contrib/libvirt");
     let outer_initrd = dir.path().join("outer-initrd");
     Initramfs::new()
