@@ -59,6 +59,12 @@ pub enum Command {
         /// otherwise.
         #[arg(long = "allow-uid", value_name = "UID")]
         allow_uids: Vec<u32>,
+        /// The AppArmor profile the VM's QEMU runs under (libvirt: `libvirt-<domain uuid>`; the
+        /// hook passes it). A process confined by any other profile — another domain's QEMU —
+        /// is refused the control socket and the relay sockets, whatever its user; unconfined
+        /// processes are subject to the user checks only.
+        #[arg(long, value_name = "PROFILE", value_parser = apparmor_profile_name)]
+        apparmor_profile: Option<String>,
         /// Remove a directory pool's file when stopping (by default it is kept for the next
         /// owner to re-attach).
         #[arg(long)]
@@ -182,6 +188,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             run_dir,
             prefault,
             allow_uids,
+            apparmor_profile,
             remove_on_exit,
             vhost_user,
             consumer_timeout,
@@ -196,6 +203,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 run_dir: run_dir.run_dir,
                 prefault,
                 allow_uids,
+                apparmor_profile,
                 remove_on_exit,
                 vhost_user,
                 consumer_timeout: std::time::Duration::from_secs(consumer_timeout),
@@ -303,4 +311,12 @@ fn print_out(text: &str) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
     }
+}
+
+/// An AppArmor profile name as `--apparmor-profile` takes it: printable, no spaces.
+fn apparmor_profile_name(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("{name:?} is not an AppArmor profile name (e.g. libvirt-<uuid>)"));
+    }
+    Ok(name.to_string())
 }

@@ -133,6 +133,9 @@ pub(crate) fn relay(owner: &Arc<Owner>, spec: &RelaySpec, front: UnixStream) {
             front_peer.pid, front_peer.uid
         );
     }
+    if let Some(why) = owner.policy.apparmor_refusal(&front_peer, &front) {
+        return warn!("device {device}: refused frontend: {why}");
+    }
     if let Err(why) = owner.qemu.frontend(&owner.policy, &front_peer) {
         return warn!("device {device}: refused frontend: {why}");
     }

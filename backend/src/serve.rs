@@ -46,6 +46,8 @@ pub struct ServeOptions {
     /// only as the VM's bound QEMU). When root runs the owner, the first is given the sockets
     /// and a directory pool's file.
     pub allow_uids: Vec<u32>,
+    /// `--apparmor-profile`: the VM's QEMU's AppArmor profile; peers under another are refused.
+    pub apparmor_profile: Option<String>,
     /// Remove a directory pool's file once stopped; by default it stays for the next owner.
     pub remove_on_exit: bool,
     /// vhost-user devices to relay: `<run-dir>/<vm>/<name>.sock` → the backend's socket.
@@ -118,8 +120,11 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
         listener.set_nonblocking(true).context("make a listening socket non-blocking")?;
     }
     let (stop_wait, stop_request) = nix::unistd::pipe().context("create a pipe")?;
-    let policy =
-        AccessPolicy { owner_uid: nix::unistd::geteuid().as_raw(), allowed_uids: options.allow_uids.clone() };
+    let policy = AccessPolicy {
+        owner_uid: nix::unistd::geteuid().as_raw(),
+        allowed_uids: options.allow_uids.clone(),
+        apparmor_profile: options.apparmor_profile.clone(),
+    };
     let owner = Arc::new(Owner::new(
         options.vm.clone(),
         pool,

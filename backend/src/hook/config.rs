@@ -105,6 +105,9 @@ pub struct OwnerPlan {
     pub remove_on_exit: bool,
     /// `--prefault`: allocate every page before QEMU starts.
     pub prefault: bool,
+    /// `--apparmor-profile libvirt-<uuid>`, from the domain's `<uuid>`: under AppArmor, the
+    /// owner refuses processes confined by another domain's profile.
+    pub apparmor_profile: Option<String>,
     /// Where the config came from, for messages.
     pub source_desc: String,
 }
@@ -138,6 +141,10 @@ impl OwnerPlan {
         }
         if self.remove_on_exit {
             args.push("--remove-on-exit".into());
+        }
+        if let Some(profile) = &self.apparmor_profile {
+            args.push("--apparmor-profile".into());
+            args.push(profile.clone());
         }
         args
     }
@@ -315,6 +322,7 @@ pub(super) fn plan(vm: &str, found: Found, xml: &str, qemu_conf: &Path) -> Resul
         start_timeout: config.start_timeout.unwrap_or(DEFAULT_START_TIMEOUT),
         remove_on_exit: config.remove_on_exit,
         prefault: config.prefault,
+        apparmor_profile: super::svirt::domain_profile(xml),
         source_desc,
     })
 }

@@ -185,12 +185,9 @@ pub(super) fn confine(options: &HookOptions, plan: &OwnerPlan, xml: &str) -> Res
 /// `release end`: removes the VM's AppArmor rules file (libvirt removes the profile). By the
 /// domain's UUID: libvirt has dropped the dynamic label from the XML by then.
 pub(super) fn release(options: &HookOptions, vm: &str, xml: &str) -> Result<(), HookError> {
-    let Some(profile) = domain_uuid(xml).map(|uuid| format!("libvirt-{uuid}")) else {
+    let Some(profile) = domain_profile(xml) else {
         return Ok(());
     };
-    if !valid_profile_name(&profile) {
-        return Ok(());
-    }
     let rules = options.apparmor_dir.join(format!("{profile}.pageless"));
     match std::fs::remove_file(&rules) {
         Ok(()) => info!("VM {vm:?}: removed its AppArmor rules {}", rules.display()),
@@ -198,6 +195,13 @@ pub(super) fn release(options: &HookOptions, vm: &str, xml: &str) -> Result<(), 
         Err(e) => return Err(e).context(format!("remove {}", rules.display())).map_err(HookError::Io),
     }
     Ok(())
+}
+
+/// The AppArmor profile libvirt gives the domain's QEMU, `libvirt-<uuid>` (from its `<uuid>`,
+/// in the XML of every hook call), whether or not AppArmor is in use.
+pub fn domain_profile(xml: &str) -> Option<String> {
+    let profile = format!("libvirt-{}", domain_uuid(xml)?);
+    valid_profile_name(&profile).then_some(profile)
 }
 
 /// The domain's `<uuid>`, lower case (libvirt's profile names use it so).
