@@ -81,10 +81,39 @@ impl AccessPolicy {
 /// Process `pid`'s AppArmor label: `unconfined` or a profile name (the mode, ` (enforce)`,
 /// dropped); `None` where AppArmor is not the active LSM or the process is gone.
 pub fn apparmor_label(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/attr/apparmor/current")).ok()?;
+    parse_apparmor_label(&std::fs::read_to_string(format!("/proc/{pid}/attr/apparmor/current")).ok()?)
+}
+
+/// `libvirt-<uuid> (enforce)\n` → `libvirt-<uuid>`; `unconfined\n` → `unconfined`.
+fn parse_apparmor_label(text: &str) -> Option<String> {
     let label = text.trim_end_matches(['\n', '\0']);
-    let label = label.rsplit_once(" (").map_or(label, |(name, _mode)| name);
+    let label = label.strip_suffix(')').and_then(|l| l.rsplit_once(" (")).map_or(label, |(name, _mode)| name);
     (!label.is_empty()).then(|| label.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apparmor_labels_lose_their_mode() {
+        let uuid = "libvirt-6b2a1f3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(parse_apparmor_label(&format!("{uuid} (enforce)\n")).as_deref(), Some(uuid));
+        assert_eq!(parse_apparmor_label(&format!("{uuid} (complain)\0")).as_deref(), Some(uuid));
+        assert_eq!(parse_apparmor_label("unconfined\n").as_deref(), Some("unconfined"));
+        assert_eq!(parse_apparmor_label("a (b) (enforce)").as_deref(), Some("a (b)"));
+        assert_eq!(parse_apparmor_label("\n"), None);
+    }
+
+    #[test]
+    fn no_profile_means_no_refusal() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let me = Peer::of(&a).unwrap();
+        assert_eq!(AccessPolicy::default().apparmor_refusal(&me, &a), None);
+        // This process is confined like itself (or AppArmor is off): never refused.
+        let policy = AccessPolicy { apparmor_profile: Some("libvirt-x".into()), ..Default::default() };
+        assert_eq!(policy.apparmor_refusal(&me, &a), None);
+    }
 }
 
 /// A pidfd of the socket's peer: SO_PEERPIDFD (Linux 6.5+, race-free), else pidfd_open of the
