@@ -7,6 +7,7 @@ use pageless_pool::size::parse_size;
 use pageless_pool::PoolSpec;
 use pageless_protocol::control::ControlClient;
 
+use crate::cells::CellSpec;
 use crate::hook;
 use crate::limits::{self, LimitOptions};
 use crate::qemu::{self, QemuOptions};
@@ -41,12 +42,19 @@ pub enum Command {
         #[arg(long)]
         vm: String,
         /// Memory size, a multiple of the pool's page size: 512M, 4G, 1073741824.
-        #[arg(long, value_parser = parse_size)]
-        size: u64,
+        #[arg(long, value_parser = parse_size, required_unless_present = "cells", conflicts_with = "cells")]
+        size: Option<u64>,
         /// Where the memory comes from: memfd, memfd:2M, memfd:1G, hugetlbfs:DIR, dir:DIR
         /// (tmpfs) or pagelessfs:DIR. Directory pools survive the owner's restart.
-        #[arg(long, default_value = "memfd")]
+        #[arg(long, default_value = "memfd", conflicts_with = "cells")]
         pool: PoolSpec,
+        /// A guest NUMA cell, instead of --size/--pool (repeatable): its id (QEMU's
+        /// `ram-node<ID>`), size and pool, and optionally the host node its memory comes from
+        /// (memfd, dir: on tmpfs, hugetlb pools): `0:2G:pagelessfs:/mnt/pageless/node0`,
+        /// `1:2G:memfd@node=1`. Each cell is its own allocation (`<vm>.cell<ID>` in
+        /// directory pools).
+        #[arg(long = "cell", id = "cells", value_name = "ID:SIZE:POOL[@node=HOSTNODE]")]
+        cells: Vec<CellSpec>,
         /// `--run-dir`: where the control socket, the lock file and the relay sockets go.
         #[command(flatten)]
         run_dir: RunDir,
@@ -163,6 +171,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             vm,
             size,
             pool,
+            cells,
             run_dir,
             prefault,
             allow_uids,
@@ -175,8 +184,10 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             serve::serve(ServeOptions {
                 vm,
-                size,
+                // clap requires --size unless --cell is given.
+                size: size.unwrap_or(0),
                 pool,
+                cells,
                 run_dir: run_dir.run_dir,
                 prefault,
                 allow_uids,
