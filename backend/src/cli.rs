@@ -161,6 +161,10 @@ pub enum Command {
         /// Per-VM config files: `<DIR>/<vm>.toml`.
         #[arg(long, env = "PAGELESS_CONFIG_DIR", default_value = hook::DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
+        /// The host config, whose `[pools]` table maps host NUMA nodes to pools for the
+        /// domain's NUMA cells (`0 = "pagelessfs:/mnt/pageless/node0"`).
+        #[arg(long, env = "PAGELESS_HOST_CONFIG", default_value = hook::numa::DEFAULT_HOST_CONFIG)]
+        host_config: PathBuf,
     },
 }
 
@@ -231,13 +235,14 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             pageless_pool::check_name(&vm)?;
             ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "stop")?.stop()?;
         }
-        Command::Hook { vm, operation, subop, extra: _, config_dir } => {
+        Command::Hook { vm, operation, subop, extra: _, config_dir, host_config } => {
             let options = hook::HookOptions {
                 vm,
                 operation,
                 subop,
                 config_dir,
                 qemu_conf: hook::QEMU_CONF.into(),
+                host_config,
                 pageless: std::env::current_exe()?,
                 systemd: std::path::Path::new("/run/systemd/system").is_dir(),
             };
