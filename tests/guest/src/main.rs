@@ -8,6 +8,7 @@ mod bench;
 mod blk;
 mod checks;
 mod isolation;
+mod numa;
 mod struct_page;
 mod util;
 mod vfio;
@@ -27,6 +28,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Map FILE, touch every page and check that each is on host NUMA node NODE.
+    NumaPages {
+        file: PathBuf,
+        #[arg(long)]
+        node: i32,
+        #[arg(long)]
+        name: String,
+    },
     /// Save struct page counters (/proc/vmstat nr_memmap*, MemTotal) to FILE.
     MemmapSave { file: PathBuf },
     /// Compare struct page counters with those saved in FILE.
@@ -212,6 +221,7 @@ fn main() {
     let cli = Cli::parse();
     let mut r = util::Report::default();
     let res = match cli.cmd {
+        Cmd::NumaPages { file, node, name } => numa::numa_pages(&mut r, &file, node, &name),
         Cmd::MemmapSave { file } => checks::memmap_save(&mut r, &file),
         Cmd::MemmapCheck { file, name } => checks::memmap_check(&mut r, &file, &name),
         Cmd::Pat { ranges, name } => checks::pat(&mut r, &ranges, &name),
