@@ -35,7 +35,8 @@ done
 sed 's/^/# inner: /' /tmp/inner.log
 echo "RESULT inner_boot_secs=$(awk -v a="$start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')"
 check inner-boots grep -q INNER-READY /tmp/inner.log
-check inner-sees-two-nodes grep 'INNER-NODES node0 node1 $' /tmp/inner.log
+# (The serial log's lines end in \r\n.)
+check inner-sees-two-nodes sh -c "tr -d '\\r' < /tmp/inner.log | grep -x 'INNER-NODES node0 node1 '"
 # Each inner node has its cell's 128M, less what the firmware and kernel keep.
 check inner-node-sizes sh -c "grep INNER-NODE-MEM /tmp/inner.log | awk '{ if (\$3 < 65536 || \$3 > 131072) bad = 1; n++ } END { print n \" nodes\"; exit bad || n != 2 }'"
 
