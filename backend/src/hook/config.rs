@@ -532,6 +532,8 @@ mod tests {
             host_config: "/nonexistent".into(),
             pageless: "/nonexistent".into(),
             systemd: false,
+            apparmor_dir: "/nonexistent".into(),
+            unit_args_dir: dir.path().join("units"),
         };
         run(&options, &mut "<domain><name>vm1</name></domain>".as_bytes()).unwrap();
     }
@@ -593,6 +595,17 @@ mod tests {
             "serve --vm numa1 --cell 0:134217728:memfd@node=0 --cell 1:134217728:memfd@node=1"
         );
         assert!(!plan.serve_args().contains(&"--size".to_string()));
+        // What `pageless serve` parses from them.
+        use clap::Parser;
+        let cli =
+            crate::cli::Cli::try_parse_from(std::iter::once("pageless".to_string()).chain(plan.serve_args()))
+                .unwrap();
+        let crate::cli::Command::Serve { cells, size, .. } = cli.command else { panic!("not serve") };
+        assert_eq!(size, None);
+        assert_eq!(
+            cells.iter().map(|c| (c.id, c.size, c.host_node)).collect::<Vec<_>>(),
+            vec![(0, 128 << 20, Some(0)), (1, 128 << 20, Some(1))]
+        );
 
         // [pools] gives node 1 its pagelessfs mount; other keys of the host config are ignored.
         std::fs::write(

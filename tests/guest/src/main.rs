@@ -4,6 +4,7 @@
 //! `RESULT <key>=<value>` per measurement; lines starting with `#` are commentary. The exit
 //! status is 0 when every check passed. `tests/guest/kmod-checks.sh` runs the whole sequence.
 
+mod apparmor;
 mod bench;
 mod blk;
 mod checks;
@@ -35,6 +36,21 @@ enum Cmd {
         node: i32,
         #[arg(long)]
         name: String,
+    },
+    /// Change to AppArmor PROFILE (as unconfined root may), then connect to each --connect
+    /// socket and open each --open file read-write: each must be allowed, or each refused with
+    /// EACCES, as --expect says.
+    AaProbe {
+        #[arg(long)]
+        profile: String,
+        #[arg(long, value_enum)]
+        expect: apparmor::Expect,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        connect: Vec<PathBuf>,
+        #[arg(long)]
+        open: Vec<PathBuf>,
     },
     /// Save struct page counters (/proc/vmstat nr_memmap*, MemTotal) to FILE.
     MemmapSave { file: PathBuf },
@@ -222,6 +238,9 @@ fn main() {
     let mut r = util::Report::default();
     let res = match cli.cmd {
         Cmd::NumaPages { file, node, name } => numa::numa_pages(&mut r, &file, node, &name),
+        Cmd::AaProbe { profile, expect, name, connect, open } => {
+            apparmor::aa_probe(&mut r, &name, &profile, expect, &connect, &open)
+        }
         Cmd::MemmapSave { file } => checks::memmap_save(&mut r, &file),
         Cmd::MemmapCheck { file, name } => checks::memmap_check(&mut r, &file, &name),
         Cmd::Pat { ranges, name } => checks::pat(&mut r, &ranges, &name),
