@@ -289,7 +289,13 @@ pub(super) fn plan(
     let cells = if domain_cells.is_empty() {
         Vec::new()
     } else {
-        let total: u64 = domain_cells.iter().map(|c| c.size).sum();
+        let total =
+            domain_cells.iter().try_fold(0u64, |sum, c| sum.checked_add(c.size)).ok_or_else(|| {
+                HookError::Xml {
+                    vm: vm.into(),
+                    why: "the NUMA cells' memory adds up to more than 16 EiB: fix their memory=".into(),
+                }
+            })?;
         if config.size.is_some() && size != total {
             return Err(config_error(format!(
                 "size: {size} bytes, but the domain's NUMA cells add up to {total}: remove size (the cells' sizes are used)"
@@ -633,6 +639,12 @@ mod tests {
         let sized = NUMA_DOMAIN.replace(r#"pool="memfd""#, r#"pool="memfd" size="512M""#);
         let err = plan_with(&sized).unwrap_err().to_string();
         assert!(err.contains("NUMA cells add up to 268435456"), "{err}");
+        // Cells that overflow when added, with a configured size: an error, no panic.
+        let huge = "<domain><cpu><numa><cell memory='9223372036854775808' unit='b'/>\
+                    <cell memory='9223372036854775808' unit='b'/></numa></cpu></domain>";
+        let config = FileConfig { size: Some(SizeValue::Text("1G".into())), ..Default::default() };
+        let err = plan_of("numa1", config, huge).unwrap_err().to_string();
+        assert!(err.contains("more than 16 EiB"), "{err}");
     }
 
     #[test]
