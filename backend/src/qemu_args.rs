@@ -355,14 +355,18 @@ struct Scan {
 }
 
 impl Scan {
-    /// The `-object` of RAM backend `id`, with its argument index and size.
+    /// The `-object` of RAM backend `id`, with its argument index and size. Two objects of
+    /// that id are refused (QEMU would refuse them too).
     fn backend(&self, args: &[String], id: &str) -> Result<(usize, ObjectArg, u64), ArgError> {
-        let (index, object) = self
-            .objects
-            .iter()
-            .find(|(_, o)| o.get("id").as_deref() == Some(id))
-            .cloned()
-            .ok_or_else(|| ArgError::MissingBackend(id.into()))?;
+        let mut found = self.objects.iter().filter(|(_, o)| o.get("id").as_deref() == Some(id));
+        let (index, object) = found.next().cloned().ok_or_else(|| ArgError::MissingBackend(id.into()))?;
+        if let Some((second, _)) = found.next() {
+            return Err(ArgError::Unparsable {
+                option: "-object".into(),
+                value: args[*second].clone(),
+                why: format!("a second object with id {id:?}"),
+            });
+        }
         let size = object.size()?.ok_or_else(|| ArgError::Unparsable {
             option: "-object".into(),
             value: args[index].clone(),
@@ -490,6 +494,14 @@ pub fn rewrite_cells(args: &[String], cells: &[OwnerCell]) -> Result<Vec<String>
         scan.numa_nodes.iter().filter_map(|(id, memdev)| Some((*id, memdev.clone()?))).collect();
     if nodes.is_empty() {
         return Err(ArgError::NoNumaNodes { cells: ids() });
+    }
+    let mut memdevs = std::collections::BTreeSet::new();
+    if let Some((_, memdev)) = nodes.iter().find(|(_, memdev)| !memdevs.insert(memdev.as_str())) {
+        return Err(ArgError::Unparsable {
+            option: "-numa".into(),
+            value: format!("node,memdev={memdev}"),
+            why: "two -numa nodes use this memdev".into(),
+        });
     }
     let mut out = args.to_vec();
     for (nodeid, memdev) in &nodes {
@@ -721,6 +733,20 @@ mod tests {
         let mut twice = plain("128M", "128M");
         twice.extend(args(&["-numa", "node,nodeid=1,memdev=m0"]));
         assert!(rewrite_cells(&twice, &owner).is_err(), "node 1 twice");
+        // Found by fuzzing: one memdev for two nodes put node 0's object on cell 1's fd.
+        let shared = args(&[
+            "-object",
+            "memory-backend-ram,id=m0,size=128M",
+            "-numa",
+            "node,nodeid=0,memdev=m0",
+            "-numa",
+            "node,memdev=m0",
+        ]);
+        let err = rewrite_cells(&shared, &owner).unwrap_err();
+        assert!(err.to_string().contains("two -numa nodes use this memdev"), "{err}");
+        let mut same_id = plain("128M", "128M");
+        same_id.extend(args(&["-object", "memory-backend-ram,id=m1,size=128M"]));
+        assert!(rewrite_cells(&same_id, &owner).unwrap_err().to_string().contains("a second object"));
     }
 
     #[test]
