@@ -7,6 +7,7 @@ use pageless_pool::size::parse_size;
 use pageless_pool::PoolSpec;
 use pageless_protocol::control::ControlClient;
 
+use crate::cells::CellSpec;
 use crate::hook;
 use crate::limits::{self, LimitOptions};
 use crate::qemu::{self, QemuOptions};
@@ -41,12 +42,19 @@ pub enum Command {
         #[arg(long)]
         vm: String,
         /// Memory size, a multiple of the pool's page size: 512M, 4G, 1073741824.
-        #[arg(long, value_parser = parse_size)]
-        size: u64,
+        #[arg(long, value_parser = parse_size, required_unless_present = "cells", conflicts_with = "cells")]
+        size: Option<u64>,
         /// Where the memory comes from: memfd, memfd:2M, memfd:1G, hugetlbfs:DIR, dir:DIR
         /// (tmpfs) or pagelessfs:DIR. Directory pools survive the owner's restart.
-        #[arg(long, default_value = "memfd")]
+        #[arg(long, default_value = "memfd", conflicts_with = "cells")]
         pool: PoolSpec,
+        /// A guest NUMA cell, instead of --size/--pool (repeatable): its id (QEMU's
+        /// `ram-node<ID>`), size and pool, and optionally the host node its memory comes from
+        /// (memfd, dir: on tmpfs, hugetlb pools): `0:2G:pagelessfs:/mnt/pageless/node0`,
+        /// `1:2G:memfd@node=1`. Each cell is its own allocation (`<vm>.cell<ID>` in
+        /// directory pools).
+        #[arg(long = "cell", id = "cells", value_name = "ID:SIZE:POOL[@node=HOSTNODE]")]
+        cells: Vec<CellSpec>,
         /// `--run-dir`: where the control socket, the lock file and the relay sockets go.
         #[command(flatten)]
         run_dir: RunDir,
@@ -160,6 +168,10 @@ pub enum Command {
         /// Per-VM config files: `<DIR>/<vm>.toml`.
         #[arg(long, env = "PAGELESS_CONFIG_DIR", default_value = hook::DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
+        /// The host config, whose `[pools]` table maps host NUMA nodes to pools for the
+        /// domain's NUMA cells (`0 = "pagelessfs:/mnt/pageless/node0"`).
+        #[arg(long, env = "PAGELESS_HOST_CONFIG", default_value = hook::numa::DEFAULT_HOST_CONFIG)]
+        host_config: PathBuf,
         /// libvirt's per-domain AppArmor profiles (`libvirt-<uuid>`), where the hook adds each
         /// VM's `libvirt-<uuid>.pageless` rules.
         #[arg(long, env = "PAGELESS_APPARMOR_DIR", default_value = hook::svirt::APPARMOR_PROFILE_DIR)]
@@ -185,6 +197,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             vm,
             size,
             pool,
+            cells,
             run_dir,
             prefault,
             allow_uids,
@@ -198,8 +211,10 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             serve::serve(ServeOptions {
                 vm,
-                size,
+                // clap requires --size unless --cell is given.
+                size: size.unwrap_or(0),
                 pool,
+                cells,
                 run_dir: run_dir.run_dir,
                 prefault,
                 allow_uids,
@@ -244,13 +259,14 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             pageless_pool::check_name(&vm)?;
             ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "stop")?.stop()?;
         }
-        Command::Hook { vm, operation, subop, extra: _, config_dir, apparmor_dir } => {
+        Command::Hook { vm, operation, subop, extra: _, config_dir, host_config, apparmor_dir } => {
             let options = hook::HookOptions {
                 vm,
                 operation,
                 subop,
                 config_dir,
                 qemu_conf: hook::QEMU_CONF.into(),
+                host_config,
                 pageless: std::env::current_exe()?,
                 systemd: std::path::Path::new("/run/systemd/system").is_dir(),
                 apparmor_dir,

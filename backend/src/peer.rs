@@ -91,30 +91,6 @@ fn parse_apparmor_label(text: &str) -> Option<String> {
     (!label.is_empty()).then(|| label.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn apparmor_labels_lose_their_mode() {
-        let uuid = "libvirt-6b2a1f3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
-        assert_eq!(parse_apparmor_label(&format!("{uuid} (enforce)\n")).as_deref(), Some(uuid));
-        assert_eq!(parse_apparmor_label(&format!("{uuid} (complain)\0")).as_deref(), Some(uuid));
-        assert_eq!(parse_apparmor_label("unconfined\n").as_deref(), Some("unconfined"));
-        assert_eq!(parse_apparmor_label("a (b) (enforce)").as_deref(), Some("a (b)"));
-        assert_eq!(parse_apparmor_label("\n"), None);
-    }
-
-    #[test]
-    fn no_profile_means_no_refusal() {
-        let (a, _b) = UnixStream::pair().unwrap();
-        let me = Peer::of(&a).unwrap();
-        assert_eq!(AccessPolicy::default().apparmor_refusal(&me, &a), None);
-        // This process is confined like itself (or AppArmor is off): never refused.
-        let policy = AccessPolicy { apparmor_profile: Some("libvirt-x".into()), ..Default::default() };
-        assert_eq!(policy.apparmor_refusal(&me, &a), None);
-    }
-}
 
 /// A pidfd of the socket's peer: SO_PEERPIDFD (Linux 6.5+, race-free), else pidfd_open of the
 /// credentials' pid, checked to still be the peer (its pid is unchanged and alive).
@@ -162,5 +138,30 @@ pub fn process_alive(pid: u32) -> bool {
         // `pid (comm) S …`: comm may hold spaces and parentheses; the state follows the last ')'.
         Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apparmor_labels_lose_their_mode() {
+        let uuid = "libvirt-6b2a1f3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(parse_apparmor_label(&format!("{uuid} (enforce)\n")).as_deref(), Some(uuid));
+        assert_eq!(parse_apparmor_label(&format!("{uuid} (complain)\0")).as_deref(), Some(uuid));
+        assert_eq!(parse_apparmor_label("unconfined\n").as_deref(), Some("unconfined"));
+        assert_eq!(parse_apparmor_label("a (b) (enforce)").as_deref(), Some("a (b)"));
+        assert_eq!(parse_apparmor_label("\n"), None);
+    }
+
+    #[test]
+    fn no_profile_means_no_refusal() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let me = Peer::of(&a).unwrap();
+        assert_eq!(AccessPolicy::default().apparmor_refusal(&me, &a), None);
+        // This process is confined like itself (or AppArmor is off): never refused.
+        let policy = AccessPolicy { apparmor_profile: Some("libvirt-x".into()), ..Default::default() };
+        assert_eq!(policy.apparmor_refusal(&me, &a), None);
     }
 }

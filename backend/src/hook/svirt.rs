@@ -109,8 +109,9 @@ pub struct VmPaths {
     pub control_socket: PathBuf,
     /// `<run_dir>/<vm>/`, the VM's relay sockets.
     pub relay_dir: PathBuf,
-    /// The memory's file (directory pools); `None` for memfd.
-    pub memory_file: Option<PathBuf>,
+    /// The memory's files (directory pools): one, or one per NUMA cell (`--cell`); none for
+    /// memfd.
+    pub memory_files: Vec<PathBuf>,
 }
 
 /// The AppArmor rules file for the VM (`libvirt-<uuid>.pageless`).
@@ -126,7 +127,7 @@ pub fn apparmor_rules(vm: &str, paths: &VmPaths) -> Result<String, String> {
     rules.push_str(&format!("  \"{}\" rw,\n", aa_path(&paths.control_socket)?));
     let relay_dir = aa_path(&paths.relay_dir)?;
     rules.push_str(&format!("  \"{relay_dir}/\" r,\n  \"{relay_dir}/*.sock\" rw,\n"));
-    if let Some(file) = &paths.memory_file {
+    for file in &paths.memory_files {
         rules.push_str(&format!("  \"{}\" rw,\n", aa_path(file)?));
     }
     Ok(rules)
@@ -233,7 +234,12 @@ fn vm_paths(options: &HookOptions, plan: &OwnerPlan, xml: &str) -> Result<VmPath
         programs,
         control_socket: plan.socket(),
         relay_dir: plan.run_dir.join(&plan.vm),
-        memory_file: status.path.map(PathBuf::from),
+        // A VM served with --cell has a file per cell (the top-level path is the first cell's).
+        memory_files: if status.cells.is_empty() {
+            status.path.into_iter().map(PathBuf::from).collect()
+        } else {
+            status.cells.iter().filter_map(|c| c.path.as_ref()).map(PathBuf::from).collect()
+        },
     })
 }
 
@@ -334,7 +340,7 @@ fn selinux_targets(paths: &VmPaths) -> Vec<PathBuf> {
         sockets.sort();
         targets.extend(sockets);
     }
-    targets.extend(paths.memory_file.clone());
+    targets.extend(paths.memory_files.iter().cloned());
     targets
 }
 
@@ -414,7 +420,7 @@ mod tests {
             ],
             control_socket: format!("/run/pageless/{vm}.sock").into(),
             relay_dir: format!("/run/pageless/{vm}").into(),
-            memory_file: Some(format!("/srv/pageless/{vm}").into()),
+            memory_files: vec![format!("/srv/pageless/{vm}").into()],
         }
     }
 
@@ -440,6 +446,16 @@ mod tests {
         assert!(rules.contains(r#""/run/pageless/w\*\{a,b\}\"x/*.sock" rw,"#), "{rules}");
         // A newline would start a rule of its own: refused.
         assert!(apparmor_rules("x", &paths("x\n  /** rw")).is_err());
+        // A VM of NUMA cells: every cell's file.
+        let cells = VmPaths {
+            memory_files: vec!["/srv/pageless/numa.cell0".into(), "/srv/pageless/numa.cell1".into()],
+            ..paths("numa")
+        };
+        let rules = apparmor_rules("numa", &cells).unwrap();
+        assert!(
+            rules.contains("  \"/srv/pageless/numa.cell0\" rw,\n  \"/srv/pageless/numa.cell1\" rw,\n"),
+            "{rules}"
+        );
     }
 
     #[test]
@@ -467,6 +483,7 @@ mod tests {
             subop: "end".into(),
             config_dir: dir.path().into(),
             qemu_conf: "/nonexistent".into(),
+            host_config: "/nonexistent".into(),
             pageless: "/nonexistent".into(),
             systemd: false,
             apparmor_dir: dir.path().into(),
@@ -499,7 +516,7 @@ mod tests {
             programs: vec![],
             control_socket: socket.clone(),
             relay_dir: relay.clone(),
-            memory_file: Some(memory.clone()),
+            memory_files: vec![memory.clone()],
         };
         assert_eq!(
             selinux_targets(&paths),

@@ -9,6 +9,7 @@ mod bench;
 mod blk;
 mod checks;
 mod isolation;
+mod numa;
 mod struct_page;
 mod util;
 mod vfio;
@@ -28,6 +29,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Map FILE, touch every page and check that each is on host NUMA node NODE.
+    NumaPages {
+        file: PathBuf,
+        #[arg(long)]
+        node: i32,
+        #[arg(long)]
+        name: String,
+    },
     /// In a thread changed to AppArmor PROFILE (as unconfined root may): HELLO on each
     /// --control socket, vhost-user GET_FEATURES on each --vhost socket, open each --open file
     /// read-write: each must work, or each be refused (EACCES, or by the owner), as --expect
@@ -231,6 +240,7 @@ fn main() {
     let cli = Cli::parse();
     let mut r = util::Report::default();
     let res = match cli.cmd {
+        Cmd::NumaPages { file, node, name } => numa::numa_pages(&mut r, &file, node, &name),
         Cmd::AaProbe { profile, expect, name, control, vhost, open } => {
             apparmor::aa_probe(&mut r, &name, &profile, expect, apparmor::Targets { control, vhost, open })
         }
