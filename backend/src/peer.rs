@@ -60,21 +60,22 @@ impl AccessPolicy {
                 ))
             }
         };
-        let label = apparmor_label(peer.pid);
+        // AppArmor labels each thread, and the socket's credentials name only the process: every
+        // thread must pass.
+        let labels = thread_labels(peer.pid);
         if !alive(&pidfd) {
             return Some(format!("pid {} exited while its AppArmor label was read", peer.pid));
         }
         // The owner's own confinement (e.g. a container's profile every process there runs
         // under) is as good as unconfined.
         let own = apparmor_label(std::process::id());
-        match label {
-            None => None,
-            Some(label) if label == "unconfined" || label == *ours || Some(&label) == own.as_ref() => None,
-            Some(label) => Some(format!(
-                "pid {} (uid {}) runs under AppArmor profile {label}, not this VM's {ours} (another domain's QEMU?)",
-                peer.pid, peer.uid
-            )),
-        }
+        let foreign = labels
+            .into_iter()
+            .find(|label| label != "unconfined" && label != ours && Some(label) != own.as_ref())?;
+        Some(format!(
+            "pid {} (uid {}) runs under AppArmor profile {foreign}, not this VM's {ours} (another domain's QEMU?)",
+            peer.pid, peer.uid
+        ))
     }
 }
 
@@ -84,13 +85,22 @@ pub fn apparmor_label(pid: u32) -> Option<String> {
     parse_apparmor_label(&std::fs::read_to_string(format!("/proc/{pid}/attr/apparmor/current")).ok()?)
 }
 
+/// The AppArmor labels of every thread of process `pid` (none where AppArmor is off).
+fn thread_labels(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("attr/apparmor/current")).ok())
+        .filter_map(|text| parse_apparmor_label(&text))
+        .collect()
+}
+
 /// `libvirt-<uuid> (enforce)\n` → `libvirt-<uuid>`; `unconfined\n` → `unconfined`.
 fn parse_apparmor_label(text: &str) -> Option<String> {
     let label = text.trim_end_matches(['\n', '\0']);
     let label = label.strip_suffix(')').and_then(|l| l.rsplit_once(" (")).map_or(label, |(name, _mode)| name);
     (!label.is_empty()).then(|| label.to_string())
 }
-
 
 /// A pidfd of the socket's peer: SO_PEERPIDFD (Linux 6.5+, race-free), else pidfd_open of the
 /// credentials' pid, checked to still be the peer (its pid is unchanged and alive).
