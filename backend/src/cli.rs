@@ -7,11 +7,11 @@ use pageless_pool::size::parse_size;
 use pageless_pool::PoolSpec;
 use pageless_protocol::control::ControlClient;
 
+use crate::context::Context;
 use crate::hook;
 use crate::host;
 use crate::limits::{self, LimitOptions};
 use crate::qemu::{self, QemuOptions};
-use crate::context::Context;
 use crate::relay::RelaySpec;
 use crate::serve::{self, ServeOptions};
 use crate::{control_socket_path, status, DEFAULT_RUN_DIR};
@@ -328,23 +328,39 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 fn run_host(command: HostCommand) -> Result<(), Box<dyn std::error::Error>> {
     use host::config::HostConfig;
     match command {
-        HostCommand::Plan { reserve, per_node, align, keep, allow_below_4g, mount_dir, module, write_config } => {
+        HostCommand::Plan {
+            reserve,
+            per_node,
+            align,
+            keep,
+            allow_below_4g,
+            mount_dir,
+            module,
+            write_config,
+        } => {
             let machine = host::read_machine()?;
             let request =
                 host::plan::Request { reserve, per_node, align, keep, allow_below_4g, mount_dir, module };
             let plan = host::plan::plan(&machine, &request)?;
-            let path = write_config.as_ref().map_or(host::config::DEFAULT_CONFIG.to_string(), |p| p.display().to_string());
+            let path = write_config
+                .as_ref()
+                .map_or(host::config::DEFAULT_CONFIG.to_string(), |p| p.display().to_string());
             print_out(&host::plan::render(&plan, &path))?;
             if let Some(path) = write_config {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
                 }
-                std::fs::write(&path, plan.config.to_toml()).with_context(|| format!("write {}", path.display()))?;
+                std::fs::write(&path, plan.config.to_toml())
+                    .with_context(|| format!("write {}", path.display()))?;
                 print_out(&format!("Wrote {}.\n", path.display()))?;
             }
         }
-        HostCommand::Up { config } => host::ops::up(&HostConfig::load(&config.config)?, &mut std::io::stdout())?,
-        HostCommand::Down { config } => host::ops::down(&HostConfig::load(&config.config)?, &mut std::io::stdout())?,
+        HostCommand::Up { config } => {
+            host::ops::up(&HostConfig::load(&config.config)?, &mut std::io::stdout())?
+        }
+        HostCommand::Down { config } => {
+            host::ops::down(&HostConfig::load(&config.config)?, &mut std::io::stdout())?
+        }
         HostCommand::Check { config } => {
             let findings = host::ops::check(&HostConfig::load(&config.config)?)?;
             print_out(&host::ops::render_findings(&findings))?;

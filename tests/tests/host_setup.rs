@@ -24,7 +24,7 @@ pageless host plan --reserve 2G --per-node --module /pageless.ko --write-config 
 rc=$?
 cat /tmp/plan.out
 if [ $rc = 0 ] && grep -q '^  node 0: ' /tmp/plan.out && grep -q '^  node 1: ' /tmp/plan.out; then
-    ok plan-per-node "$(grep -c '^  node ' /tmp/plan.out) ranges"
+    ok plan-per-node "$(grep '^  node [0-9]*: ' /tmp/plan.out | tr -s ' ' | tr '\n' ';')"
 else
     fail plan-per-node "rc $rc"
 fi
@@ -49,11 +49,18 @@ esac
 echo IOMEM-BEGIN
 cat /proc/iomem
 echo IOMEM-END
+echo NODES-BEGIN
+echo "block_size_bytes $(cat /sys/devices/system/memory/block_size_bytes)"
+for n in /sys/devices/system/node/node[0-9]*; do
+    echo "${n##*/}" $(ls -d $n/memory[0-9]* | sed 's/.*memory//' | sort -n)
+done
+echo NODES-END
 finish
 "#;
 
 const UP: &str = r##"
 C=/etc/pageless/pageless.toml
+NODE1_RANGE=@NODE1_RANGE@
 echo "# cmdline: $(cat /proc/cmdline)"
 check host-check-before-up sh -c "! pageless host check --config $C"
 check host-up pageless host up --config $C
@@ -82,7 +89,9 @@ pageless status --vm t --run-dir /run/pageless
 status=$(pageless status --vm t --run-dir /run/pageless --json | tr -d ' \n')
 phys=$(echo "$status" | sed -n 's/.*"physical":\([0-9]*\).*/\1/p')
 inside=no
-for r in $(sed -n 's/^ranges = \[\(.*\)\]$/\1/p' $C | tr -d '",'); do
+# Where the memory must come from: node 1's range when mounts take node= (the test sets
+# NODE1_RANGE then), else any configured range.
+for r in ${NODE1_RANGE:-$(sed -n 's/^ranges = \[\(.*\)\]$/\1/p' $C | tr -d '",')}; do
     size=${r%@*}; start=${r#*@}
     size=$(( ${size%G} << 30 )); start=$(( ${start%G} << 30 ))
     [ -n "$phys" ] && [ "$phys" -ge "$start" ] && [ "$phys" -lt $((start + size)) ] && inside=yes
@@ -139,7 +148,8 @@ const UP_CHECKS: &[&str] = &[
 fn between(console: &str, begin: &str, end: &str) -> String {
     let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
     let from = lines.iter().position(|l| *l == begin).unwrap_or_else(|| panic!("no {begin} on the console"));
-    let to = lines[from..].iter().position(|l| *l == end).unwrap_or_else(|| panic!("no {end} on the console"));
+    let to =
+        lines[from..].iter().position(|l| *l == end).unwrap_or_else(|| panic!("no {end} on the console"));
     lines[from + 1..from + to].iter().map(|l| format!("{l}\n")).collect()
 }
 
@@ -174,7 +184,10 @@ fn run(config: &VmConfig, checks: &[&str]) -> String {
 
 #[test]
 fn host_plan_up_check_down_in_a_vm() {
-    if !require_env("host_plan_up_check_down_in_a_vm", &[QEMU, Need::Kernel, Need::Busybox, Need::Program("make")]) {
+    if !require_env(
+        "host_plan_up_check_down_in_a_vm",
+        &[QEMU, Need::Kernel, Need::Busybox, Need::Program("make")],
+    ) {
         return;
     }
     let kernel = Kernel::get();
@@ -202,13 +215,32 @@ fn host_plan_up_check_down_in_a_vm() {
         .expect("the plan's command line on the console");
     assert_eq!(cmdline, "memmap=1G$4G memmap=1G$6G", "the plan for 4G+2G nodes");
     let mut config = between(&console, "CONFIG-BEGIN", "CONFIG-END");
+    for expected in [
+        "module = \"/pageless.ko\"\nranges = [\"1G@4G\", \"1G@6G\"]\n",
+        "path = \"/mnt/pageless/node0\"\npagesize = \"1G\"\nnode = 0\n",
+        "path = \"/mnt/pageless/node1\"\npagesize = \"1G\"\nnode = 1\n",
+        "[pools]\n0 = \"pagelessfs:/mnt/pageless/node0\"\n1 = \"pagelessfs:/mnt/pageless/node1\"\n",
+    ] {
+        assert!(config.contains(expected), "the written config lacks {expected:?}:\n{config}");
+    }
     // Until the module has the `node=` mount option, mount without it (the planner writes it).
+    // With it, node 1's pool must allocate from node 1's range (6G-7G).
     let super_c = std::fs::read_to_string(repo_root().join("driver/kmod/super.c")).unwrap();
-    if !super_c.contains("\"node\"") {
+    let node1_range = if super_c.contains("\"node\"") {
+        "1G@6G"
+    } else {
         eprintln!("[host-up] driver/kmod has no node= mount option yet: dropping `node = N` from the config");
         config = config.lines().filter(|l| !l.starts_with("node = ")).map(|l| format!("{l}\n")).collect();
-    }
+        ""
+    };
     eprintln!("[host-up] config:\n{config}");
 
-    run(&machine("host-up", image(UP, Some(&config), "up.img"), &cmdline), UP_CHECKS);
+    run(
+        &machine(
+            "host-up",
+            image(&UP.replace("@NODE1_RANGE@", node1_range), Some(&config), "up.img"),
+            &cmdline,
+        ),
+        UP_CHECKS,
+    );
 }

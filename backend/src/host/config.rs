@@ -63,7 +63,9 @@ impl Range {
         let number = |part: &str| -> Result<u64, String> {
             let part = part.trim();
             match part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
-                Some(hex) => u64::from_str_radix(hex, 16).map_err(|_| format!("{part:?} is not a hex number")),
+                Some(hex) => {
+                    u64::from_str_radix(hex, 16).map_err(|_| format!("{part:?} is not a hex number"))
+                }
                 None => parse_size(part),
             }
         };
@@ -71,7 +73,7 @@ impl Range {
         if range.size == 0 || range.start.checked_add(range.size).is_none() {
             return Err(format!("{text:?} is empty or wraps around"));
         }
-        if range.start % RANGE_ALIGN != 0 || range.size % RANGE_ALIGN != 0 {
+        if !range.start.is_multiple_of(RANGE_ALIGN) || !range.size.is_multiple_of(RANGE_ALIGN) {
             return Err(format!("{text:?}: start and size must be multiples of 2M"));
         }
         Ok(range)
@@ -247,8 +249,10 @@ impl HostConfig {
 
     /// Parses and checks config text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<HostConfig, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Syntax { file: file.into(), message: e.to_string().trim_end().into() })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.into(),
+            message: e.to_string().trim_end().into(),
+        })?;
         let value = |key: String, message: String| ConfigError::Value { file: file.into(), key, message };
 
         if raw.ranges.is_empty() {
@@ -258,12 +262,17 @@ impl HostConfig {
             ));
         }
         if raw.ranges.len() > MAX_RANGES {
-            return Err(value("ranges".into(), format!("{} ranges: the module takes at most {MAX_RANGES}", raw.ranges.len())));
+            return Err(value(
+                "ranges".into(),
+                format!("{} ranges: the module takes at most {MAX_RANGES}", raw.ranges.len()),
+            ));
         }
         let mut ranges = Vec::new();
         for (i, text) in raw.ranges.iter().enumerate() {
             let range = Range::parse(text).map_err(|m| value(format!("ranges[{i}]"), m))?;
-            if let Some(other) = ranges.iter().find(|r: &&Range| r.start < range.end() && range.start < r.end()) {
+            if let Some(other) =
+                ranges.iter().find(|r: &&Range| r.start < range.end() && range.start < r.end())
+            {
                 return Err(value(format!("ranges[{i}]"), format!("{range} overlaps {other}")));
             }
             ranges.push(range);
@@ -272,7 +281,9 @@ impl HostConfig {
         let mut mounts: Vec<Mount> = Vec::new();
         for (i, m) in raw.mount.into_iter().enumerate() {
             let key = |k: &str| format!("mount[{i}].{k}");
-            if !m.path.is_absolute() || m.path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            if !m.path.is_absolute()
+                || m.path.components().any(|c| matches!(c, std::path::Component::ParentDir))
+            {
                 return Err(value(key("path"), format!("{:?}: write an absolute path without `..`", m.path)));
             }
             if mounts.iter().any(|other| other.path == m.path) {
@@ -283,12 +294,11 @@ impl HostConfig {
             })?;
             let mode = match &m.mode {
                 None => None,
-                Some(text) => Some(
-                    u32::from_str_radix(text, 8)
-                        .ok()
-                        .filter(|mode| *mode <= 0o7777)
-                        .ok_or_else(|| value(key("mode"), format!("{text:?}: write an octal mode such as \"0700\"")))?,
-                ),
+                Some(text) => {
+                    Some(u32::from_str_radix(text, 8).ok().filter(|mode| *mode <= 0o7777).ok_or_else(
+                        || value(key("mode"), format!("{text:?}: write an octal mode such as \"0700\"")),
+                    )?)
+                }
             };
             mounts.push(Mount { path: m.path, pagesize, node: m.node, uid: m.uid, gid: m.gid, mode });
         }
@@ -304,7 +314,10 @@ impl HostConfig {
                 if !mounts.iter().any(|m| dir.starts_with(&m.path)) {
                     return Err(value(
                         key,
-                        format!("{spec:?} is on no [[mount]] of this file: add a [[mount]] with path = {:?}", dir.display().to_string()),
+                        format!(
+                            "{spec:?} is on no [[mount]] of this file: add a [[mount]] with path = {:?}",
+                            dir.display().to_string()
+                        ),
                     ));
                 }
             }

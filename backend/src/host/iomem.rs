@@ -88,8 +88,12 @@ impl Iomem {
 
     /// Top-level `System RAM` ranges, `[start, end)`, sorted.
     pub fn system_ram(&self) -> Vec<(u64, u64)> {
-        let mut ram: Vec<_> =
-            self.entries.iter().filter(|e| e.depth == 0 && e.name == "System RAM").map(|e| (e.start, e.end)).collect();
+        let mut ram: Vec<_> = self
+            .entries
+            .iter()
+            .filter(|e| e.depth == 0 && e.name == "System RAM")
+            .map(|e| (e.start, e.end))
+            .collect();
         ram.sort_unstable();
         ram
     }

@@ -57,10 +57,13 @@ mod tests {
     #[test]
     fn firmware_map() {
         let dir = tempfile::tempdir().unwrap();
-        for (i, (start, end, kind)) in
-            [("0x0", "0x9fbff", "System RAM"), ("0x100000000", "0x13fffffff", "System RAM"), ("0xfeffc000", "0xfeffffff", "Reserved")]
-                .iter()
-                .enumerate()
+        for (i, (start, end, kind)) in [
+            ("0x0", "0x9fbff", "System RAM"),
+            ("0x100000000", "0x13fffffff", "System RAM"),
+            ("0xfeffc000", "0xfeffffff", "Reserved"),
+        ]
+        .iter()
+        .enumerate()
         {
             let e = dir.path().join(i.to_string());
             std::fs::create_dir(&e).unwrap();

@@ -82,8 +82,13 @@ fn unescape(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            let value = (bytes[i + 1] - b'0') as u32 * 64 + (bytes[i + 2] - b'0') as u32 * 8 + (bytes[i + 3] - b'0') as u32;
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value = (bytes[i + 1] - b'0') as u32 * 64
+                + (bytes[i + 2] - b'0') as u32 * 8
+                + (bytes[i + 3] - b'0') as u32;
             out.push(value as u8);
             i += 4;
         } else {
@@ -98,7 +103,9 @@ fn unescape(text: &str) -> String {
 /// `Err` lists the differences. `node=` is compared when the module shows it.
 pub fn options_match(mount: &Mount, super_options: &str) -> Result<(), String> {
     let shown = |key: &str| {
-        super_options.split(',').find_map(|o| o.strip_prefix(key).and_then(|v| v.strip_prefix('=')).map(str::to_string))
+        super_options
+            .split(',')
+            .find_map(|o| o.strip_prefix(key).and_then(|v| v.strip_prefix('=')).map(str::to_string))
     };
     let mut wrong = Vec::new();
     let mut expect = |key: &str, want: Option<String>| {
@@ -126,7 +133,9 @@ pub fn options_match(mount: &Mount, super_options: &str) -> Result<(), String> {
 }
 
 fn mounts() -> Result<Vec<MountEntry>, IoError> {
-    Ok(parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?))
+    Ok(parse_mountinfo(
+        &std::fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?,
+    ))
 }
 
 /// The top mount at `path` (resolving symlinks in `path` if it exists).
@@ -161,7 +170,8 @@ fn same_ranges(config: &HostConfig, loaded: &[Range]) -> bool {
 
 /// The last few kernel log lines that mention `needle` (from `/dev/kmsg`; empty if unreadable).
 pub fn kernel_log(needle: &str, last: usize) -> Vec<String> {
-    let Ok(mut kmsg) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg")
+    let Ok(mut kmsg) =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg")
     else {
         return Vec::new();
     };
@@ -265,14 +275,20 @@ pub fn up(config: &HostConfig, out: &mut dyn Write) -> Result<(), HostError> {
             }
             None => {
                 std::fs::create_dir_all(&mount.path).with_context(|| format!("create {path}"))?;
-                nix::mount::mount(Some("none"), &mount.path, Some(FSTYPE), MsFlags::empty(), Some(options.as_str()))
-                    .map_err(|e| {
-                        let log = kernel_log("pagelessfs", 1);
-                        mount_error(format!(
-                            "mount -t {FSTYPE} -o {options}: {e}{}",
-                            log.first().map_or(String::new(), |l| format!(" (kernel log: {l})"))
-                        ))
-                    })?;
+                nix::mount::mount(
+                    Some("none"),
+                    &mount.path,
+                    Some(FSTYPE),
+                    MsFlags::empty(),
+                    Some(options.as_str()),
+                )
+                .map_err(|e| {
+                    let log = kernel_log("pagelessfs", 1);
+                    mount_error(format!(
+                        "mount -t {FSTYPE} -o {options}: {e}{}",
+                        log.first().map_or(String::new(), |l| format!(" (kernel log: {l})"))
+                    ))
+                })?;
                 say(out, &format!("{path}: mounted ({options})"));
             }
         }
@@ -381,7 +397,9 @@ pub fn check_reserved(iomem: &Iomem, range: &Range) -> Finding {
         Finding {
             what,
             detail: format!("only {} of {} is Reserved in /proc/iomem", reserved, range.size),
-            fix: Some(format!("{boot}; the range must lie in RAM the firmware reports (see /sys/firmware/memmap)")),
+            fix: Some(format!(
+                "{boot}; the range must lie in RAM the firmware reports (see /sys/firmware/memmap)"
+            )),
         }
     } else {
         Finding { what, detail: "Reserved in /proc/iomem, not System RAM".into(), fix: None }
@@ -406,7 +424,8 @@ pub fn pat_write_back(list: &str, range: &Range) -> Result<(), String> {
         }
         covered.push((s, e));
     }
-    let covered: u64 = super::iomem::intersect(&covered, &[(range.start, range.end())]).iter().map(|(s, e)| e - s).sum();
+    let covered: u64 =
+        super::iomem::intersect(&covered, &[(range.start, range.end())]).iter().map(|(s, e)| e - s).sum();
     if covered < range.size {
         return Err(format!("no write-back entry covers all of it ({covered} of {} bytes)", range.size));
     }
@@ -422,7 +441,11 @@ pub fn check(config: &HostConfig) -> Result<Vec<Finding>, HostError> {
     let param = config.ranges_param();
     let up = "run `pageless host up`".to_string();
     findings.push(match &loaded {
-        None => Finding { what: format!("module {MODULE} loaded"), detail: "not loaded".into(), fix: Some(up.clone()) },
+        None => Finding {
+            what: format!("module {MODULE} loaded"),
+            detail: "not loaded".into(),
+            fix: Some(up.clone()),
+        },
         Some(Ok(r)) if same_ranges(config, r) => {
             Finding { what: format!("module {MODULE} loaded"), detail: format!("ranges={param}"), fix: None }
         }
@@ -448,9 +471,11 @@ pub fn check(config: &HostConfig) -> Result<Vec<Finding>, HostError> {
                 Err(why) => Finding {
                     what,
                     detail: why,
-                    fix: Some("an MTRR or another mapping makes it uncached: check the firmware's MTRR setup \
+                    fix: Some(
+                        "an MTRR or another mapping makes it uncached: check the firmware's MTRR setup \
                                (/proc/mtrr) and pick other ranges with `pageless host plan`"
-                        .into()),
+                            .into(),
+                    ),
                 },
             },
             (Err(_), true) => Finding {
@@ -531,17 +556,29 @@ mod tests {
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].mount_point, Path::new("/mnt/pageless/node 0"));
-        assert_eq!((m[0].fstype.as_str(), m[0].super_options.as_str()), ("pagelessfs", "rw,pagesize=1G,uid=5"));
+        assert_eq!(
+            (m[0].fstype.as_str(), m[0].super_options.as_str()),
+            ("pagelessfs", "rw,pagesize=1G,uid=5")
+        );
     }
 
     #[test]
     fn mount_options() {
-        let mut mount =
-            Mount { path: "/m".into(), pagesize: PageSize::G1, node: Some(1), uid: Some(5), gid: None, mode: Some(0o700) };
+        let mut mount = Mount {
+            path: "/m".into(),
+            pagesize: PageSize::G1,
+            node: Some(1),
+            uid: Some(5),
+            gid: None,
+            mode: Some(0o700),
+        };
         assert_eq!(options_match(&mount, "rw,pagesize=1G,uid=5,mode=700"), Ok(()));
         assert_eq!(options_match(&mount, "rw,pagesize=1G,uid=5,mode=700,node=1"), Ok(()));
         let e = options_match(&mount, "rw,pagesize=2M,mode=700,node=0").unwrap_err();
-        assert!(e.contains("pagesize=2M (configured: 1G)") && e.contains("uid=default") && e.contains("node=0"), "{e}");
+        assert!(
+            e.contains("pagesize=2M (configured: 1G)") && e.contains("uid=default") && e.contains("node=0"),
+            "{e}"
+        );
         mount.mode = Some(0o755);
         mount.uid = Some(0);
         assert_eq!(options_match(&mount, "rw,pagesize=1G"), Ok(()));

@@ -77,6 +77,9 @@ pub struct Plan {
     pub config: HostConfig,
 }
 
+/// Who gets a share: a node (or `None`: the whole machine) and its usable ranges.
+type Group = (Option<u32>, Vec<(u64, u64)>);
+
 /// Why there is no plan: a message for people, saying what is possible.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("refused: {0}")]
@@ -86,7 +89,7 @@ pub struct Refusal(pub String);
 pub fn plan(machine: &Machine, request: &Request) -> Result<Plan, Refusal> {
     let refuse = |text: String| Err(Refusal(text));
     let want = Size(request.reserve);
-    if request.reserve == 0 || request.reserve % RANGE_ALIGN != 0 {
+    if request.reserve == 0 || !request.reserve.is_multiple_of(RANGE_ALIGN) {
         return refuse(format!("--reserve {want}: give a non-zero multiple of 2M (e.g. 1G)"));
     }
     if !request.align.is_power_of_two() || request.align < RANGE_ALIGN {
@@ -119,7 +122,10 @@ pub fn plan(machine: &Machine, request: &Request) -> Result<Plan, Refusal> {
         usable = intersect(&usable, firmware);
         let after: u64 = usable.iter().map(|(s, e)| e - s).sum();
         if after < before {
-            notes.push(format!("left out {} that the firmware's map does not call RAM", human(before - after)));
+            notes.push(format!(
+                "left out {} that the firmware's map does not call RAM",
+                human(before - after)
+            ));
         }
     }
     let low: u64 = intersect(&usable, &[(0, LOW_MEMORY_END)]).iter().map(|(s, e)| e - s).sum();
@@ -135,7 +141,7 @@ pub fn plan(machine: &Machine, request: &Request) -> Result<Plan, Refusal> {
     }
 
     // Who gets what.
-    let groups: Vec<(Option<u32>, Vec<(u64, u64)>)> = match (&machine.nodes, request.per_node) {
+    let groups: Vec<Group> = match (&machine.nodes, request.per_node) {
         (_, false) => vec![(None, usable.clone())],
         (None, true) => {
             notes.push("no NUMA information in sysfs: planning for one node (node 0)".into());
@@ -152,7 +158,7 @@ pub fn plan(machine: &Machine, request: &Request) -> Result<Plan, Refusal> {
     };
     let count = groups.len() as u64;
     let share = request.reserve / count;
-    if request.per_node && (share * count != request.reserve || share % RANGE_ALIGN != 0) {
+    if request.per_node && (share * count != request.reserve || !share.is_multiple_of(RANGE_ALIGN)) {
         return refuse(format!(
             "--reserve {want} --per-node: {count} nodes have memory, so give a multiple of {} (2M per node)",
             Size(count * RANGE_ALIGN)
@@ -167,29 +173,31 @@ pub fn plan(machine: &Machine, request: &Request) -> Result<Plan, Refusal> {
         }
     }
     for &align in &aligns {
-        if share % align != 0 {
+        if !share.is_multiple_of(align) {
             continue;
         }
-        let placed: Option<Vec<Planned>> =
-            groups.iter().map(|(node, usable)| place(usable, share, align, *node)).collect::<Option<Vec<_>>>().map(
-                |parts| {
-                    let mut all: Vec<Planned> = parts.into_iter().flatten().collect();
-                    all.sort_by_key(|p| p.range.start);
-                    all
-                },
-            );
+        let placed: Option<Vec<Planned>> = groups
+            .iter()
+            .map(|(node, usable)| place(usable, share, align, *node))
+            .collect::<Option<Vec<_>>>()
+            .map(|parts| {
+                let mut all: Vec<Planned> = parts.into_iter().flatten().collect();
+                all.sort_by_key(|p| p.range.start);
+                all
+            });
         let Some(ranges) = placed else { continue };
         if align < request.align {
             notes.push(format!(
                 "not enough {}-aligned memory{}: fell back to {}-aligned ranges",
                 Size(request.align),
-                if share % request.align != 0 { " (the size is not a multiple of it)" } else { "" },
+                if !share.is_multiple_of(request.align) { " (the size is not a multiple of it)" } else { "" },
                 Size(align)
             ));
         }
         let pagesize = if align >= 1 << 30 { PageSize::G1 } else { PageSize::M2 };
         if pagesize != PageSize::G1 {
-            notes.push("the ranges are not 1 GiB-aligned: the mounts use pagesize=2M (no 1 GiB pages)".into());
+            notes
+                .push("the ranges are not 1 GiB-aligned: the mounts use pagesize=2M (no 1 GiB pages)".into());
         }
         let config = config_for(&ranges, &groups, pagesize, request);
         return Ok(Plan { ranges, align, pagesize, notes, config });
@@ -198,10 +206,17 @@ pub fn plan(machine: &Machine, request: &Request) -> Result<Plan, Refusal> {
     // Nothing fits: say how much would.
     let mut why = Vec::new();
     for (node, usable) in &groups {
-        let most: u64 = usable.iter().map(|&(s, e)| round_down(e, RANGE_ALIGN).saturating_sub(round_up(s, RANGE_ALIGN))).sum();
+        let most: u64 = usable
+            .iter()
+            .map(|&(s, e)| round_down(e, RANGE_ALIGN).saturating_sub(round_up(s, RANGE_ALIGN)))
+            .sum();
         let who = node.map_or("the machine".to_string(), |n| format!("node {n}"));
         if most < share {
-            why.push(format!("{who} has {} that can be reserved (2M-aligned), {} asked", human(most), Size(share)));
+            why.push(format!(
+                "{who} has {} that can be reserved (2M-aligned), {} asked",
+                human(most),
+                Size(share)
+            ));
         }
     }
     let mut text = format!("cannot reserve {want}: {}", why.join("; "));
@@ -244,12 +259,7 @@ fn place(usable: &[(u64, u64)], share: u64, align: u64, node: Option<u32>) -> Op
 
 /// The config for the planned ranges: one mount per node (`<dir>/node<N>`, `node = N`) with
 /// `--per-node`, else one mount `<dir>` that every node's VMs use.
-fn config_for(
-    ranges: &[Planned],
-    groups: &[(Option<u32>, Vec<(u64, u64)>)],
-    pagesize: PageSize,
-    request: &Request,
-) -> HostConfig {
+fn config_for(ranges: &[Planned], groups: &[Group], pagesize: PageSize, request: &Request) -> HostConfig {
     let mount = |path: PathBuf, node| Mount { path, pagesize, node, uid: None, gid: None, mode: None };
     let spec = |path: &Path| format!("pagelessfs:{}", path.display());
     let mut mounts = Vec::new();
@@ -288,13 +298,7 @@ pub fn render(plan: &Plan, config_path: &str) -> String {
     );
     for p in &plan.ranges {
         let node = p.node.map_or(String::new(), |n| format!("node {n}: "));
-        let _ = writeln!(
-            out,
-            "  {node}{} = [{:#x}-{:#x}]",
-            p.range,
-            p.range.start,
-            p.range.end() - 1
-        );
+        let _ = writeln!(out, "  {node}{} = [{:#x}-{:#x}]", p.range, p.range.start, p.range.end() - 1);
     }
     let memmap: Vec<String> = plan.ranges.iter().map(|p| p.range.memmap()).collect();
     let _ = writeln!(out, "\nKernel command line (QEMU -append, /proc/cmdline after the reboot):");
@@ -320,17 +324,15 @@ pub fn render(plan: &Plan, config_path: &str) -> String {
             let _ = writeln!(out, "  - {note}");
         }
     }
-    let _ = writeln!(
-        out,
-        "\nThen: reboot with the new command line, `pageless host up`, `pageless host check`."
-    );
+    let _ =
+        writeln!(out, "\nThen: reboot with the new command line, `pageless host up`, `pageless host check`.");
     out
 }
 
 /// A byte count for people: exact (`2G`, `512M`) when it is a whole number of MiB, else in GiB
 /// with two decimals (`2.97 GiB`).
 pub fn human(bytes: u64) -> String {
-    if bytes % (1 << 20) == 0 {
+    if bytes.is_multiple_of(1 << 20) {
         Size(bytes).to_string()
     } else {
         format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
@@ -374,10 +376,7 @@ mod tests {
     fn guest() -> Machine {
         // The recorded guest's memory blocks: 128M blocks, node 0 = [0, 3G) + [4G, 5G), node 1 =
         // [5G, 7G) (QEMU fills node 0 first).
-        let blocks = BTreeMap::from([
-            (0, (0..24).chain(32..40).collect()),
-            (1, (40..56).collect()),
-        ]);
+        let blocks = BTreeMap::from([(0, (0..24).chain(32..40).collect()), (1, (40..56).collect())]);
         Machine {
             iomem: Iomem::parse(GUEST_IOMEM).unwrap(),
             firmware_ram: None,
@@ -416,17 +415,20 @@ mod tests {
         assert_eq!(ranges(&plan), ["Some(0):512M@4608M", "Some(1):512M@6656M"]);
         assert_eq!((plan.align, plan.pagesize), (SECTION, PageSize::M2));
         assert!(plan.notes.iter().any(|n| n.contains("fell back to 128M")), "{:?}", plan.notes);
-        let plan = plan(&guest(), &Request { reserve: 5 * M * 2, ..request(0, false) });
-        assert!(plan.is_ok());
+        let small = super::plan(&guest(), &Request { reserve: 10 * M, ..request(0, false) }).unwrap();
+        assert_eq!((small.align, ranges(&small)), (RANGE_ALIGN, vec!["None:10M@7158M".to_string()]));
     }
 
     #[test]
     fn refusals_say_what_is_possible() {
         let e = plan(&guest(), &request(100 << 40, false)).unwrap_err().to_string();
-        assert!(e.contains("6G of System RAM") && e.contains("at most"), "{e}");
+        assert!(
+            e.contains("6.00 GiB of System RAM") && e.contains("so at most 4094M can be reserved"),
+            "{e}"
+        );
         let e = plan(&guest(), &request(4 * G, false)).unwrap_err().to_string();
-        assert!(e.contains("at most 3"), "{e}");
-        // 3G fits the host's keep, but node 0 has only 1G above 4 GiB.
+        assert!(e.contains("at most 4094M"), "{e}");
+        // Per node, too, the host keeps 2G.
         let e = plan(&guest(), &request(3 * G + G, true)).unwrap_err().to_string();
         assert!(e.contains("leaves the host too little"), "{e}");
         let e = plan(&guest(), &Request { keep: G, ..request(4 * G, true) }).unwrap_err().to_string();
@@ -443,7 +445,9 @@ mod tests {
     fn below_4g_only_when_asked() {
         let r = Request { keep: G, allow_below_4g: true, ..request(4 * G, true) };
         let plan = plan(&guest(), &r).unwrap();
-        assert_eq!(ranges(&plan), ["Some(0):1G@2G", "Some(0):1G@4G", "Some(1):2G@5G"]);
+        assert_eq!(ranges(&plan), ["Some(0):1G@1920M", "Some(0):1G@4G", "Some(1):2G@5G"]);
+        // The kernel image sits at 1084M-1128M: no 1 GiB-aligned GiB below 4 GiB is free of it.
+        assert_eq!(plan.align, SECTION);
     }
 
     #[test]
