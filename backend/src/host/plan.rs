@@ -373,15 +373,32 @@ mod tests {
         }
     }
 
+    /// The same guest's memory blocks, as the test prints them: `block_size_bytes HEX`, then
+    /// `nodeN ID…` (the `memoryID` links of /sys/devices/system/node/nodeN).
+    const GUEST_NODES: &str = include_str!("fixtures/nodes-qemu-6g-2nodes");
+
     fn guest() -> Machine {
-        // The recorded guest's memory blocks: 128M blocks, node 0 = [0, 3G) + [4G, 5G), node 1 =
-        // [5G, 7G) (QEMU fills node 0 first).
-        let blocks = BTreeMap::from([(0, (0..24).chain(32..40).collect()), (1, (40..56).collect())]);
+        let mut lines = GUEST_NODES.lines();
+        let block_size = lines.next().and_then(|l| l.strip_prefix("block_size_bytes ")).unwrap();
+        let blocks: BTreeMap<u32, Vec<u64>> = lines
+            .map(|l| {
+                let mut words = l.split_whitespace();
+                let node = words.next().unwrap().trim_start_matches("node").parse().unwrap();
+                (node, words.map(|w| w.parse().unwrap()).collect())
+            })
+            .collect();
         Machine {
             iomem: Iomem::parse(GUEST_IOMEM).unwrap(),
             firmware_ram: None,
-            nodes: super::super::numa::node_ranges(128 * M, &blocks),
+            nodes: super::super::numa::node_ranges(u64::from_str_radix(block_size, 16).unwrap(), &blocks),
         }
+    }
+
+    #[test]
+    fn guest_nodes() {
+        let nodes = guest().nodes.unwrap();
+        assert_eq!(nodes[&0], vec![(0, 3 * G), (4 * G, 5 * G)]);
+        assert_eq!(nodes[&1], vec![(5 * G, 7 * G)]);
     }
 
     fn ranges(plan: &Plan) -> Vec<String> {
