@@ -62,8 +62,15 @@ const UP: &str = r##"
 C=/etc/pageless/pageless.toml
 NODE1_RANGE=@NODE1_RANGE@
 echo "# cmdline: $(cat /proc/cmdline)"
+pageless host check --config $C
 check host-check-before-up sh -c "! pageless host check --config $C"
-check host-up pageless host up --config $C
+out=$(pageless host up --config $C 2>&1)
+rc=$?
+echo "$out"
+case "$rc:$out" in
+    0:*"loaded with ranges="*"node1: mounted"*) ok host-up "$(echo $out)" ;;
+    *) fail host-up "rc $rc: $out" ;;
+esac
 out=$(pageless host up --config $C 2>&1)
 case "$out" in
     *"already loaded"*"already mounted"*) ok host-up-idempotent "$(echo $out)" ;;
@@ -121,7 +128,9 @@ check host-down pageless host down --config $C
 check host-down-done sh -c "[ ! -e /sys/module/pageless ] && ! grep -q pagelessfs /proc/mounts"
 check host-down-again pageless host down --config $C
 out=$(pageless host check --config $C 2>&1)
-case "$?:$out" in
+rc=$?
+echo "$out"
+case "$rc:$out" in
     1:*"FAIL module pageless loaded: not loaded"*"fix: run \`pageless host up\`"*) ok host-check-after-down "$(echo "$out" | grep -c FAIL) failures with fixes" ;;
     *) fail host-check-after-down "$out" ;;
 esac
