@@ -156,8 +156,11 @@ pub enum Command {
         #[arg(long, env = "PAGELESS_CONFIG_DIR", default_value = hook::DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
     },
-    /// Set the host up for pagelessfs: plan the boot-time memory reservation, load the module
-    /// and mount the pools (`up`), undo that (`down`), verify it (`check`).
+    /// Set the host up for pagelessfs: plan the reservation, bring the module and pools up or
+    /// down, check.
+    ///
+    /// `plan` proposes the boot-time memory reservation and the config; `up` loads the module
+    /// and mounts the pools; `down` undoes that; `check` verifies it after boot.
     Host {
         /// What to do.
         #[command(subcommand)]
@@ -176,8 +179,9 @@ pub struct HostConfigPath {
 #[derive(Debug, Subcommand)]
 /// `pageless host`'s subcommands.
 pub enum HostCommand {
-    /// Propose boot-time reservations (`memmap=`) inside usable RAM, from /proc/iomem, the
-    /// firmware's map (/sys/firmware/memmap) and the NUMA nodes' memory blocks (sysfs): prints the
+    /// Propose boot-time memory reservations (`memmap=`) and the config that goes with them.
+    ///
+    /// Reads /proc/iomem, the firmware's map (/sys/firmware/memmap) and the NUMA nodes' memory blocks (sysfs): prints the
     /// kernel command line, the GRUB_CMDLINE_LINUX line with its escaping, the module's
     /// `ranges=` and the pageless.toml to write. Leaves out the running kernel's image, the crash
     /// kernel and (unless --allow-below-4g) memory below 4 GiB, and refuses, saying what is
@@ -213,22 +217,27 @@ pub enum HostCommand {
         #[arg(long, value_name = "PATH")]
         write_config: Option<PathBuf>,
     },
-    /// Load the module with the config's ranges (`modprobe pageless`, or insmod of `module =`)
-    /// and mount the configured pools. Idempotent: a module loaded with the same ranges and
+    /// Load the module with the configured ranges and mount the configured pools (idempotent).
+    ///
+    /// Runs `modprobe pageless ranges=…`, or insmod of the config's `module =`. Idempotent: a module loaded with the same ranges and
     /// pools mounted with the same options are left as they are; different ones are an error.
     Up {
         #[command(flatten)]
         /// `--config`.
         config: HostConfigPath,
     },
-    /// Unmount the configured pools and unload the module. Refuses while a pool holds files (VM
+    /// Unmount the configured pools and unload the module.
+    ///
+    /// Refuses while a pool holds files (VM
     /// memory) or is in use, and while the module is in use (other mounts, quarantined memory).
     Down {
         #[command(flatten)]
         /// `--config`.
         config: HostConfigPath,
     },
-    /// Verify a booted host: each range Reserved and not System RAM in /proc/iomem, the module
+    /// Verify a booted host and say what to fix.
+    ///
+    /// Checks each range Reserved and not System RAM in /proc/iomem, the module
     /// loaded with the ranges and holding them, each range write-back in the PAT, pools mounted
     /// with the configured options. Prints each failure with its fix; exits non-zero on any.
     Check {
