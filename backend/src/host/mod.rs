@@ -22,7 +22,8 @@ pub fn read_machine() -> Result<plan::Machine, Box<dyn std::error::Error>> {
     let iomem = iomem::Iomem::parse(&std::fs::read_to_string("/proc/iomem").context("read /proc/iomem")?)?;
     let firmware_ram = read_firmware_ram(Path::new("/sys/firmware/memmap"))?;
     let nodes = numa::read(Path::new("/sys")).context("read the NUMA nodes' memory blocks in /sys")?;
-    Ok(plan::Machine { iomem, firmware_ram, nodes })
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok();
+    Ok(plan::Machine { iomem, firmware_ram, nodes, cmdline })
 }
 
 /// `System RAM` entries of the firmware's memory map (`/sys/firmware/memmap/N/{start,end,type}`,

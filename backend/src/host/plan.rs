@@ -32,6 +32,8 @@ pub struct Machine {
     pub firmware_ram: Option<Vec<(u64, u64)>>,
     /// Each NUMA node's physical ranges, if known.
     pub nodes: Option<NodeRanges>,
+    /// The running kernel's command line (`/proc/cmdline`), if known.
+    pub cmdline: Option<String>,
 }
 
 /// What to plan.
@@ -106,6 +108,21 @@ pub fn plan(machine: &Machine, request: &Request) -> Result<Plan, Refusal> {
             human(total),
             Size(request.keep),
             Size(round_down(possible, RANGE_ALIGN))
+        ));
+    }
+
+    let booted_with: Vec<&str> = machine
+        .cmdline
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter(|w| w.starts_with("memmap="))
+        .collect();
+    if !booted_with.is_empty() {
+        notes.push(format!(
+            "this boot already has {}: that memory is not System RAM now, so this plan comes on top of it \
+             (to replace it, change those words instead of adding these)",
+            booted_with.join(" ")
         ));
     }
 
@@ -391,6 +408,7 @@ mod tests {
             iomem: Iomem::parse(GUEST_IOMEM).unwrap(),
             firmware_ram: None,
             nodes: super::super::numa::node_ranges(u64::from_str_radix(block_size, 16).unwrap(), &blocks),
+            cmdline: None,
         }
     }
 
@@ -469,7 +487,11 @@ mod tests {
 
     #[test]
     fn keeps_away_from_kernel_and_crash_kernel() {
-        let machine = Machine { iomem: Iomem::parse(CLOUD_IOMEM).unwrap(), firmware_ram: None, nodes: None };
+        let machine = Machine {
+            iomem: Iomem::parse(CLOUD_IOMEM).unwrap(),
+            cmdline: Some("BOOT_IMAGE=/vmlinuz root=/dev/vda1 memmap=1G$30G".into()),
+            ..Machine::default()
+        };
         let r = Request { allow_below_4g: true, keep: G, ..request(22 * G, false) };
         let plan = plan(&machine, &r).unwrap();
         for p in &plan.ranges {
@@ -480,6 +502,7 @@ mod tests {
         }
         assert!(plan.notes.iter().any(|n| n.contains("Crash kernel")), "{:?}", plan.notes);
         assert!(plan.notes.iter().any(|n| n.contains("Kernel code")), "{:?}", plan.notes);
+        assert!(plan.notes.iter().any(|n| n.contains("already has memmap=1G$30G")), "{:?}", plan.notes);
     }
 
     #[test]
