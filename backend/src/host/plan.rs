@@ -390,6 +390,10 @@ mod tests {
         }
     }
 
+    /// The same guest booted again: physical KASLR put the kernel at 0x14b400000 (5.18 GiB), in
+    /// node 1.
+    const GUEST_IOMEM_KERNEL_HIGH: &str = include_str!("fixtures/iomem-qemu-6g-2nodes-kernel-at-5g");
+
     /// The same guest's memory blocks, as the test prints them: `block_size_bytes HEX`, then
     /// `nodeN ID…` (the `memoryID` links of /sys/devices/system/node/nodeN).
     const GUEST_NODES: &str = include_str!("fixtures/nodes-qemu-6g-2nodes");
@@ -503,6 +507,18 @@ mod tests {
         assert!(plan.notes.iter().any(|n| n.contains("Crash kernel")), "{:?}", plan.notes);
         assert!(plan.notes.iter().any(|n| n.contains("Kernel code")), "{:?}", plan.notes);
         assert!(plan.notes.iter().any(|n| n.contains("already has memmap=1G$30G")), "{:?}", plan.notes);
+    }
+
+    #[test]
+    fn keeps_away_from_a_kernel_above_4g() {
+        let machine = Machine { iomem: Iomem::parse(GUEST_IOMEM_KERNEL_HIGH).unwrap(), ..guest() };
+        let per_node = plan(&machine, &request(2 * G, true)).unwrap();
+        assert_eq!(ranges(&per_node), ["Some(0):1G@4G", "Some(1):1G@6G"]);
+        // No 2G stretch without the kernel: two ranges around it.
+        let one = plan(&machine, &request(2 * G, false)).unwrap();
+        assert_eq!(ranges(&one), ["None:1G@4G", "None:1G@6G"]);
+        let e = plan(&machine, &Request { keep: G, ..request(4 * G, true) }).unwrap_err().to_string();
+        assert!(e.contains("node 0 has 1G") && e.contains("node 1 has 2010M"), "{e}");
     }
 
     #[test]
