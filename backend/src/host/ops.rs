@@ -17,6 +17,8 @@ use crate::context::{Context, IoError};
 pub const MODULE: &str = "pageless";
 /// The filesystem type the module registers.
 pub const FSTYPE: &str = "pagelessfs";
+/// `statfs` `f_type` of pagelessfs (`PAGELESSFS_MAGIC`, "PGLS").
+pub const PAGELESSFS_MAGIC: u64 = 0x5047_4c53;
 const PAT_MEMTYPE_LIST: &str = "/sys/kernel/debug/x86/pat_memtype_list";
 
 /// Why `host up`/`down`/`check` stopped.
@@ -514,14 +516,17 @@ pub fn check(config: &HostConfig) -> Result<Vec<Finding>, HostError> {
     }
     for (node, spec) in &config.pools {
         let what = format!("pool for node {node}");
-        let dir = spec.strip_prefix("pagelessfs:").map(PathBuf::from);
-        findings.push(match dir {
-            Some(dir) if !dir.is_dir() => Finding {
-                what,
-                detail: format!("{spec}: {} is not a directory", dir.display()),
-                fix: Some(format!("run `pageless host up` (or mkdir {} on its mount)", dir.display())),
-            },
-            _ => Finding { what, detail: spec.clone(), fix: None },
+        let Some(dir) = spec.strip_prefix("pagelessfs:").map(PathBuf::from) else {
+            findings.push(Finding { what, detail: spec.clone(), fix: None });
+            continue;
+        };
+        let fix = Some(format!("run `pageless host up` (or mkdir {} on its mount)", dir.display()));
+        findings.push(match nix::sys::statfs::statfs(&dir) {
+            Ok(fs) if fs.filesystem_type().0 as u64 == PAGELESSFS_MAGIC => {
+                Finding { what, detail: format!("{spec} (on pagelessfs)"), fix: None }
+            }
+            Ok(_) => Finding { what, detail: format!("{spec}: {} is not on pagelessfs", dir.display()), fix },
+            Err(e) => Finding { what, detail: format!("{spec}: {}: {e}", dir.display()), fix },
         });
     }
     Ok(findings)
