@@ -14,7 +14,7 @@ use crate::limits::{self, LimitOptions};
 use crate::qemu::{self, QemuOptions};
 use crate::relay::RelaySpec;
 use crate::serve::{self, ServeOptions};
-use crate::{control_socket_path, status, DEFAULT_RUN_DIR};
+use crate::{control_socket_path, status, unit, DEFAULT_RUN_DIR};
 
 /// pageless: guest RAM owned by one process per VM, shared with QEMU and device backends.
 #[derive(Debug, Parser)]
@@ -140,8 +140,9 @@ pub enum Command {
         run_dir: RunDir,
     },
     /// libvirt's qemu hook (install as /etc/libvirt/hooks/qemu): starts the domain's owner on
-    /// `prepare`, stops it on `release`, for domains with a pageless config file or metadata.
-    /// Reads the domain XML on stdin.
+    /// `prepare`, lets an AppArmor- or SELinux-confined QEMU reach the VM's own sockets and
+    /// memory on `start`, stops the owner on `release`, for domains with a pageless config
+    /// file or metadata. Reads the domain XML on stdin.
     Hook {
         /// The domain's name.
         vm: String,
@@ -155,6 +156,21 @@ pub enum Command {
         /// Per-VM config files: `<DIR>/<vm>.toml`.
         #[arg(long, env = "PAGELESS_CONFIG_DIR", default_value = hook::DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
+        /// libvirt's per-domain AppArmor profiles (`libvirt-<uuid>`), where the hook adds each
+        /// VM's `libvirt-<uuid>.pageless` rules.
+        #[arg(long, env = "PAGELESS_APPARMOR_DIR", default_value = hook::svirt::APPARMOR_PROFILE_DIR)]
+        apparmor_dir: PathBuf,
+    },
+    /// The owner as systemd's `pageless@VM.service` runs it: `pageless serve` with the
+    /// arguments the libvirt hook wrote to `<args-dir>/<VM>.args`, one per line (refused unless
+    /// this user owns the file and nobody else may write it, and unless it is for this VM),
+    /// output appended to `<run-dir>/<VM>.log`.
+    ServeUnit {
+        /// The VM's name (the unit's instance, `%I`).
+        vm: String,
+        /// Where the hook writes the arguments.
+        #[arg(long, default_value = unit::DEFAULT_UNIT_ARGS_DIR)]
+        args_dir: PathBuf,
     },
     /// Set the host up for pagelessfs: plan the reservation, bring the module and pools up or
     /// down, check.
@@ -311,7 +327,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             pageless_pool::check_name(&vm)?;
             ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "stop")?.stop()?;
         }
-        Command::Hook { vm, operation, subop, extra: _, config_dir } => {
+        Command::Hook { vm, operation, subop, extra: _, config_dir, apparmor_dir } => {
             let options = hook::HookOptions {
                 vm,
                 operation,
@@ -320,6 +336,8 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 qemu_conf: hook::QEMU_CONF.into(),
                 pageless: std::env::current_exe()?,
                 systemd: std::path::Path::new("/run/systemd/system").is_dir(),
+                apparmor_dir,
+                unit_args_dir: unit::DEFAULT_UNIT_ARGS_DIR.into(),
             };
             if let Err(e) = hook::run(&options, &mut std::io::stdin().lock()) {
                 // libvirt shows the hook's stderr as the error of `virsh start`: print the
@@ -329,6 +347,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 std::process::exit(1);
             }
         }
+        Command::ServeUnit { vm, args_dir } => serve_unit(&vm, &args_dir)?,
         Command::Host { command } => run_host(command)?,
     }
     Ok(())
@@ -380,6 +399,39 @@ fn run_host(command: HostCommand) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// `pageless serve-unit`: reads the owner's arguments back, sends stdout and stderr to its log,
+/// and runs it.
+fn serve_unit(vm: &str, args_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    pageless_pool::check_name(vm)?;
+    let args = unit::read_args(args_dir, vm)?;
+    let cli = Cli::try_parse_from(std::iter::once("pageless".to_string()).chain(args))
+        .map_err(|e| format!("{}: {e}", unit::args_path(args_dir, vm).display()))?;
+    let Command::Serve { run_dir, .. } = &cli.command else {
+        return Err(
+            format!("{}: not `pageless serve` arguments", unit::args_path(args_dir, vm).display()).into()
+        );
+    };
+    let log_path = run_dir.run_dir.join(format!("{vm}.log"));
+    std::fs::create_dir_all(&run_dir.run_dir)
+        .map_err(|e| format!("create the run directory {}: {e}", run_dir.run_dir.display()))?;
+    let log = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(&log_path)
+            .map_err(|e| format!("open the owner's log {}: {e}", log_path.display()))?
+    };
+    // As the hook's detached owners and its systemd-run units do: the log the hook quotes
+    // when the owner fails to start.
+    for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), fd)
+            .map_err(|e| format!("send output to {}: {e}", log_path.display()))?;
+    }
+    run(cli)
 }
 
 /// Writes command output to stdout; a reader that went away early (`| head`, `| grep -q`) is

@@ -6,6 +6,7 @@
 //! * [`status`]: what every owner under a run dir serves, and to whom.
 //! * [`hook`]: libvirt's qemu hook, which starts and stops a domain's owner.
 //! * [`host`]: `pageless host plan|up|down|check`: boot-time reservation, module, pool mounts.
+//! * [`unit`]: the owner as the systemd template unit `pageless@<vm>.service`.
 
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod qemu_args;
 pub mod relay;
 pub mod serve;
 pub mod status;
+pub mod unit;
 
 mod accept;
 mod binding;

@@ -494,6 +494,8 @@ mod tests {
             qemu_conf: "/nonexistent".into(),
             pageless: "/nonexistent".into(),
             systemd: false,
+            apparmor_dir: "/nonexistent".into(),
+            unit_args_dir: dir.path().join("units"),
         };
         run(&options, &mut "<domain><name>vm1</name></domain>".as_bytes()).unwrap();
     }

@@ -4,6 +4,7 @@
 //! `RESULT <key>=<value>` per measurement; lines starting with `#` are commentary. The exit
 //! status is 0 when every check passed. `tests/guest/kmod-checks.sh` runs the whole sequence.
 
+mod apparmor;
 mod bench;
 mod blk;
 mod checks;
@@ -27,6 +28,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Change to AppArmor PROFILE (as unconfined root may), then connect to each --connect
+    /// socket and open each --open file read-write: each must be allowed, or each refused with
+    /// EACCES, as --expect says.
+    AaProbe {
+        #[arg(long)]
+        profile: String,
+        #[arg(long, value_enum)]
+        expect: apparmor::Expect,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        connect: Vec<PathBuf>,
+        #[arg(long)]
+        open: Vec<PathBuf>,
+    },
     /// Save struct page counters (/proc/vmstat nr_memmap*, MemTotal) to FILE.
     MemmapSave { file: PathBuf },
     /// Compare struct page counters with those saved in FILE.
@@ -212,6 +228,9 @@ fn main() {
     let cli = Cli::parse();
     let mut r = util::Report::default();
     let res = match cli.cmd {
+        Cmd::AaProbe { profile, expect, name, connect, open } => {
+            apparmor::aa_probe(&mut r, &name, &profile, expect, &connect, &open)
+        }
         Cmd::MemmapSave { file } => checks::memmap_save(&mut r, &file),
         Cmd::MemmapCheck { file, name } => checks::memmap_check(&mut r, &file, &name),
         Cmd::Pat { ranges, name } => checks::pat(&mut r, &ranges, &name),
