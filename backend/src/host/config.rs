@@ -469,4 +469,25 @@ node = 1
         assert!(Range::parse("1G@18446744073709551614").is_err());
         assert!(Range::parse("0@4G").is_err());
     }
+
+    proptest::proptest! {
+        /// Any text: an error or a config that writes back to itself, never a panic.
+        #[test]
+        fn hostile_text_is_an_error_or_round_trips(
+            ranges in proptest::collection::vec("[0-9]{0,20}[KMGTkx]?@(0x)?[0-9a-f]{0,20}[KMGT]?", 0..4),
+            pagesize in "[0-9]{0,3}[KMGk]?",
+            mode in "[0-9]{0,6}",
+            node in "[0-9a-z]{0,12}",
+            spec in "(pagelessfs:|memfd|dir:)?[/a-z0-9]{0,12}",
+        ) {
+            let quoted: Vec<String> = ranges.iter().map(|r| format!("{r:?}")).collect();
+            let text = format!(
+                "ranges = [{}]\n[[mount]]\npath = \"/m\"\npagesize = {pagesize:?}\nmode = {mode:?}\n[pools]\n{node:?} = {spec:?}\n",
+                quoted.join(", ")
+            );
+            if let Ok(config) = HostConfig::parse(&text, "p.toml") {
+                proptest::prop_assert_eq!(HostConfig::parse(&config.to_toml(), "again").unwrap(), config);
+            }
+        }
+    }
 }
