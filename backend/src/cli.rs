@@ -7,6 +7,7 @@ use pageless_pool::size::parse_size;
 use pageless_pool::PoolSpec;
 use pageless_protocol::control::ControlClient;
 
+use crate::cells::CellSpec;
 use crate::context::Context;
 use crate::hook;
 use crate::host;
@@ -43,12 +44,19 @@ pub enum Command {
         #[arg(long)]
         vm: String,
         /// Memory size, a multiple of the pool's page size: 512M, 4G, 1073741824.
-        #[arg(long, value_parser = parse_size)]
-        size: u64,
+        #[arg(long, value_parser = parse_size, required_unless_present = "cells", conflicts_with = "cells")]
+        size: Option<u64>,
         /// Where the memory comes from: memfd, memfd:2M, memfd:1G, hugetlbfs:DIR, dir:DIR
         /// (tmpfs) or pagelessfs:DIR. Directory pools survive the owner's restart.
-        #[arg(long, default_value = "memfd")]
+        #[arg(long, default_value = "memfd", conflicts_with = "cells")]
         pool: PoolSpec,
+        /// A guest NUMA cell, instead of --size/--pool (repeatable): its id (QEMU's
+        /// `ram-node<ID>`), size and pool, and optionally the host node its memory comes from
+        /// (memfd, dir: on tmpfs, hugetlb pools): `0:2G:pagelessfs:/mnt/pageless/node0`,
+        /// `1:2G:memfd@node=1`. Each cell is its own allocation (`<vm>.cell<ID>` in
+        /// directory pools).
+        #[arg(long = "cell", id = "cells", value_name = "ID:SIZE:POOL[@node=HOSTNODE]")]
+        cells: Vec<CellSpec>,
         /// `--run-dir`: where the control socket, the lock file and the relay sockets go.
         #[command(flatten)]
         run_dir: RunDir,
@@ -61,6 +69,12 @@ pub enum Command {
         /// otherwise.
         #[arg(long = "allow-uid", value_name = "UID")]
         allow_uids: Vec<u32>,
+        /// The AppArmor profile the VM's QEMU runs under (libvirt: `libvirt-<domain uuid>`; the
+        /// hook passes it). A process confined by any other profile — another domain's QEMU —
+        /// is refused the control socket and the relay sockets, whatever its user; unconfined
+        /// processes are subject to the user checks only.
+        #[arg(long, value_name = "PROFILE", value_parser = apparmor_profile_name)]
+        apparmor_profile: Option<String>,
         /// Remove a directory pool's file when stopping (by default it is kept for the next
         /// owner to re-attach).
         #[arg(long)]
@@ -156,6 +170,10 @@ pub enum Command {
         /// Per-VM config files: `<DIR>/<vm>.toml`.
         #[arg(long, env = "PAGELESS_CONFIG_DIR", default_value = hook::DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
+        /// The host config, whose `[pools]` table maps host NUMA nodes to pools for the
+        /// domain's NUMA cells (`0 = "pagelessfs:/mnt/pageless/node0"`).
+        #[arg(long, env = "PAGELESS_HOST_CONFIG", default_value = hook::numa::DEFAULT_HOST_CONFIG)]
+        host_config: PathBuf,
         /// libvirt's per-domain AppArmor profiles (`libvirt-<uuid>`), where the hook adds each
         /// VM's `libvirt-<uuid>.pageless` rules.
         #[arg(long, env = "PAGELESS_APPARMOR_DIR", default_value = hook::svirt::APPARMOR_PROFILE_DIR)]
@@ -270,9 +288,11 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             vm,
             size,
             pool,
+            cells,
             run_dir,
             prefault,
             allow_uids,
+            apparmor_profile,
             remove_on_exit,
             vhost_user,
             consumer_timeout,
@@ -282,11 +302,14 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             serve::serve(ServeOptions {
                 vm,
-                size,
+                // clap requires --size unless --cell is given.
+                size: size.unwrap_or(0),
                 pool,
+                cells,
                 run_dir: run_dir.run_dir,
                 prefault,
                 allow_uids,
+                apparmor_profile,
                 remove_on_exit,
                 vhost_user,
                 consumer_timeout: std::time::Duration::from_secs(consumer_timeout),
@@ -327,13 +350,14 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             pageless_pool::check_name(&vm)?;
             ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "stop")?.stop()?;
         }
-        Command::Hook { vm, operation, subop, extra: _, config_dir, apparmor_dir } => {
+        Command::Hook { vm, operation, subop, extra: _, config_dir, host_config, apparmor_dir } => {
             let options = hook::HookOptions {
                 vm,
                 operation,
                 subop,
                 config_dir,
                 qemu_conf: hook::QEMU_CONF.into(),
+                host_config,
                 pageless: std::env::current_exe()?,
                 systemd: std::path::Path::new("/run/systemd/system").is_dir(),
                 apparmor_dir,
@@ -443,4 +467,12 @@ fn print_out(text: &str) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
     }
+}
+
+/// An AppArmor profile name as `--apparmor-profile` takes it: printable, no spaces.
+fn apparmor_profile_name(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("{name:?} is not an AppArmor profile name (e.g. libvirt-<uuid>)"));
+    }
+    Ok(name.to_string())
 }

@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cells;
 pub mod cli;
 pub mod context;
 pub mod hook;

@@ -271,7 +271,7 @@ mod tests {
             panic!("not serve: {:?}", cli.command);
         };
         assert_eq!(served, vm);
-        assert_eq!(size, 512 << 20);
+        assert_eq!(size, Some(512 << 20));
         assert_eq!(pool.to_string(), "dir:/dev/shm/a b");
         assert_eq!(run_dir.run_dir, Path::new(crate::DEFAULT_RUN_DIR));
         assert!(prefault);

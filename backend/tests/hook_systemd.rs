@@ -76,6 +76,7 @@ fn hook_starts_and_stops_pageless_at_vm_service() {
         subop: subop.into(),
         config_dir: config.clone(),
         qemu_conf: "/nonexistent".into(),
+        host_config: "/nonexistent".into(),
         pageless: env!("CARGO_BIN_EXE_pageless").into(),
         systemd: true,
         unit_args_dir: units.clone(),

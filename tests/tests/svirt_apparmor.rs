@@ -3,8 +3,10 @@
 //! pageless, its libvirt hook and wrapper, and starts two pageless domains under libvirt's
 //! AppArmor driver (tests/vm/svirt-apparmor.sh): each QEMU runs confined by its own profile,
 //! which the hook extended with that VM's own owner socket, relay sockets and memory file; a
-//! process under one VM's profile cannot reach the other's (EACCES), and `virsh destroy` leaves
-//! no profile behind.
+//! process under one VM's profile cannot open the other's memory file (EACCES) and is refused by
+//! the other's owner on its control and relay sockets (the owner checks the peer's profile:
+//! Debian's AppArmor does not mediate connecting to a Unix socket by path), and `virsh destroy`
+//! leaves no profile loaded.
 
 use std::path::Path;
 use std::time::Duration;
@@ -56,6 +58,7 @@ const REQUIRED: &[&str] = &[
     "web1-reaches-its-own",
     "web2-reaches-its-own-label",
     "web2-reaches-its-own",
+    "web1-owner-logs-refusals",
     "web1-still-runs",
     "web2-still-runs",
     "web1-profile-gone-after-destroy",

@@ -176,18 +176,26 @@ else
     fail web1-disk-through-relay "$(grep -a 'DISK-\|IO-FAILED' /var/log/libvirt/qemu/web1.console | tr '\n' ' ')"
 fi
 
-# The attack: a process confined like web2's QEMU (a compromised one) goes for web1's owner
-# socket, relay socket and memory file; then the reverse; each VM's own profile reaches its own.
+# The attack: a process confined like web2's QEMU (a compromised one; root here, so the
+# owner's user checks let it in) goes for web1's owner socket, relay socket and memory file;
+# then the reverse; each VM's own profile reaches its own. The kernel refuses the file (EACCES);
+# Debian's AppArmor does not mediate connecting to a Unix socket by path, so the owner refuses
+# the connection by the peer's profile (--apparmor-profile, which the hook passes).
 web1_file=/srv/pageless/web1
 probe() { # name profile expect args…: output through a pipe (the profile may not allow the console)
     out=$(/pl/pageless-guest aa-probe --name "$1" --profile "$2" --expect "$3" "${@:4}" 2>&1)
     echo "$out"
 }
-probe web2-cannot-reach-web1 "${profile[web2]}" denied --connect /run/pageless/web1.sock \
-    --connect /run/pageless/web1/disk0.sock --open "$web1_file"
-probe web1-cannot-reach-web2 "${profile[web1]}" denied --connect /run/pageless/web2.sock
-probe web1-reaches-its-own "${profile[web1]}" allowed --connect /run/pageless/web1.sock --open "$web1_file"
-probe web2-reaches-its-own "${profile[web2]}" allowed --connect /run/pageless/web2.sock
+probe web2-cannot-reach-web1 "${profile[web2]}" denied --control /run/pageless/web1.sock \
+    --vhost /run/pageless/web1/disk0.sock --open "$web1_file"
+probe web1-cannot-reach-web2 "${profile[web1]}" denied --control /run/pageless/web2.sock
+probe web1-reaches-its-own "${profile[web1]}" allowed --control /run/pageless/web1.sock --open "$web1_file"
+probe web2-reaches-its-own "${profile[web2]}" allowed --control /run/pageless/web2.sock
+if grep -q "runs under AppArmor profile ${profile[web2]}, not this VM's ${profile[web1]}" /run/pageless/web1.log; then
+    ok web1-owner-logs-refusals "$(grep -c 'runs under AppArmor profile' /run/pageless/web1.log) refusals in /run/pageless/web1.log"
+else
+    fail web1-owner-logs-refusals "$(tail -n 5 /run/pageless/web1.log | tr '\n' ' ')"
+fi
 # Both VMs still run, and their owners saw nothing of the refused attempts.
 for vm in web1 web2; do
     check "$vm-still-runs" sh -c "virsh -c qemu:///system domstate $vm | grep -qx running"

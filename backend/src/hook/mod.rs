@@ -28,6 +28,7 @@ use thiserror::Error;
 
 mod config;
 mod launch;
+pub mod numa;
 pub mod svirt;
 
 use crate::context::IoError;
@@ -56,6 +57,9 @@ pub struct HookOptions {
     pub config_dir: PathBuf,
     /// libvirt's qemu.conf, for the user QEMU runs as.
     pub qemu_conf: PathBuf,
+    /// The host config, whose `[pools]` gives NUMA cells their pools by host node
+    /// ([`numa::DEFAULT_HOST_CONFIG`]).
+    pub host_config: PathBuf,
     /// The `pageless` binary the owner runs (this one).
     pub pageless: PathBuf,
     /// Start owners as systemd units (`/run/systemd/system` exists).
@@ -181,7 +185,9 @@ pub fn run(options: &HookOptions, stdin: &mut dyn Read) -> Result<(), HookError>
             return Ok(());
         }
     };
-    let Some(plan) = owner_plan(&options.vm, &options.config_dir, &xml, &options.qemu_conf)? else {
+    let Some(plan) =
+        owner_plan_with(&options.vm, &options.config_dir, &xml, &options.qemu_conf, &options.host_config)?
+    else {
         return Ok(());
     };
     match action {
@@ -197,12 +203,24 @@ pub fn run(options: &HookOptions, stdin: &mut dyn Read) -> Result<(), HookError>
 
 /// The owner VM `vm` gets from its config file in `config_dir` or the metadata of its domain
 /// XML, with defaults from the XML and `qemu_conf`; `None` for a VM pageless does not own.
-/// Starts nothing (the hook's config reader, also a fuzz target's entry point).
+/// Starts nothing (the hook's config reader, also a fuzz target's entry point). NUMA cells
+/// take their pools from the host config at [`numa::DEFAULT_HOST_CONFIG`].
 pub fn owner_plan(
     vm: &str,
     config_dir: &Path,
     xml: &str,
     qemu_conf: &Path,
+) -> Result<Option<OwnerPlan>, HookError> {
+    owner_plan_with(vm, config_dir, xml, qemu_conf, Path::new(numa::DEFAULT_HOST_CONFIG))
+}
+
+/// [`owner_plan`] with the host config (`[pools]`) at `host_config`.
+pub fn owner_plan_with(
+    vm: &str,
+    config_dir: &Path,
+    xml: &str,
+    qemu_conf: &Path,
+    host_config: &Path,
 ) -> Result<Option<OwnerPlan>, HookError> {
     pageless_pool::check_name(vm).map_err(|e| HookError::Config {
         vm: vm.into(),
@@ -213,7 +231,7 @@ pub fn owner_plan(
         debug!("VM {vm:?}: no pageless config and no pageless metadata: not a pageless VM");
         return Ok(None);
     };
-    plan(vm, found, xml, qemu_conf).map(Some)
+    plan(vm, found, xml, qemu_conf, host_config).map(Some)
 }
 
 enum Action {

@@ -109,8 +109,9 @@ pub struct VmPaths {
     pub control_socket: PathBuf,
     /// `<run_dir>/<vm>/`, the VM's relay sockets.
     pub relay_dir: PathBuf,
-    /// The memory's file (directory pools); `None` for memfd.
-    pub memory_file: Option<PathBuf>,
+    /// The memory's files (directory pools): one, or one per NUMA cell (`--cell`); none for
+    /// memfd.
+    pub memory_files: Vec<PathBuf>,
 }
 
 /// The AppArmor rules file for the VM (`libvirt-<uuid>.pageless`).
@@ -126,7 +127,7 @@ pub fn apparmor_rules(vm: &str, paths: &VmPaths) -> Result<String, String> {
     rules.push_str(&format!("  \"{}\" rw,\n", aa_path(&paths.control_socket)?));
     let relay_dir = aa_path(&paths.relay_dir)?;
     rules.push_str(&format!("  \"{relay_dir}/\" r,\n  \"{relay_dir}/*.sock\" rw,\n"));
-    if let Some(file) = &paths.memory_file {
+    for file in &paths.memory_files {
         rules.push_str(&format!("  \"{}\" rw,\n", aa_path(file)?));
     }
     Ok(rules)
@@ -185,12 +186,9 @@ pub(super) fn confine(options: &HookOptions, plan: &OwnerPlan, xml: &str) -> Res
 /// `release end`: removes the VM's AppArmor rules file (libvirt removes the profile). By the
 /// domain's UUID: libvirt has dropped the dynamic label from the XML by then.
 pub(super) fn release(options: &HookOptions, vm: &str, xml: &str) -> Result<(), HookError> {
-    let Some(profile) = domain_uuid(xml).map(|uuid| format!("libvirt-{uuid}")) else {
+    let Some(profile) = domain_profile(xml) else {
         return Ok(());
     };
-    if !valid_profile_name(&profile) {
-        return Ok(());
-    }
     let rules = options.apparmor_dir.join(format!("{profile}.pageless"));
     match std::fs::remove_file(&rules) {
         Ok(()) => info!("VM {vm:?}: removed its AppArmor rules {}", rules.display()),
@@ -198,6 +196,13 @@ pub(super) fn release(options: &HookOptions, vm: &str, xml: &str) -> Result<(), 
         Err(e) => return Err(e).context(format!("remove {}", rules.display())).map_err(HookError::Io),
     }
     Ok(())
+}
+
+/// The AppArmor profile libvirt gives the domain's QEMU, `libvirt-<uuid>` (from its `<uuid>`,
+/// in the XML of every hook call), whether or not AppArmor is in use.
+pub fn domain_profile(xml: &str) -> Option<String> {
+    let profile = format!("libvirt-{}", domain_uuid(xml)?);
+    valid_profile_name(&profile).then_some(profile)
 }
 
 /// The domain's `<uuid>`, lower case (libvirt's profile names use it so).
@@ -229,7 +234,12 @@ fn vm_paths(options: &HookOptions, plan: &OwnerPlan, xml: &str) -> Result<VmPath
         programs,
         control_socket: plan.socket(),
         relay_dir: plan.run_dir.join(&plan.vm),
-        memory_file: status.path.map(PathBuf::from),
+        // A VM served with --cell has a file per cell (the top-level path is the first cell's).
+        memory_files: if status.cells.is_empty() {
+            status.path.into_iter().map(PathBuf::from).collect()
+        } else {
+            status.cells.iter().filter_map(|c| c.path.as_ref()).map(PathBuf::from).collect()
+        },
     })
 }
 
@@ -330,7 +340,7 @@ fn selinux_targets(paths: &VmPaths) -> Vec<PathBuf> {
         sockets.sort();
         targets.extend(sockets);
     }
-    targets.extend(paths.memory_file.clone());
+    targets.extend(paths.memory_files.iter().cloned());
     targets
 }
 
@@ -410,7 +420,7 @@ mod tests {
             ],
             control_socket: format!("/run/pageless/{vm}.sock").into(),
             relay_dir: format!("/run/pageless/{vm}").into(),
-            memory_file: Some(format!("/srv/pageless/{vm}").into()),
+            memory_files: vec![format!("/srv/pageless/{vm}").into()],
         }
     }
 
@@ -436,6 +446,16 @@ mod tests {
         assert!(rules.contains(r#""/run/pageless/w\*\{a,b\}\"x/*.sock" rw,"#), "{rules}");
         // A newline would start a rule of its own: refused.
         assert!(apparmor_rules("x", &paths("x\n  /** rw")).is_err());
+        // A VM of NUMA cells: every cell's file.
+        let cells = VmPaths {
+            memory_files: vec!["/srv/pageless/numa.cell0".into(), "/srv/pageless/numa.cell1".into()],
+            ..paths("numa")
+        };
+        let rules = apparmor_rules("numa", &cells).unwrap();
+        assert!(
+            rules.contains("  \"/srv/pageless/numa.cell0\" rw,\n  \"/srv/pageless/numa.cell1\" rw,\n"),
+            "{rules}"
+        );
     }
 
     #[test]
@@ -463,6 +483,7 @@ mod tests {
             subop: "end".into(),
             config_dir: dir.path().into(),
             qemu_conf: "/nonexistent".into(),
+            host_config: "/nonexistent".into(),
             pageless: "/nonexistent".into(),
             systemd: false,
             apparmor_dir: dir.path().into(),
@@ -495,7 +516,7 @@ mod tests {
             programs: vec![],
             control_socket: socket.clone(),
             relay_dir: relay.clone(),
-            memory_file: Some(memory.clone()),
+            memory_files: vec![memory.clone()],
         };
         assert_eq!(
             selinux_targets(&paths),

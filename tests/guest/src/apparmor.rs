@@ -1,11 +1,14 @@
 //! `aa-probe`: what a process under a given AppArmor profile can reach. A thread changes its
-//! own profile (as an unconfined root process may), then connects to unix sockets and opens
-//! files read-write; the report says whether each was allowed or refused with EACCES.
+//! own profile (as an unconfined root process may), then uses an owner's control socket
+//! (HELLO), a relayed vhost-user socket (GET_FEATURES) and opens files read-write; the report
+//! says whether each worked, was refused by the kernel (EACCES), or refused by the owner.
 
 use std::fs::OpenOptions;
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+
+use pageless_protocol::control::{ControlClient, ControlError};
 
 use crate::util::Report;
 
@@ -27,21 +30,66 @@ fn change_profile(profile: &str) -> io::Result<()> {
         .or_else(|_| write(format!("/proc/self/task/{tid}/attr/current")))
 }
 
-/// What happened to one access: allowed, denied (EACCES/EPERM), or another error.
-fn outcome(result: io::Result<()>) -> Result<bool, String> {
-    match result {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(false),
-        Err(e) => Err(e.to_string()),
+/// What happened to one access.
+#[derive(Debug)]
+enum Outcome {
+    /// It worked.
+    Allowed,
+    /// The kernel said EACCES (AppArmor).
+    Denied,
+    /// Connected, but the owner refused or closed the connection.
+    Refused(String),
+    /// Anything else: the probe proves nothing.
+    Error(String),
+}
+
+fn kernel(e: io::Error) -> Outcome {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        Outcome::Denied
+    } else {
+        Outcome::Error(e.to_string())
     }
 }
 
-fn connect(path: &Path) -> io::Result<()> {
-    UnixStream::connect(path).map(drop)
+/// HELLO on an owner's control socket.
+fn control(path: &Path) -> Outcome {
+    match UnixStream::connect(path) {
+        Err(e) => kernel(e),
+        Ok(sock) => {
+            drop(sock);
+            match ControlClient::connect(path, "aa-probe") {
+                Ok(_) => Outcome::Allowed,
+                Err(ControlError::Connect { source, .. }) => kernel(source),
+                Err(e) => Outcome::Refused(e.to_string()),
+            }
+        }
+    }
 }
 
-fn open_rw(path: &Path) -> io::Result<()> {
-    OpenOptions::new().read(true).write(true).open(path).map(drop)
+/// vhost-user GET_FEATURES on a relayed device socket: a reply, or the relay hangs up.
+fn vhost(path: &Path) -> Outcome {
+    let mut sock = match UnixStream::connect(path) {
+        Ok(sock) => sock,
+        Err(e) => return kernel(e),
+    };
+    let get_features = [1u32, 1, 0].iter().flat_map(|w| w.to_ne_bytes()).collect::<Vec<u8>>();
+    let _ = sock.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    if let Err(e) = sock.write_all(&get_features) {
+        return Outcome::Refused(format!("the relay hung up: {e}"));
+    }
+    let mut reply = [0u8; 20];
+    match sock.read(&mut reply) {
+        Ok(0) => Outcome::Refused("the relay hung up without a reply".into()),
+        Ok(_) => Outcome::Allowed,
+        Err(e) => Outcome::Error(format!("no reply: {e}")),
+    }
+}
+
+fn open_rw(path: &Path) -> Outcome {
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(_) => Outcome::Allowed,
+        Err(e) => kernel(e),
+    }
 }
 
 pub fn aa_probe(
@@ -49,8 +97,7 @@ pub fn aa_probe(
     name: &str,
     profile: &str,
     expect: Expect,
-    sockets: &[PathBuf],
-    files: &[PathBuf],
+    targets: Targets,
 ) -> io::Result<()> {
     // A thread moves under the profile and tries every access; this (unconfined) thread reads
     // its label, which the profile itself would not let it read, and reports: under the new
@@ -58,20 +105,20 @@ pub fn aa_probe(
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let profile_name = profile.to_string();
-    let (sockets_in, files_in) = (sockets.to_vec(), files.to_vec());
     let prober = std::thread::spawn(move || {
         let changed = change_profile(&profile_name);
         let _ = tid_tx.send((nix::unistd::gettid(), changed.as_ref().err().map(io::Error::to_string)));
         let _ = go_rx.recv();
         changed?;
         let mut results = Vec::new();
-        for path in sockets_in {
-            let result = outcome(connect(&path));
-            results.push(("connect", path, result));
+        for path in targets.control {
+            results.push(("HELLO on", control(&path), path));
         }
-        for path in files_in {
-            let result = outcome(open_rw(&path));
-            results.push(("open", path, result));
+        for path in targets.vhost {
+            results.push(("GET_FEATURES on", vhost(&path), path));
+        }
+        for path in targets.open {
+            results.push(("open", open_rw(&path), path));
         }
         Ok::<_, io::Error>(results)
     });
@@ -86,15 +133,29 @@ pub fn aa_probe(
     }
     let in_profile = label.starts_with(&format!("{profile} ")) || label == profile;
     r.check(&format!("{name}-label"), in_profile, format!("the prober runs as {label:?}"));
-    for (what, path, result) in results {
-        let (ok, detail) = match (&result, expect) {
-            (Ok(true), Expect::Allowed) => (true, "allowed".to_string()),
-            (Ok(false), Expect::Denied) => (true, "denied: EACCES".to_string()),
-            (Ok(true), Expect::Denied) => (false, "allowed, but must be denied".to_string()),
-            (Ok(false), Expect::Allowed) => (false, "denied (EACCES), but must be allowed".to_string()),
-            (Err(e), _) => (false, format!("neither allowed nor denied by AppArmor: {e}")),
+    for (what, outcome, path) in results {
+        let (ok, detail) = match (outcome, expect) {
+            (Outcome::Allowed, Expect::Allowed) => (true, "allowed".to_string()),
+            (Outcome::Denied, Expect::Denied) => (true, "denied by the kernel: EACCES".to_string()),
+            (Outcome::Refused(why), Expect::Denied) => {
+                (true, format!("connected, refused by the owner: {why}"))
+            }
+            (Outcome::Allowed, Expect::Denied) => (false, "allowed, but must be denied".to_string()),
+            (Outcome::Denied, Expect::Allowed) => (false, "denied (EACCES), but must be allowed".to_string()),
+            (Outcome::Refused(why), Expect::Allowed) => (false, format!("refused by the owner: {why}")),
+            (Outcome::Error(e), _) => (false, format!("neither allowed nor refused: {e}")),
         };
         r.check(name, ok, format!("{what} {} under {profile}: {detail}", path.display()));
     }
     Ok(())
+}
+
+/// What the prober goes for.
+pub struct Targets {
+    /// Owners' control sockets: HELLO.
+    pub control: Vec<PathBuf>,
+    /// Relayed vhost-user sockets: GET_FEATURES.
+    pub vhost: Vec<PathBuf>,
+    /// Files: opened read-write.
+    pub open: Vec<PathBuf>,
 }

@@ -9,6 +9,7 @@ mod bench;
 mod blk;
 mod checks;
 mod isolation;
+mod numa;
 mod struct_page;
 mod util;
 mod vfio;
@@ -28,9 +29,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Change to AppArmor PROFILE (as unconfined root may), then connect to each --connect
-    /// socket and open each --open file read-write: each must be allowed, or each refused with
-    /// EACCES, as --expect says.
+    /// Map FILE, touch every page and check that each is on host NUMA node NODE.
+    NumaPages {
+        file: PathBuf,
+        #[arg(long)]
+        node: i32,
+        #[arg(long)]
+        name: String,
+    },
+    /// In a thread changed to AppArmor PROFILE (as unconfined root may): HELLO on each
+    /// --control socket, vhost-user GET_FEATURES on each --vhost socket, open each --open file
+    /// read-write: each must work, or each be refused (EACCES, or by the owner), as --expect
+    /// says.
     AaProbe {
         #[arg(long)]
         profile: String,
@@ -39,7 +49,9 @@ enum Cmd {
         #[arg(long)]
         name: String,
         #[arg(long)]
-        connect: Vec<PathBuf>,
+        control: Vec<PathBuf>,
+        #[arg(long)]
+        vhost: Vec<PathBuf>,
         #[arg(long)]
         open: Vec<PathBuf>,
     },
@@ -228,8 +240,9 @@ fn main() {
     let cli = Cli::parse();
     let mut r = util::Report::default();
     let res = match cli.cmd {
-        Cmd::AaProbe { profile, expect, name, connect, open } => {
-            apparmor::aa_probe(&mut r, &name, &profile, expect, &connect, &open)
+        Cmd::NumaPages { file, node, name } => numa::numa_pages(&mut r, &file, node, &name),
+        Cmd::AaProbe { profile, expect, name, control, vhost, open } => {
+            apparmor::aa_probe(&mut r, &name, &profile, expect, apparmor::Targets { control, vhost, open })
         }
         Cmd::MemmapSave { file } => checks::memmap_save(&mut r, &file),
         Cmd::MemmapCheck { file, name } => checks::memmap_check(&mut r, &file, &name),
