@@ -8,7 +8,9 @@ use pageless_pool::PoolSpec;
 use pageless_protocol::control::ControlClient;
 
 use crate::cells::CellSpec;
+use crate::context::Context;
 use crate::hook;
+use crate::host;
 use crate::limits::{self, LimitOptions};
 use crate::qemu::{self, QemuOptions};
 use crate::relay::RelaySpec;
@@ -188,6 +190,95 @@ pub enum Command {
         #[arg(long, default_value = unit::DEFAULT_UNIT_ARGS_DIR)]
         args_dir: PathBuf,
     },
+    /// Set the host up for pagelessfs: plan the reservation, bring the module and pools up or
+    /// down, check.
+    ///
+    /// `plan` proposes the boot-time memory reservation and the config; `up` loads the module
+    /// and mounts the pools; `down` undoes that; `check` verifies it after boot.
+    Host {
+        /// What to do.
+        #[command(subcommand)]
+        command: HostCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+/// `--config`, flattened into `host up`, `down` and `check`.
+pub struct HostConfigPath {
+    /// The host config: ranges, mounts, node -> pool map (see `pageless host plan`).
+    #[arg(long, value_name = "PATH", default_value = host::config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+/// `pageless host`'s subcommands.
+pub enum HostCommand {
+    /// Propose boot-time memory reservations (`memmap=`) and the config that goes with them.
+    ///
+    /// Reads /proc/iomem, the firmware's map (/sys/firmware/memmap) and the NUMA nodes' memory blocks (sysfs): prints the
+    /// kernel command line, the GRUB_CMDLINE_LINUX line with its escaping, the module's
+    /// `ranges=` and the pageless.toml to write. Leaves out the running kernel's image, the crash
+    /// kernel and (unless --allow-below-4g) memory below 4 GiB, and refuses, saying what is
+    /// possible, when the request does not fit. Needs root (/proc/iomem hides addresses
+    /// otherwise); changes nothing unless --write-config.
+    Plan {
+        /// How much to reserve in all: 1G, 64G, … (a multiple of 2M).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        reserve: u64,
+        /// Split the reservation evenly across the NUMA nodes that have memory, one range (or
+        /// more) and one mount (`node=N`) per node.
+        #[arg(long)]
+        per_node: bool,
+        /// Alignment of each range; 1G allows 1 GiB pages. If the memory does not allow it,
+        /// the plan falls back to 128M, then 2M (with a note; mounts then use pagesize=2M).
+        #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+        align: u64,
+        /// System RAM the host keeps at least: larger requests are refused.
+        #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = parse_size)]
+        keep: u64,
+        /// Also reserve memory below 4 GiB (by default left to 32-bit DMA, firmware and the
+        /// kernel).
+        #[arg(long)]
+        allow_below_4g: bool,
+        /// Where the config's pagelessfs mounts go: DIR/node<N> with --per-node, else DIR.
+        #[arg(long, value_name = "DIR", default_value = "/mnt/pageless")]
+        mount_dir: PathBuf,
+        /// `module =` in the config: load this pageless.ko with insmod instead of `modprobe
+        /// pageless`.
+        #[arg(long, value_name = "PATH")]
+        module: Option<PathBuf>,
+        /// Also write the proposed config to PATH (e.g. /etc/pageless/pageless.toml).
+        #[arg(long, value_name = "PATH")]
+        write_config: Option<PathBuf>,
+    },
+    /// Load the module with the configured ranges and mount the configured pools (idempotent).
+    ///
+    /// Runs `modprobe pageless ranges=…`, or insmod of the config's `module =`. Idempotent: a module loaded with the same ranges and
+    /// pools mounted with the same options are left as they are; different ones are an error.
+    Up {
+        #[command(flatten)]
+        /// `--config`.
+        config: HostConfigPath,
+    },
+    /// Unmount the configured pools and unload the module.
+    ///
+    /// Refuses while a pool holds files (VM
+    /// memory) or is in use, and while the module is in use (other mounts, quarantined memory).
+    Down {
+        #[command(flatten)]
+        /// `--config`.
+        config: HostConfigPath,
+    },
+    /// Verify a booted host and say what to fix.
+    ///
+    /// Checks each range Reserved and not System RAM in /proc/iomem, the module
+    /// loaded with the ranges and holding them, each range write-back in the PAT, pools mounted
+    /// with the configured options. Prints each failure with its fix; exits non-zero on any.
+    Check {
+        #[command(flatten)]
+        /// `--config`.
+        config: HostConfigPath,
+    },
 }
 
 /// Runs the command; the error is printed by `main`.
@@ -281,6 +372,55 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::ServeUnit { vm, args_dir } => serve_unit(&vm, &args_dir)?,
+        Command::Host { command } => run_host(command)?,
+    }
+    Ok(())
+}
+
+fn run_host(command: HostCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use host::config::HostConfig;
+    match command {
+        HostCommand::Plan {
+            reserve,
+            per_node,
+            align,
+            keep,
+            allow_below_4g,
+            mount_dir,
+            module,
+            write_config,
+        } => {
+            let machine = host::read_machine()?;
+            let request =
+                host::plan::Request { reserve, per_node, align, keep, allow_below_4g, mount_dir, module };
+            let plan = host::plan::plan(&machine, &request)?;
+            let path = write_config
+                .as_ref()
+                .map_or(host::config::DEFAULT_CONFIG.to_string(), |p| p.display().to_string());
+            print_out(&host::plan::render(&plan, &path))?;
+            if let Some(path) = write_config {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+                }
+                std::fs::write(&path, plan.config.to_toml())
+                    .with_context(|| format!("write {}", path.display()))?;
+                print_out(&format!("Wrote {}.\n", path.display()))?;
+            }
+        }
+        HostCommand::Up { config } => {
+            host::ops::up(&HostConfig::load(&config.config)?, &mut std::io::stdout())?
+        }
+        HostCommand::Down { config } => {
+            host::ops::down(&HostConfig::load(&config.config)?, &mut std::io::stdout())?
+        }
+        HostCommand::Check { config } => {
+            let findings = host::ops::check(&HostConfig::load(&config.config)?)?;
+            print_out(&host::ops::render_findings(&findings))?;
+            let failed = findings.iter().filter(|f| f.fix.is_some()).count();
+            if failed > 0 {
+                return Err(host::ops::HostError::Checks(failed).into());
+            }
+        }
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! * [`qemu`]: fetches the memory from the owner and execs QEMU with it as the VM's RAM.
 //! * [`status`]: what every owner under a run dir serves, and to whom.
 //! * [`hook`]: libvirt's qemu hook, which starts and stops a domain's owner.
+//! * [`host`]: `pageless host plan|up|down|check`: boot-time reservation, module, pool mounts.
 //! * [`unit`]: the owner as the systemd template unit `pageless@<vm>.service`.
 
 #![warn(missing_docs)]
@@ -13,6 +14,7 @@ pub mod cells;
 pub mod cli;
 pub mod context;
 pub mod hook;
+pub mod host;
 pub mod limits;
 pub mod qemu;
 pub mod qemu_args;

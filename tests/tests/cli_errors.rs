@@ -150,3 +150,29 @@ fn output_to_a_reader_that_went_away_is_not_an_error() {
         assert!(!stderr.contains("panicked"), "{command:?}: {stderr}");
     }
 }
+
+#[test]
+fn host_commands_refuse_missing_and_bad_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = |args: &[&str]| Command::new(bins::pageless()).arg("host").args(args).output().unwrap();
+    let missing = dir.path().join("none.toml");
+    for sub in ["up", "down", "check"] {
+        let out = host(&[sub, "--config", missing.to_str().unwrap()]);
+        fails_with(&out, &["none.toml: cannot read", "pageless host plan --write-config"]);
+    }
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "ranges = [\"1G@4G\"]\n[[mount]]\npath = \"/mnt/p\"\npagesize = \"3M\"\n").unwrap();
+    let out = host(&["up", "--config", bad.to_str().unwrap()]);
+    fails_with(&out, &["bad.toml: mount[0].pagesize: \"3M\": write \"4K\", \"2M\" or \"1G\""]);
+    std::fs::write(&bad, "ranges = [\"1G@4G\"]\nmodul = \"/x.ko\"\n").unwrap();
+    let out = host(&["check", "--config", bad.to_str().unwrap()]);
+    fails_with(&out, &["bad.toml: ", "unknown field `modul`"]);
+    let out = host(&["plan", "--reserve", "3M"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // As root: the planner's refusal; as another user: /proc/iomem hides the addresses.
+    assert!(
+        stderr.contains("--reserve 3M: give a non-zero multiple of 2M") || stderr.contains("run as root"),
+        "{stderr}"
+    );
+}
