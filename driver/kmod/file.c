@@ -59,7 +59,7 @@ static int pl_grow(struct inode *inode, u64 old, u64 newsize)
 	u64 off = old;
 	int ret;
 
-	ret = pl_pool_alloc(newsize - old, sbi->psize, &add);
+	ret = pl_pool_alloc(newsize - old, sbi->psize, sbi->nid, &add);
 	if (ret)
 		return ret;
 	nl = pl_extents_alloc((cur ? cur->nr : 0) + add->nr);
