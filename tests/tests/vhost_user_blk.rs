@@ -94,11 +94,7 @@ fn guest_disk_io_through_the_relay_survives_a_backend_restart() {
     assert_eq!(image_sector_line(&image, 9), guest_token);
     assert!(maps_inode(qsd.pid(), owner.status().inode), "the new backend maps the owner's file");
     assert!(owner.log_shows("backend side ended"), "the relay saw the backend go:\n{}", owner.log());
-    assert!(
-        owner.log_shows("cannot reach the backend"),
-        "the relay logs why it closes:\n{}",
-        owner.log()
-    );
+    assert!(owner.log_shows("cannot reach the backend"), "the relay logs why it closes:\n{}", owner.log());
 
     vm.send_line("quit");
     vm.wait_exit(STEP).unwrap();
