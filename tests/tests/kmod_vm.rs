@@ -1,5 +1,7 @@
 //! The kernel module in a VM, on each test kernel (6.12 and 7.3): builds driver/kmod for the
-//! kernel, boots it under TCG with boot-reserved memory (memmap=1G$4G memmap=512M$6G, -m 6G)
+//! kernel, boots it under TCG with two NUMA nodes (-m 6G: node 0 has 4G, i.e. RAM [0,3G) and
+//! [4G,5G), node 1 has 2G, [5G,7G)) and boot-reserved memory on both (memmap=256M$1G and
+//! memmap=1G$4G on node 0, memmap=512M$6G on node 1)
 //! plus the bait for the refusals of ranges that are not RAM (memmap=256M$0x280000000: reserved
 //! past the end of RAM; memmap=256M%0x1b0000000-1: RAM neither System RAM nor reserved) and a
 //! busybox initramfs holding pageless.ko, the in-guest checks (tests/guest) and the
@@ -8,8 +10,9 @@
 //!
 //! In the guest, first `pageless serve --pool pagelessfs:…` serves a pagelessfs allocation to a
 //! client process and, through its relay, to a fake vhost-user backend: neither can shrink or
-//! grow it (the owner seals it); then tests/guest/kmod-checks.sh runs the module's whole check
-//! sequence.
+//! grow it (the owner seals it); then tests/guest/numa-checks.sh checks ranges' nodes, node=
+//! mounts and placement (issue #9), and tests/guest/kmod-checks.sh runs the module's whole
+//! check sequence.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -129,6 +132,22 @@ const REQUIRED: &[&str] = &[
     "serve-owner-alive-after-memory-error",
     "serve-stopped",
     "serve-reattach-sealed",
+    "numa-load",
+    "numa-ranges",
+    "numa-sysfs-nodes",
+    "numa-mount",
+    "numa-mount-options",
+    "numa-bad-node",
+    "numa-statfs",
+    "numa-placement",
+    "numa-placement-small",
+    "numa-placement-big",
+    "numa-extents-node0",
+    "numa-extents-node1",
+    "numa-statfs-free",
+    "numa-enospc-node",
+    "numa-extents-any",
+    "numa-unload",
     "environment",
     "load-system-ram",
     "load-partly-ram",
@@ -274,8 +293,9 @@ fn pagelessfs_in_a_vm(kernel: Kernel) {
         .binary(&bins::pageless(), "/bin/pageless")
         .binary(&bins::build("pageless-tests", "pageless-testbed"), "/bin/pageless-testbed")
         .file(&repo_root().join("tests/guest/kmod-checks.sh"), "/kmod-checks.sh")
+        .file(&repo_root().join("tests/guest/numa-checks.sh"), "/numa-checks.sh")
         .init(&format!(
-            "{}\nsh /kmod-checks.sh\npoweroff -f\n",
+            "{}\nsh /numa-checks.sh\nsh /kmod-checks.sh\npoweroff -f\n",
             SERVE_ON_PAGELESSFS.replace("@TOKEN@", &token)
         ))
         .build(&initrd)
@@ -285,7 +305,21 @@ fn pagelessfs_in_a_vm(kernel: Kernel) {
     config.kernel = kernel.vmlinuz();
     config.memory = "6G".into();
     config.smp = 2;
-    config.append = "memmap=1G$4G memmap=512M$6G memmap=256M$0x280000000 memmap=256M%0x1b0000000-1".into();
+    // Two NUMA nodes, one CPU each; node 0 takes the first 4G of RAM (below 3G and [4G,5G)).
+    for arg in [
+        "-object",
+        "memory-backend-ram,id=m0,size=4G",
+        "-object",
+        "memory-backend-ram,id=m1,size=2G",
+        "-numa",
+        "node,nodeid=0,memdev=m0,cpus=0",
+        "-numa",
+        "node,nodeid=1,memdev=m1,cpus=1",
+    ] {
+        config.extra.push(arg.into());
+    }
+    config.append =
+        "memmap=256M$1G memmap=1G$4G memmap=512M$6G memmap=256M$0x280000000 memmap=256M%0x1b0000000-1".into();
     let mut vm = Vm::start(&config);
     // A guest that never reaches /init (no line at all: TCG once hung a 7.3 boot that way) is
     // booted once more, and says so; a hang once /init runs fails the test.

@@ -8,6 +8,7 @@ mod bench;
 mod blk;
 mod checks;
 mod isolation;
+mod numa;
 mod struct_page;
 mod util;
 mod vfio;
@@ -87,6 +88,8 @@ enum Cmd {
     },
     /// Print FIEMAP extents (like filefrag -v) and check them.
     Fiemap { files: Vec<PathBuf> },
+    /// Check NAME: every FIEMAP extent of FILES lies in one of RANGES (SIZE@START,...).
+    ExtentsWithin { name: String, ranges: String, files: Vec<PathBuf> },
     /// Allocate and map the whole pool via DIR, compare struct page counters with BASE.
     HoldPool { dir: PathBuf, base: PathBuf },
     /// delete_module(MODULE) must fail while a pagelessfs is mounted.
@@ -229,6 +232,7 @@ fn main() {
         Cmd::QuarantineHolder { file } => isolation::quarantine_holder(&file),
         Cmd::VfioReuse { bdf, dir, give_back } => vfio_reuse::vfio_reuse(&mut r, &bdf, &dir, give_back),
         Cmd::Fiemap { files } => checks::fiemap_cmd(&mut r, &files),
+        Cmd::ExtentsWithin { name, ranges, files } => numa::extents_within(&mut r, &name, &ranges, &files),
         Cmd::HoldPool { dir, base } => checks::hold_pool(&mut r, &dir, &base),
         Cmd::RmmodBusy { module } => checks::rmmod_busy(&mut r, &module),
         Cmd::Stress { secs, workers, dirs } => checks::stress(&mut r, &dirs, secs, workers),
