@@ -9,6 +9,7 @@ mod blk;
 mod checks;
 mod isolation;
 mod numa;
+mod scrub_bench;
 mod struct_page;
 mod util;
 mod vfio;
@@ -132,6 +133,13 @@ enum Cmd {
         #[arg(long, default_value = "1G", value_parser = util::parse_size)]
         size: u64,
     },
+    /// Benchmark: the module's scrubber against memset of SIZE on the same core (CPU 0).
+    BenchScrub {
+        /// A pagelessfs mount.
+        dir: PathBuf,
+        #[arg(long, default_value = "1G", value_parser = util::parse_size)]
+        size: u64,
+    },
     /// Benchmark: O_DIRECT sequential write/read of MIB MiB and 4K random reads on DEVICE.
     BlkBench {
         device: PathBuf,
@@ -242,6 +250,7 @@ fn main() {
         Cmd::BenchFaults { pageless, hugetlbfs, size } => {
             bench::bench_faults(&mut r, &pageless, &hugetlbfs, size)
         }
+        Cmd::BenchScrub { dir, size } => scrub_bench::bench_scrub(&mut r, &dir, size),
         Cmd::BlkBench { device, mib, random_reads } => blk::blk_bench(&mut r, &device, mib, random_reads),
         Cmd::VfioEdu { bdf, file, memfd: _, name, iova, keep } => {
             let source = file.map_or(vfio::Source::Memfd, vfio::Source::File);
