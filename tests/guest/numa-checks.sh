@@ -3,21 +3,22 @@
 # initramfs /init before kmod-checks.sh (same helpers, same CHECK line format).
 #
 # Contract (what the host-side harness must provide):
-#   QEMU           two NUMA nodes: -m 6G, node 0 with 4G (RAM [0,3G) and [4G,5G) on QEMU's pc
-#                  machine), node 1 with 2G ([5G,7G)), e.g. -object memory-backend-ram,id=m0,
-#                  size=4G -object memory-backend-ram,id=m1,size=2G -numa node,nodeid=0,
-#                  memdev=m0,cpus=0 -numa node,nodeid=1,memdev=m1,cpus=1
-#   kernel cmdline memmap=256M$1G memmap=1G$4G memmap=512M$6G: node 0 gets the 256 MiB at 1 GiB
-#                  and the pool's only 1 GiB-aligned GiB [4G,5G), node 1 the 512 MiB at 6 GiB
+#   QEMU           two NUMA nodes: -m 6G, node 0 with the first 1152M of RAM ([0,0x48000000)),
+#                  node 1 with the rest ([0x48000000,3G) and [4G,7G) on QEMU's pc machine):
+#                  -object memory-backend-ram,id=m0,size=1152M -object memory-backend-ram,id=m1,
+#                  size=4992M -numa node,nodeid=0,memdev=m0,cpus=0 -numa node,nodeid=1,
+#                  memdev=m1,cpus=1
+#   kernel cmdline memmap=256M$1G (split by the node boundary at 0x48000000) and memmap=1G$4G
+#                  (node 1's only 1 GiB-aligned GiB, above its 128 MiB at 0x48000000)
 #   /pageless.ko   the module (override: PAGELESS_KO=path); pageless-guest on PATH
 # The module is unloaded at the end.
 set -u
 KO=${PAGELESS_KO:-/pageless.ko}
 G=pageless-guest
 M=/mnt/numa
-N0=256M@0x40000000,1G@0x100000000
-N1=512M@0x180000000
-RANGES=$N0,$N1
+N0=128M@0x40000000
+N1=128M@0x48000000,1G@0x100000000
+RANGES=256M@0x40000000,1G@0x100000000
 
 check() { # name ok|FAIL detail...
 	n=$1 s=$2
@@ -45,31 +46,31 @@ if insmod "$KO" ranges="$RANGES"; then
 else
 	check numa-load FAIL "insmod ranges=$RANGES: $(dmesg_new | tail -n 3 | tr '\n' ' ')"
 fi
-want="0x40000000 268435456 0
-0x100000000 1073741824 0
-0x180000000 536870912 1"
+want="0x40000000 134217728 0
+0x48000000 134217728 1
+0x100000000 1073741824 1"
 got=$(cat /sys/fs/pagelessfs/ranges 2>&1)
 if [ "$got" = "$want" ]; then check numa-ranges ok "$(echo "$got" | tr '\n' ';')"; else
 	check numa-ranges FAIL "ranges: '$(echo "$got" | tr '\n' ';')', want '$(echo "$want" | tr '\n' ';')'"; fi
 wait_scrubbed
 got=$(cat /sys/fs/pagelessfs/node0/capacity_bytes /sys/fs/pagelessfs/node0/free_bytes \
 	/sys/fs/pagelessfs/node1/capacity_bytes /sys/fs/pagelessfs/node1/free_bytes 2>&1 | tr '\n' ' ')
-if [ "$got" = "1342177280 1342177280 536870912 536870912 " ] && [ ! -e /sys/fs/pagelessfs/node2 ]; then
+if [ "$got" = "134217728 134217728 1207959552 1207959552 " ] && [ ! -e /sys/fs/pagelessfs/node2 ]; then
 	check numa-sysfs-nodes ok "node0 and node1 capacity/free: $got"
 else
 	check numa-sysfs-nodes FAIL "node0/node1 capacity free: $got"
 fi
 
-mkdir -p $M/n0 $M/n1 $M/g0 $M/any
-expect numa-mount "node=0 and node=1 mounts (2M), a node=0 1G mount, a mount of any node" sh -c "
+mkdir -p $M/n0 $M/n1 $M/g1 $M/any
+expect numa-mount "node=0 and node=1 mounts (2M), a node=1 1G mount, a mount of any node" sh -c "
 	mount -t pagelessfs -o pagesize=2M,node=0 none $M/n0 &&
 	mount -t pagelessfs -o pagesize=2M,node=1 none $M/n1 &&
-	mount -t pagelessfs -o pagesize=1G,node=0 none $M/g0 &&
+	mount -t pagelessfs -o pagesize=1G,node=1 none $M/g1 &&
 	mount -t pagelessfs -o pagesize=4K none $M/any"
 expect numa-mount-options "node=N in /proc/mounts, none without node=" sh -c "
 	grep -q ' $M/n0 pagelessfs .*pagesize=2M,node=0' /proc/mounts &&
 	grep -q ' $M/n1 pagelessfs .*pagesize=2M,node=1' /proc/mounts &&
-	grep -q ' $M/g0 pagelessfs .*pagesize=1G,node=0' /proc/mounts &&
+	grep -q ' $M/g1 pagelessfs .*pagesize=1G,node=1' /proc/mounts &&
 	! grep ' $M/any pagelessfs ' /proc/mounts | grep -q node="
 dmesg_mark
 if mount -t pagelessfs -o node=2 none $M/any 2>/dev/null; then
@@ -83,44 +84,44 @@ else
 		check numa-bad-node FAIL "mount -o node=2 refused, but dmesg lacks the reason: $msg"
 	fi
 fi
-got="$(total_kib $M/n0) $(total_kib $M/n1) $(total_kib $M/g0) $(total_kib $M/any)"
-if [ "$got" = "1310720 524288 1048576 1835008" ]; then
-	check numa-statfs ok "df total KiB: node=0 2M, node=1 2M, node=0 1G, any 4K: $got"
+got="$(total_kib $M/n0) $(total_kib $M/n1) $(total_kib $M/g1) $(total_kib $M/any)"
+if [ "$got" = "131072 1179648 1048576 1310720" ]; then
+	check numa-statfs ok "df total KiB: node=0 2M, node=1 2M, node=1 1G, any 4K: $got"
 else
-	check numa-statfs FAIL "df total KiB node=0 2M, node=1 2M, node=0 1G, any 4K: $got (want 1310720 524288 1048576 1835008)"
+	check numa-statfs FAIL "df total KiB node=0 2M, node=1 2M, node=1 1G, any 4K: $got (want 131072 1179648 1048576 1310720)"
 fi
 
-# Placement (issue #9): a live 4 MiB file of 2M pages must not take the only free aligned GiB
-# of node 0; a 1 GiB file of 1G pages then finds it.
-expect numa-placement "4M file on node=0 2M mount alive, then a 1G file on the node=0 1G mount" sh -c "
-	truncate -s 4M $M/n0/small && truncate -s 1G $M/g0/big"
-$G extents-within numa-placement-small 256M@0x40000000 $M/n0/small
-$G extents-within numa-placement-big 1G@0x100000000 $M/g0/big
+# Placement (issue #9): a live 4 MiB file of 2M pages must not take node 1's only free aligned
+# GiB (the module's old first fit put it at the top: there); a 1 GiB file of 1G pages then finds it.
+expect numa-placement "4M file on the node=1 2M mount alive, then a 1G file on the node=1 1G mount" sh -c "
+	truncate -s 4M $M/n1/small && truncate -s 1G $M/g1/big"
+$G extents-within numa-placement-small 128M@0x48000000 $M/n1/small
+$G extents-within numa-placement-big 1G@0x100000000 $M/g1/big
 
 # Each mount's files stay on its node; statfs counts only that node.
-truncate -s 128M $M/n1/a && truncate -s 64M $M/n1/b && truncate -s 96M $M/n0/a
-$G extents-within numa-extents-node0 $N0 $M/n0/small $M/n0/a $M/g0/big
-$G extents-within numa-extents-node1 $N1 $M/n1/a $M/n1/b
+truncate -s 64M $M/n1/a && truncate -s 64M $M/n0/a
+$G extents-within numa-extents-node0 $N0 $M/n0/a
+$G extents-within numa-extents-node1 $N1 $M/n1/small $M/n1/a $M/g1/big
 got="$(free_kib $M/n0) $(free_kib $M/n1)"
-# node 0: 1280M - 4M - 1G - 96M = 156M; node 1: 512M - 192M = 320M
-if [ "$got" = "159744 327680" ]; then
+# node 0: 128M - 64M = 64M; node 1: 1152M - 4M - 1G - 64M = 60M
+if [ "$got" = "65536 61440" ]; then
 	check numa-statfs-free ok "df free KiB node=0, node=1: $got"
 else
-	check numa-statfs-free FAIL "df free KiB node=0, node=1: $got (want 159744 327680)"
+	check numa-statfs-free FAIL "df free KiB node=0, node=1: $got (want 65536 61440)"
 fi
 # node 1 full: ENOSPC there although node 0 has room.
-truncate -s 384M $M/n1/b
+truncate -s 124M $M/n1/a
 if truncate -s 2M $M/n1/c 2>/tmp/enospc; then
 	check numa-enospc-node FAIL "a 2M file on the full node=1 mount was created"
 elif ! grep -q 'No space left' /tmp/enospc || [ "$(free_kib $M/n1)" != 0 ]; then
 	check numa-enospc-node FAIL "node=1 full: $(cat /tmp/enospc), df free $(free_kib $M/n1) KiB"
 elif truncate -s 2M $M/n0/c; then
-	check numa-enospc-node ok "node=1 full (ENOSPC, df free 0) while node 0 has room: $(free_kib $M/n0) KiB before its 2M file"
+	check numa-enospc-node ok "node=1 full (ENOSPC, df free 0) while node 0 has room: $(free_kib $M/n0) KiB after its 2M file"
 else
 	check numa-enospc-node FAIL "node=0 refused a 2M file with $(free_kib $M/n0) KiB free"
 fi
 # A mount without node= allocates from any node.
 truncate -s 8M $M/any/a
 $G extents-within numa-extents-any $RANGES $M/any/a
-for d in n0 n1 g0 any; do rm -f $M/$d/*; umount $M/$d; done
+for d in n0 n1 g1 any; do rm -f $M/$d/*; umount $M/$d; done
 expect numa-unload "rmmod after the NUMA checks" rmmod pageless

@@ -1,7 +1,7 @@
 //! The kernel module in a VM, on each test kernel (6.12 and 7.3): builds driver/kmod for the
-//! kernel, boots it under TCG with two NUMA nodes (-m 6G: node 0 has 4G, i.e. RAM [0,3G) and
-//! [4G,5G), node 1 has 2G, [5G,7G)) and boot-reserved memory on both (memmap=256M$1G and
-//! memmap=1G$4G on node 0, memmap=512M$6G on node 1)
+//! kernel, boots it under TCG with two NUMA nodes (-m 6G: node 0 has the first 1152M of RAM,
+//! node 1 the rest) and boot-reserved memory (memmap=256M$1G, split by the node boundary at
+//! 0x48000000, memmap=1G$4G memmap=512M$6G on node 1)
 //! plus the bait for the refusals of ranges that are not RAM (memmap=256M$0x280000000: reserved
 //! past the end of RAM; memmap=256M%0x1b0000000-1: RAM neither System RAM nor reserved) and a
 //! busybox initramfs holding pageless.ko, the in-guest checks (tests/guest) and the
@@ -305,12 +305,13 @@ fn pagelessfs_in_a_vm(kernel: Kernel) {
     config.kernel = kernel.vmlinuz();
     config.memory = "6G".into();
     config.smp = 2;
-    // Two NUMA nodes, one CPU each; node 0 takes the first 4G of RAM (below 3G and [4G,5G)).
+    // Two NUMA nodes, one CPU each: node 0 takes the first 1152M of RAM, so that the node
+    // boundary (0x48000000) splits the 256M reserved at 1G (tests/guest/numa-checks.sh).
     for arg in [
         "-object",
-        "memory-backend-ram,id=m0,size=4G",
+        "memory-backend-ram,id=m0,size=1152M",
         "-object",
-        "memory-backend-ram,id=m1,size=2G",
+        "memory-backend-ram,id=m1,size=4992M",
         "-numa",
         "node,nodeid=0,memdev=m0,cpus=0",
         "-numa",
