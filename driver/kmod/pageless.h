@@ -61,6 +61,7 @@ void pl_pool_release_clean(struct pl_extents *ex);
 void pl_pool_stat(u64 align, int nid, u64 *blocks, u64 *bfree);
 bool pl_pool_range(unsigned int i, u64 *start, u64 *size, int *nid);
 bool pl_pool_has_node(int nid);
+bool pl_pool_same_node(u64 a, u64 b);
 
 /* The pool's numbers, for sysfs. */
 struct pl_counts {

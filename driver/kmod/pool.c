@@ -110,6 +110,15 @@ static int pl_range_nid(u64 phys)
 	return 0;
 }
 
+/*
+ * Whether @a and @b, in pool ranges, are on one node: extents of a file merge
+ * only then, so that no extent spans two nodes.
+ */
+bool pl_pool_same_node(u64 a, u64 b)
+{
+	return pl_range_nid(a) == pl_range_nid(b);
+}
+
 void *pl_pool_virt_quiet(u64 phys)
 {
 	return pl_pool_virt_len(phys, NULL);
@@ -124,18 +133,41 @@ void *pl_pool_virt(u64 phys)
 	return p;
 }
 
-/* Return extents to the free list.  Called with pl_pool.lock held. */
+/*
+ * Return [phys, phys + len) to the free list, each part with the node of its
+ * range (extents do not span nodes, but nothing here relies on it).  Called
+ * with pl_pool.lock held.
+ */
 static void pl_free_extents_locked(u64 phys, u64 len)
 {
-	struct pl_free *spare;
+	/* Pairs with the release in pl_pool_add_range_node(). */
+	unsigned int i, n = smp_load_acquire(&pl_pool.nr_ranges);
 
-	/*
-	 * A free path cannot fail: the node is a few bytes, and the page
-	 * allocator does not fail such requests in practice.
-	 */
-	spare = kmalloc(sizeof(*spare), GFP_KERNEL | __GFP_NOFAIL);
-	pl_free_insert(&pl_pool.free, phys, len, pl_range_nid(phys), &spare);
-	kfree(spare);
+	while (len) {
+		struct pl_free *spare;
+		u64 part = len;
+		int nid = 0;
+
+		for (i = 0; i < n; i++) {
+			struct pl_range *r = &pl_pool.ranges[i];
+
+			if (phys >= r->start && phys - r->start < r->size) {
+				part = min(len, r->size - (phys - r->start));
+				nid = r->nid;
+				break;
+			}
+		}
+		WARN_ONCE(i == n, "phys %llx outside the pool\n", phys);
+		/*
+		 * A free path cannot fail: the node is a few bytes, and the
+		 * page allocator does not fail such requests in practice.
+		 */
+		spare = kmalloc(sizeof(*spare), GFP_KERNEL | __GFP_NOFAIL);
+		pl_free_insert(&pl_pool.free, phys, part, nid, &spare);
+		kfree(spare);
+		phys += part;
+		len -= part;
+	}
 }
 
 /*
