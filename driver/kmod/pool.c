@@ -243,6 +243,7 @@ static void pl_scrub_work(struct work_struct *work)
 		}
 		me->phys = phys;
 		me->len = len;
+		me->nid = pl_range_nid(phys);
 		mutex_unlock(&pl_pool.lock);
 
 		pl_clean_runs(phys, len, true);
