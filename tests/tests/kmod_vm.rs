@@ -305,9 +305,13 @@ fn pagelessfs_in_a_vm(kernel: Kernel) {
     config.kernel = kernel.vmlinuz();
     config.memory = "6G".into();
     config.smp = 2;
-    // Two NUMA nodes, one CPU each: node 0 takes the first 1152M of RAM, so that the node
-    // boundary (0x48000000) splits the 256M reserved at 1G (tests/guest/numa-checks.sh).
+    // Two NUMA nodes, one CPU (socket) each: node 0 takes the first 1152M of RAM, so that the
+    // node boundary (0x48000000) splits the 256M reserved at 1G (tests/guest/numa-checks.sh).
+    // One socket per node: cores of one socket on two nodes make the kernel WARN (smpboot.c
+    // topology_sane()).
     for arg in [
+        "-smp",
+        "sockets=2,cores=1,threads=1",
         "-object",
         "memory-backend-ram,id=m0,size=1152M",
         "-object",
