@@ -8,7 +8,7 @@ mod bench;
 mod blk;
 mod checks;
 mod isolation;
-mod numa;
+mod extents;
 mod scrub_bench;
 mod struct_page;
 mod util;
@@ -240,7 +240,7 @@ fn main() {
         Cmd::QuarantineHolder { file } => isolation::quarantine_holder(&file),
         Cmd::VfioReuse { bdf, dir, give_back } => vfio_reuse::vfio_reuse(&mut r, &bdf, &dir, give_back),
         Cmd::Fiemap { files } => checks::fiemap_cmd(&mut r, &files),
-        Cmd::ExtentsWithin { name, ranges, files } => numa::extents_within(&mut r, &name, &ranges, &files),
+        Cmd::ExtentsWithin { name, ranges, files } => extents::extents_within(&mut r, &name, &ranges, &files),
         Cmd::HoldPool { dir, base } => checks::hold_pool(&mut r, &dir, &base),
         Cmd::RmmodBusy { module } => checks::rmmod_busy(&mut r, &module),
         Cmd::Stress { secs, workers, dirs } => checks::stress(&mut r, &dirs, secs, workers),

@@ -1,4 +1,4 @@
-//! NUMA checks: every FIEMAP extent of a file lies in the reserved ranges of its mount's node.
+//! `extents-within`: every FIEMAP extent of a file lies in the given ranges (a node's reserved ranges).
 
 use std::fs::File;
 use std::io;
