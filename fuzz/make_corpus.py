@@ -211,6 +211,13 @@ backend = "/run/qsd/web1-disk0.sock"
     write("hook_config", "toml-size-from-xml", hook("vm2", 'pool = "dir:/dev/shm/p"\nallow_uid = 1000\n', domain))
     write("hook_config", "metadata", hook("web1", "", domain))
     write("hook_config", "metadata-numa", hook("numa1", "", numa))
+    numatune = numa.replace("<cpu>", "<numatune><memory mode='strict' nodeset='0-1'/><memnode cellid='0' mode='strict' nodeset='0'/>"
+                            "<memnode cellid='1' mode='strict' nodeset='1-1'/></numatune><cpu>")
+    write("hook_config", "metadata-numatune", hook("numa1", "", numatune))
+    # NUMA cells whose sizes overflow when added, with a configured size (the cells' sum is
+    # then checked against it).
+    write("hook_config", "numa-cells-overflow-sized", hook("vm1", 'size = "1G"\n', "<domain>"
+          "<cpu><numa><cell memory='9223372036854775808' unit='b'/><cell memory='9223372036854775808' unit='b'/></numa></cpu></domain>", ""))
     write("hook_config", "qemu-conf", hook("web1", "", domain.replace(' allow-uid="64055, 1000"', ""), 'user = "root"\ngroup = "root"\n'))
     write("hook_config", "not-pageless", hook("other", "", "<domain><name>other</name><memory>1000</memory></domain>"))
     write("hook_config", "bad-name", hook("../etc", "size = \"1G\"\n", ""))

@@ -5,9 +5,12 @@
 #  - the 6.12 cloud kernel image, unpacked (not installed) under .cache/kernel/ for test guests,
 #    and its headers, against which driver/kmod builds
 #  - a Debian 13 build root (debootstrap) with the headers of the newest 7.3 cloud kernel, and
-#    that kernel's image and modules unpacked under .cache/kernel/ (.cache/kernel/newest)
+#    that kernel's image and modules unpacked under .cache/kernel/ (.cache/kernel/newest); in
+#    it also dkms and Debian 13's 6.12 cloud kernel (image, headers) for the package test
+#  - a Debian 12 root filesystem image with libvirt, QEMU and AppArmor for the sVirt test
+#    (scripts/svirt-rootfs.sh, .cache/rootfs/)
 #  - nightly Rust (minimal profile) and cargo-fuzz under .cache/tools, for scripts/fuzz.sh
-#  - cargo build of the workspace
+#  - cargo build of the workspace, and a release build of pageless (scripts/package.sh)
 #  - then runs the demo (scripts/demo.sh), unless given --no-demo
 # Idempotent: re-running skips what is already there.
 set -euo pipefail
@@ -15,7 +18,7 @@ run_demo=1
 for arg in "$@"; do
     case "$arg" in
         --no-demo) run_demo=0 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "setup: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -85,13 +88,9 @@ ln -sfn "$kver" "$cache/kernel/current"
 # once; cached.
 broot="$cache/buildroot/trixie"
 # Runs a command inside the build root with /proc mounted (apt needs it), unmounted after.
-in_broot() {
-    $SUDO mount -t proc proc "$broot/proc"
-    local rc=0
-    $SUDO env DEBIAN_FRONTEND=noninteractive chroot "$broot" "$@" || rc=$?
-    $SUDO umount "$broot/proc"
-    return $rc
-}
+# shellcheck source=scripts/chroot.sh
+. "$here/scripts/chroot.sh"
+in_broot() { in_chroot "$broot" "$@"; }
 if [ ! -f "$broot/.ready" ]; then
     log "Debian 13 build root with the 7.3 cloud kernel headers under .cache/buildroot/trixie"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
@@ -111,6 +110,22 @@ if [ ! -f "$broot/.ready" ]; then
 fi
 nver=$(cat "$broot/.kernel")
 
+# The package test (tests/tests/packages.rs) installs the pageless .debs in a fresh overlay of
+# the build root, which must already hold what a Debian 13 host running DKMS has: dkms, and a
+# second kernel, Debian 13's own 6.12 cloud kernel (image and headers; the 7.3 headers are there
+# already), so that the module is built for both. Installed here once, so that the test runs
+# offline. About a minute once; cached.
+if [ ! -f "$broot/.dkms" ]; then
+    log "dkms and Debian 13's 6.12 cloud kernel in the build root, for the package test"
+    tver=$(in_broot apt-cache search --names-only '^linux-headers-6\.12\.[0-9]+\+deb13-cloud-amd64$' |
+        sed -n 's/^linux-headers-\([^ ]*\) .*/\1/p' | sort -V | tail -n1)
+    [ -n "$tver" ] || { echo "setup: no 6.12 cloud kernel headers in trixie" >&2; exit 1; }
+    in_broot apt-get install -y -q --no-install-recommends dkms "linux-headers-$tver" \
+        "linux-image-$tver"
+    in_broot apt-get clean
+    echo "$tver" | $SUDO tee "$broot/.dkms" >/dev/null
+fi
+
 # The 7.3 kernel for test guests, unpacked under .cache/kernel/<version>/ like the 6.12 one (never
 # installed): in Debian 13 the image is in linux-binary-<version> (usr/lib/modules/<version>/
 # vmlinuz) and the modules in linux-modules-<version>; linux-image-<version> is a metapackage.
@@ -129,6 +144,9 @@ if [ ! -f "$ndir/.unpacked" ]; then
     touch "$ndir/.unpacked"
 fi
 ln -sfn "$nver" "$cache/kernel/newest"
+
+# The sVirt test's guest root filesystem (tests/tests/svirt_apparmor.rs), cached.
+"$here/scripts/svirt-rootfs.sh"
 
 # checkpatch.pl (kernel style of driver/kmod, run by .ci/run): only three files of Debian's
 # linux-source-6.12 tarball, unpacked under .cache/checkpatch.
@@ -175,6 +193,8 @@ fi
 
 log "building pageless ($(cargo --version))"
 (cd "$here" && cargo build --workspace --all-targets)
+# The release binary scripts/package.sh packages (tests/tests/packages.rs runs it).
+(cd "$here" && cargo build --release --locked -p pageless)
 
 if [ "$run_demo" = 1 ]; then
     log "demo: a guest booted on memory served by pageless"

@@ -204,6 +204,10 @@ impl Acceptor {
             }
             Err(e) => return warn!("control client without credentials, closing: {e}"),
         };
+        if let Some(why) = owner.policy.apparmor_refusal(&peer, &sock) {
+            warn!("refused control client: {why}");
+            return refuse(&sock, &format!("VM {:?} is not yours: {why}", owner.vm));
+        }
         if let Err(e) = sock.set_nonblocking(true) {
             return warn!(
                 "control client pid {}: cannot make its socket non-blocking, closing: {e}",

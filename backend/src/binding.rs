@@ -13,14 +13,14 @@
 //! memory instead; it is fresh (no guest has run on it) and the VM's QEMU is then refused, so
 //! the VM fails to start rather than run on memory someone else holds.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 
 use log::info;
 
 use crate::clock::unix_now;
-use crate::peer::{AccessPolicy, Peer};
+use crate::peer::{alive, peer_pidfd, AccessPolicy, Peer};
 
 /// The process bound as the VM's QEMU.
 struct Bound {
@@ -114,52 +114,12 @@ fn check(b: &Bound, peer: &Peer) -> Result<Verdict, String> {
     })
 }
 
-/// A pidfd of the socket's peer: SO_PEERPIDFD (Linux 6.5+, race-free), else pidfd_open of the
-/// credentials' pid, checked to still be the peer (its pid is unchanged and alive).
-fn peer_pidfd(sock: &UnixStream, pid: u32) -> std::io::Result<OwnedFd> {
-    let mut fd: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `fd`, a live c_int.
-    let r = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERPIDFD,
-            (&mut fd as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r == 0 && fd >= 0 {
-        // SAFETY: the kernel returned a new pidfd that nothing else owns.
-        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-    }
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new pidfd that nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-    if Peer::of(sock).ok().map(|p| p.pid) != Some(pid) || !alive(&pidfd) {
-        return Err(std::io::Error::other("the peer went away while it was being pinned"));
-    }
-    Ok(pidfd)
-}
-
-/// Whether the process of `pidfd` still runs (a pidfd becomes readable when it exits).
-fn alive(pidfd: &OwnedFd) -> bool {
-    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: poll on one valid pollfd, no timeout.
-    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
-    r == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn policy() -> AccessPolicy {
-        AccessPolicy { owner_uid: 0, allowed_uids: vec![65534] }
+        AccessPolicy { owner_uid: 0, allowed_uids: vec![65534], ..Default::default() }
     }
 
     #[test]

@@ -7,12 +7,13 @@ use pageless_pool::size::parse_size;
 use pageless_pool::PoolSpec;
 use pageless_protocol::control::ControlClient;
 
+use crate::cells::CellSpec;
 use crate::hook;
 use crate::limits::{self, LimitOptions};
 use crate::qemu::{self, QemuOptions};
 use crate::relay::RelaySpec;
 use crate::serve::{self, ServeOptions};
-use crate::{control_socket_path, status, DEFAULT_RUN_DIR};
+use crate::{control_socket_path, status, unit, DEFAULT_RUN_DIR};
 
 /// pageless: guest RAM owned by one process per VM, shared with QEMU and device backends.
 #[derive(Debug, Parser)]
@@ -41,12 +42,19 @@ pub enum Command {
         #[arg(long)]
         vm: String,
         /// Memory size, a multiple of the pool's page size: 512M, 4G, 1073741824.
-        #[arg(long, value_parser = parse_size)]
-        size: u64,
+        #[arg(long, value_parser = parse_size, required_unless_present = "cells", conflicts_with = "cells")]
+        size: Option<u64>,
         /// Where the memory comes from: memfd, memfd:2M, memfd:1G, hugetlbfs:DIR, dir:DIR
         /// (tmpfs) or pagelessfs:DIR. Directory pools survive the owner's restart.
-        #[arg(long, default_value = "memfd")]
+        #[arg(long, default_value = "memfd", conflicts_with = "cells")]
         pool: PoolSpec,
+        /// A guest NUMA cell, instead of --size/--pool (repeatable): its id (QEMU's
+        /// `ram-node<ID>`), size and pool, and optionally the host node its memory comes from
+        /// (memfd, dir: on tmpfs, hugetlb pools): `0:2G:pagelessfs:/mnt/pageless/node0`,
+        /// `1:2G:memfd@node=1`. Each cell is its own allocation (`<vm>.cell<ID>` in
+        /// directory pools).
+        #[arg(long = "cell", id = "cells", value_name = "ID:SIZE:POOL[@node=HOSTNODE]")]
+        cells: Vec<CellSpec>,
         /// `--run-dir`: where the control socket, the lock file and the relay sockets go.
         #[command(flatten)]
         run_dir: RunDir,
@@ -59,6 +67,12 @@ pub enum Command {
         /// otherwise.
         #[arg(long = "allow-uid", value_name = "UID")]
         allow_uids: Vec<u32>,
+        /// The AppArmor profile the VM's QEMU runs under (libvirt: `libvirt-<domain uuid>`; the
+        /// hook passes it). A process confined by any other profile — another domain's QEMU —
+        /// is refused the control socket and the relay sockets, whatever its user; unconfined
+        /// processes are subject to the user checks only.
+        #[arg(long, value_name = "PROFILE", value_parser = apparmor_profile_name)]
+        apparmor_profile: Option<String>,
         /// Remove a directory pool's file when stopping (by default it is kept for the next
         /// owner to re-attach).
         #[arg(long)]
@@ -138,8 +152,9 @@ pub enum Command {
         run_dir: RunDir,
     },
     /// libvirt's qemu hook (install as /etc/libvirt/hooks/qemu): starts the domain's owner on
-    /// `prepare`, stops it on `release`, for domains with a pageless config file or metadata.
-    /// Reads the domain XML on stdin.
+    /// `prepare`, lets an AppArmor- or SELinux-confined QEMU reach the VM's own sockets and
+    /// memory on `start`, stops the owner on `release`, for domains with a pageless config
+    /// file or metadata. Reads the domain XML on stdin.
     Hook {
         /// The domain's name.
         vm: String,
@@ -153,6 +168,25 @@ pub enum Command {
         /// Per-VM config files: `<DIR>/<vm>.toml`.
         #[arg(long, env = "PAGELESS_CONFIG_DIR", default_value = hook::DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
+        /// The host config, whose `[pools]` table maps host NUMA nodes to pools for the
+        /// domain's NUMA cells (`0 = "pagelessfs:/mnt/pageless/node0"`).
+        #[arg(long, env = "PAGELESS_HOST_CONFIG", default_value = hook::numa::DEFAULT_HOST_CONFIG)]
+        host_config: PathBuf,
+        /// libvirt's per-domain AppArmor profiles (`libvirt-<uuid>`), where the hook adds each
+        /// VM's `libvirt-<uuid>.pageless` rules.
+        #[arg(long, env = "PAGELESS_APPARMOR_DIR", default_value = hook::svirt::APPARMOR_PROFILE_DIR)]
+        apparmor_dir: PathBuf,
+    },
+    /// The owner as systemd's `pageless@VM.service` runs it: `pageless serve` with the
+    /// arguments the libvirt hook wrote to `<args-dir>/<VM>.args`, one per line (refused unless
+    /// this user owns the file and nobody else may write it, and unless it is for this VM),
+    /// output appended to `<run-dir>/<VM>.log`.
+    ServeUnit {
+        /// The VM's name (the unit's instance, `%I`).
+        vm: String,
+        /// Where the hook writes the arguments.
+        #[arg(long, default_value = unit::DEFAULT_UNIT_ARGS_DIR)]
+        args_dir: PathBuf,
     },
 }
 
@@ -163,9 +197,11 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             vm,
             size,
             pool,
+            cells,
             run_dir,
             prefault,
             allow_uids,
+            apparmor_profile,
             remove_on_exit,
             vhost_user,
             consumer_timeout,
@@ -175,11 +211,14 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             serve::serve(ServeOptions {
                 vm,
-                size,
+                // clap requires --size unless --cell is given.
+                size: size.unwrap_or(0),
                 pool,
+                cells,
                 run_dir: run_dir.run_dir,
                 prefault,
                 allow_uids,
+                apparmor_profile,
                 remove_on_exit,
                 vhost_user,
                 consumer_timeout: std::time::Duration::from_secs(consumer_timeout),
@@ -220,15 +259,18 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             pageless_pool::check_name(&vm)?;
             ControlClient::connect(&control_socket_path(&run_dir.run_dir, &vm), "stop")?.stop()?;
         }
-        Command::Hook { vm, operation, subop, extra: _, config_dir } => {
+        Command::Hook { vm, operation, subop, extra: _, config_dir, host_config, apparmor_dir } => {
             let options = hook::HookOptions {
                 vm,
                 operation,
                 subop,
                 config_dir,
                 qemu_conf: hook::QEMU_CONF.into(),
+                host_config,
                 pageless: std::env::current_exe()?,
                 systemd: std::path::Path::new("/run/systemd/system").is_dir(),
+                apparmor_dir,
+                unit_args_dir: unit::DEFAULT_UNIT_ARGS_DIR.into(),
             };
             if let Err(e) = hook::run(&options, &mut std::io::stdin().lock()) {
                 // libvirt shows the hook's stderr as the error of `virsh start`: print the
@@ -238,8 +280,42 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 std::process::exit(1);
             }
         }
+        Command::ServeUnit { vm, args_dir } => serve_unit(&vm, &args_dir)?,
     }
     Ok(())
+}
+
+/// `pageless serve-unit`: reads the owner's arguments back, sends stdout and stderr to its log,
+/// and runs it.
+fn serve_unit(vm: &str, args_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    pageless_pool::check_name(vm)?;
+    let args = unit::read_args(args_dir, vm)?;
+    let cli = Cli::try_parse_from(std::iter::once("pageless".to_string()).chain(args))
+        .map_err(|e| format!("{}: {e}", unit::args_path(args_dir, vm).display()))?;
+    let Command::Serve { run_dir, .. } = &cli.command else {
+        return Err(
+            format!("{}: not `pageless serve` arguments", unit::args_path(args_dir, vm).display()).into()
+        );
+    };
+    let log_path = run_dir.run_dir.join(format!("{vm}.log"));
+    std::fs::create_dir_all(&run_dir.run_dir)
+        .map_err(|e| format!("create the run directory {}: {e}", run_dir.run_dir.display()))?;
+    let log = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(&log_path)
+            .map_err(|e| format!("open the owner's log {}: {e}", log_path.display()))?
+    };
+    // As the hook's detached owners and its systemd-run units do: the log the hook quotes
+    // when the owner fails to start.
+    for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), fd)
+            .map_err(|e| format!("send output to {}: {e}", log_path.display()))?;
+    }
+    run(cli)
 }
 
 /// Writes command output to stdout; a reader that went away early (`| head`, `| grep -q`) is
@@ -251,4 +327,12 @@ fn print_out(text: &str) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
     }
+}
+
+/// An AppArmor profile name as `--apparmor-profile` takes it: printable, no spaces.
+fn apparmor_profile_name(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("{name:?} is not an AppArmor profile name (e.g. libvirt-<uuid>)"));
+    }
+    Ok(name.to_string())
 }

@@ -141,16 +141,12 @@ fn serve_client(owner: &Owner, sock: &UnixStream, id: u64, peer: Peer) -> Result
                     Err(why) => error_reply(code, &why),
                 }
             }
-            Request::Find(pattern) => match owner.mapping.find(&pattern, FIND_LIMIT) {
+            Request::Find(pattern) => match owner.find(&pattern, FIND_LIMIT) {
                 Ok(offsets) => reply(code, serde_json::to_vec(&offsets).expect("offsets serialize"), vec![]),
-                Err(why) => error_reply(code, &why.to_string()),
+                Err(why) => error_reply(code, &why),
             },
             Request::Write { offset, data } => {
-                let written = owner
-                    .check_not_stopping()
-                    .and_then(|()| usize::try_from(offset).map_err(|e| e.to_string()))
-                    .map_err(|e| e.to_string())
-                    .and_then(|offset| owner.mapping.write(offset, &data).map_err(|e| e.to_string()));
+                let written = owner.check_not_stopping().and_then(|()| owner.write(offset, &data));
                 match written {
                     Ok(()) => reply(code, vec![], vec![]),
                     Err(why) => error_reply(code, &why),
@@ -174,12 +170,18 @@ fn refuse(sock: &UnixStream, code: u32, why: &str) -> Ending {
     Ending::Failed(why.to_string())
 }
 
-/// The whole allocation as a one-region memory table (with its page size from version 2), with
-/// a duplicate of the owner's fd.
+/// The VM's memory as a memory table of one region per cell, in order (with page sizes from
+/// version 2, cell ids from version 3), each with a duplicate of the owner's fd of the cell.
+/// A region's guest address is its cell's offset in the cells laid end to end, its mmap offset 0.
 fn memory_table(owner: &Owner, version: u32) -> Result<Message, String> {
-    let fd: OwnedFd =
-        owner.allocation.file().try_clone().map_err(|e| format!("duplicate the memory fd: {e}"))?.into();
-    let region = VhostUserMemoryRegion::new(0, owner.allocation.size(), 0, 0);
-    let info = RegionInfo { page_size: owner.allocation.page_size() };
-    Ok(reply(code::GET_MEMORY, encode_memory(&[(region, info)], version), vec![fd]))
+    let mut regions = Vec::with_capacity(owner.cells.len());
+    let mut fds = Vec::with_capacity(owner.cells.len());
+    for cell in &owner.cells {
+        let fd: OwnedFd =
+            cell.allocation.file().try_clone().map_err(|e| format!("duplicate the memory fd: {e}"))?.into();
+        fds.push(fd);
+        let region = VhostUserMemoryRegion::new(cell.offset, cell.allocation.size(), 0, 0);
+        regions.push((region, RegionInfo { page_size: cell.allocation.page_size(), cell: cell.id }));
+    }
+    Ok(reply(code::GET_MEMORY, encode_memory(&regions, version), fds))
 }

@@ -5,9 +5,11 @@
 //! * [`qemu`]: fetches the memory from the owner and execs QEMU with it as the VM's RAM.
 //! * [`status`]: what every owner under a run dir serves, and to whom.
 //! * [`hook`]: libvirt's qemu hook, which starts and stops a domain's owner.
+//! * [`unit`]: the owner as the systemd template unit `pageless@<vm>.service`.
 
 #![warn(missing_docs)]
 
+pub mod cells;
 pub mod cli;
 pub mod context;
 pub mod hook;
@@ -17,6 +19,7 @@ pub mod qemu_args;
 pub mod relay;
 pub mod serve;
 pub mod status;
+pub mod unit;
 
 mod accept;
 mod binding;

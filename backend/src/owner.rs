@@ -11,7 +11,7 @@ use std::time::Duration;
 use log::{error, warn};
 use pageless_pool::{Allocation, Mapping, Pool, PoolKind};
 use pageless_protocol::control::{
-    ClientStatus, ConsumerStatus, ExtentPage, ExtentStatus, MemoryHolder, RegionStatus, VmStatus,
+    CellStatus, ClientStatus, ConsumerStatus, ExtentPage, ExtentStatus, MemoryHolder, RegionStatus, VmStatus,
 };
 
 use crate::binding::QemuBinding;
@@ -19,13 +19,68 @@ use crate::clock::unix_now;
 use crate::peer::{process_alive, AccessPolicy, Peer};
 use crate::stopping::StopState;
 
-/// The state every connection thread shares.
-pub(crate) struct Owner {
-    pub vm: String,
+/// One guest NUMA cell's memory (a VM served with `--size` has one, id 0).
+pub(crate) struct Cell {
+    /// The guest cell's id.
+    pub id: u32,
+    /// The host node its memory was bound to, if any.
+    pub host_node: Option<u32>,
+    /// Its offset in the VM's memory as FIND, WRITE and GET_MEMORY's `guest_phys_addr` see it:
+    /// the cells laid end to end, in order.
+    pub offset: u64,
     pub pool: Pool,
     pub allocation: Allocation,
     pub mapping: Mapping,
     pub reattached: bool,
+}
+
+impl Cell {
+    fn memory_kind(&self) -> String {
+        match self.allocation.kind() {
+            PoolKind::Memfd if self.pool.page_size() > 4096 => "memfd-hugetlb".into(),
+            PoolKind::Memfd => "memfd".into(),
+            PoolKind::Directory(fs) => fs.to_string(),
+        }
+    }
+
+    /// What STATUS says of the cell, with at most `max_extents` extents.
+    fn status(&self, max_extents: usize) -> CellStatus {
+        let page = self.allocation.extents_page(0, max_extents).map_err(|e| warn!("extents: {e}")).ok();
+        let extent_count = match &page {
+            Some(page) if page.next.is_none() => Some(page.extents.len() as u64),
+            _ => self.allocation.extent_count().map_err(|e| warn!("extents: {e}")).ok(),
+        };
+        let id = self.allocation.id();
+        CellStatus {
+            id: self.id,
+            size: self.allocation.size(),
+            offset: self.offset,
+            pool: self.pool.spec().to_string(),
+            host_node: self.host_node,
+            memory: self.memory_kind(),
+            page_size: self.allocation.page_size(),
+            path: self.allocation.path().map(|p| p.display().to_string()),
+            dev: id.dev,
+            inode: id.ino,
+            reattached: self.reattached,
+            extents: page
+                .map(|p| p.extents)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| ExtentStatus { logical: e.logical, physical: e.physical, length: e.length })
+                .collect(),
+            extent_count,
+        }
+    }
+}
+
+/// The state every connection thread shares.
+pub(crate) struct Owner {
+    pub vm: String,
+    /// The VM's memory: one cell per `--cell`, in the order given, or the one `--size` memory.
+    pub cells: Vec<Cell>,
+    /// Whether the VM was served with `--cell` (STATUS lists the cells).
+    pub numa: bool,
     pub started: u64,
     pub policy: AccessPolicy,
     clients: Mutex<BTreeMap<u64, ClientStatus>>,
@@ -42,21 +97,12 @@ pub(crate) struct Owner {
 
 impl Owner {
     /// The state of a freshly started owner; `stop_request` wakes its main loop.
-    pub fn new(
-        vm: String,
-        pool: Pool,
-        allocation: Allocation,
-        mapping: Mapping,
-        reattached: bool,
-        policy: AccessPolicy,
-        stop_request: File,
-    ) -> Owner {
+    pub fn new(vm: String, cells: Vec<Cell>, numa: bool, policy: AccessPolicy, stop_request: File) -> Owner {
+        assert!(!cells.is_empty(), "a VM has memory");
         Owner {
             vm,
-            pool,
-            allocation,
-            mapping,
-            reattached,
+            cells,
+            numa,
             started: unix_now(),
             policy,
             clients: Mutex::new(BTreeMap::new()),
@@ -71,6 +117,48 @@ impl Owner {
 }
 
 impl Owner {
+    /// The first cell (the whole memory of a VM served with `--size`).
+    pub fn first(&self) -> &Cell {
+        &self.cells[0]
+    }
+
+    /// The VM's memory size: all cells.
+    pub fn size(&self) -> u64 {
+        self.cells.iter().map(|c| c.allocation.size()).sum()
+    }
+
+    /// The cell whose file `fd` is (same device and inode), if any.
+    pub fn cell_of(&self, fd: impl std::os::fd::AsFd) -> Option<&Cell> {
+        let id = pageless_pool::FileId::of(fd).ok()?;
+        self.cells.iter().find(|c| c.allocation.id() == id)
+    }
+
+    /// Offsets of `pattern` in the VM's memory (the cells end to end), at most `limit`.
+    pub fn find(&self, pattern: &[u8], limit: usize) -> Result<Vec<u64>, String> {
+        let mut found = Vec::new();
+        for cell in &self.cells {
+            let left = limit.saturating_sub(found.len());
+            if left == 0 {
+                break;
+            }
+            let offsets = cell.mapping.find(pattern, left).map_err(|e| format!("cell {}: {e}", cell.id))?;
+            found.extend(offsets.into_iter().map(|o| o + cell.offset));
+        }
+        Ok(found)
+    }
+
+    /// Stores `data` at `offset` of the VM's memory (the cells end to end); it may not span
+    /// two cells.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), String> {
+        let cell = self
+            .cells
+            .iter()
+            .find(|c| offset >= c.offset && offset - c.offset < c.allocation.size())
+            .ok_or_else(|| format!("offset {offset:#x} is past the VM's {:#x} bytes", self.size()))?;
+        let inside = usize::try_from(offset - cell.offset).map_err(|e| e.to_string())?;
+        cell.mapping.write(inside, data).map_err(|e| e.to_string())
+    }
+
     /// Registers a connected client; it is listed by STATUS until [`Owner::forget_client`].
     pub fn add_client(&self, peer: Peer) -> u64 {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
@@ -134,28 +222,25 @@ impl Owner {
 
     /// What STATUS reports, with at most `max_extents` extents.
     pub fn status(&self, max_extents: usize) -> VmStatus {
-        let stats = self.pool.stats().map_err(|e| warn!("pool statistics: {e}")).ok();
+        let first = self.first();
+        let stats = first.pool.stats().map_err(|e| warn!("pool statistics: {e}")).ok();
         let page = self.extents(0, max_extents).map_err(|e| warn!("{e}")).unwrap_or_default();
         let extent_count = match page.next {
             None => Some(page.extents.len() as u64),
-            Some(_) => self.allocation.extent_count().map_err(|e| warn!("extents: {e}")).ok(),
+            Some(_) => first.allocation.extent_count().map_err(|e| warn!("extents: {e}")).ok(),
         };
-        let id = self.allocation.id();
+        let id = first.allocation.id();
         VmStatus {
             vm: self.vm.clone(),
             pid: std::process::id(),
-            size: self.allocation.size(),
-            pool: self.pool.spec().to_string(),
-            memory: match self.allocation.kind() {
-                PoolKind::Memfd if self.pool.page_size() > 4096 => "memfd-hugetlb".into(),
-                PoolKind::Memfd => "memfd".into(),
-                PoolKind::Directory(fs) => fs.to_string(),
-            },
-            page_size: self.allocation.page_size(),
-            path: self.allocation.path().map(|p| p.display().to_string()),
+            size: self.size(),
+            pool: first.pool.spec().to_string(),
+            memory: first.memory_kind(),
+            page_size: first.allocation.page_size(),
+            path: first.allocation.path().map(|p| p.display().to_string()),
             dev: id.dev,
             inode: id.ino,
-            reattached: self.reattached,
+            reattached: first.reattached,
             started: self.started,
             pool_total: stats.map_or(0, |s| s.total),
             pool_free: stats.map_or(0, |s| s.free),
@@ -170,12 +255,18 @@ impl Owner {
             qemu: self.qemu.describe().map(|(pid, uid, since, running)| {
                 pageless_protocol::control::BoundQemuStatus { pid, uid, since, running }
             }),
+            cells: if self.numa {
+                self.cells.iter().map(|c| c.status(max_extents)).collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
-    /// At most `max` extents from file offset `start` on (EXTENTS), or why not.
+    /// At most `max` extents of the first cell from file offset `start` on (EXTENTS), or why
+    /// not.
     pub fn extents(&self, start: u64, max: usize) -> Result<ExtentPage, String> {
-        let page = self.allocation.extents_page(start, max).map_err(|e| format!("extents: {e}"))?;
+        let page = self.first().allocation.extents_page(start, max).map_err(|e| format!("extents: {e}"))?;
         Ok(ExtentPage {
             extents: page
                 .extents
@@ -246,10 +337,10 @@ impl Owner {
         for client in self.clients.lock().expect("clients lock").values().filter(|c| c.has_memory) {
             by_pid.entry(client.pid).or_default().push("received the memory and is still connected".into());
         }
-        let id = self.allocation.id();
+        let ids: Vec<_> = self.cells.iter().map(|c| c.allocation.id()).collect();
         for &pid in self.mappers.lock().expect("mappers lock").iter() {
             if pid != std::process::id() {
-                by_pid.entry(pid).or_default().extend(process_holds(pid, id).into_iter().map(String::from));
+                by_pid.entry(pid).or_default().extend(process_holds(pid, &ids).into_iter().map(String::from));
             }
         }
         let mut holders = unknown_pid;
@@ -261,17 +352,17 @@ impl Owner {
     }
 }
 
-/// How process `pid` may still reach the file `id`: it maps it, holds an fd to it, or holds a
+/// How process `pid` may still reach one of the files `ids`: it maps one, holds an fd to it, or holds a
 /// VFIO fd (VFIO type1 keeps IOMMU mappings of PFN-only memory without a reference to the file,
 /// and an exiting process drops its mappings before it closes its fds). A process we cannot
 /// inspect counts as holding it while it lives; a zombie or a gone one does not.
-fn process_holds(pid: u32, id: pageless_pool::FileId) -> Vec<&'static str> {
+fn process_holds(pid: u32, ids: &[pageless_pool::FileId]) -> Vec<&'static str> {
     if !process_alive(pid) {
         return Vec::new();
     }
     let mut how = Vec::new();
     match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
-        Ok(maps) if maps_file(&maps, id) => how.push("maps the memory"),
+        Ok(maps) if ids.iter().any(|&id| maps_file(&maps, id)) => how.push("maps the memory"),
         Ok(_) => {}
         Err(_) => how.push("cannot be inspected (its /proc/PID/maps is unreadable)"),
     }
@@ -284,8 +375,10 @@ fn process_holds(pid: u32, id: pageless_pool::FileId) -> Vec<&'static str> {
         let path = fd.path();
         to_vfio |= std::fs::read_link(&path).is_ok_and(|target| target.starts_with("/dev/vfio"));
         to_file |= std::fs::metadata(&path).is_ok_and(|meta| {
-            std::os::unix::fs::MetadataExt::ino(&meta) == id.ino
-                && std::os::unix::fs::MetadataExt::dev(&meta) == id.dev
+            ids.iter().any(|id| {
+                std::os::unix::fs::MetadataExt::ino(&meta) == id.ino
+                    && std::os::unix::fs::MetadataExt::dev(&meta) == id.dev
+            })
         });
     }
     if to_file {
@@ -329,17 +422,17 @@ mod tests {
     fn a_process_holding_the_file_open_holds_it() {
         let file = tempfile::tempfile().unwrap();
         let id = pageless_pool::FileId::of(&file).unwrap();
-        assert_eq!(process_holds(std::process::id(), id), vec!["holds an fd of the memory"]);
+        assert_eq!(process_holds(std::process::id(), &[id]), vec!["holds an fd of the memory"]);
         file.set_len(4096).unwrap();
         let mapping = pageless_pool::Mapping::new(&file, 4096).unwrap();
         drop(file);
         assert_eq!(
-            process_holds(std::process::id(), id),
+            process_holds(std::process::id(), &[id]),
             vec!["maps the memory", "holds an fd of the memory"],
             "the mapping keeps an fd of its own"
         );
         drop(mapping);
-        assert!(process_holds(std::process::id(), id).is_empty(), "no longer");
-        assert!(process_holds(u32::MAX, id).is_empty(), "no such process");
+        assert!(process_holds(std::process::id(), &[id]).is_empty(), "no longer");
+        assert!(process_holds(u32::MAX, &[id]).is_empty(), "no such process");
     }
 }

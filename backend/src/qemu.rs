@@ -17,7 +17,7 @@ use pageless_protocol::control::{ControlClient, ControlError};
 use thiserror::Error;
 
 use crate::control_socket_path;
-use crate::qemu_args::{self, ArgError, OwnerRam};
+use crate::qemu_args::{self, ArgError, OwnerCell, OwnerRam};
 
 /// What `pageless qemu` was asked to run: see [`run`].
 #[derive(Clone, Debug)]
@@ -62,7 +62,7 @@ pub enum QemuError {
         /// What is wrong with the command line.
         source: ArgError,
     },
-    /// Clearing `FD_CLOEXEC` on the memory fd or the control connection failed.
+    /// Clearing `FD_CLOEXEC` on a memory fd or the control connection failed.
     #[error("make fd {fd} inheritable: {source}")]
     Inherit {
         /// The fd whose close-on-exec flag could not be cleared.
@@ -92,26 +92,35 @@ pub fn run(options: QemuOptions) -> Result<Infallible, QemuError> {
     let owner_error = |source| QemuError::Owner { vm: vm.clone(), source };
     let client = ControlClient::connect(&socket, "qemu").map_err(owner_error)?;
     let owner_pid = client.owner_pid();
-    let region = client
-        .get_memory()
-        .map_err(owner_error)?
-        .into_iter()
-        .next()
-        .ok_or(QemuError::NoMemory(vm.clone()))?;
-
-    let (size, page_size) = (region.region.memory_size, region.page_size);
-    let memory_fd = region.fd.into_raw_fd();
-    let control_fd = client.into_stream().into_raw_fd();
-    for fd in [memory_fd, control_fd] {
-        inheritable(fd)?;
+    let regions = client.get_memory().map_err(owner_error)?;
+    if regions.is_empty() {
+        return Err(QemuError::NoMemory(vm.clone()));
     }
-    let ram = OwnerRam { mem_path: format!("/proc/self/fd/{memory_fd}"), size, page_size };
-    let args = qemu_args::rewrite(args, &ram).map_err(|source| QemuError::Args { vm: vm.clone(), source })?;
-    info!(
-        "VM {vm:?}: RAM is {} in {} pages from the owner (pid {owner_pid}), fd {memory_fd}",
-        Size(size),
-        Size(page_size)
-    );
+    let control_fd = client.into_stream().into_raw_fd();
+    inheritable(control_fd)?;
+    let mut cells = Vec::with_capacity(regions.len());
+    for region in regions {
+        let (size, page_size) = (region.region.memory_size, region.page_size);
+        let memory_fd = region.fd.into_raw_fd();
+        inheritable(memory_fd)?;
+        info!(
+            "VM {vm:?}: cell {} RAM is {} in {} pages from the owner (pid {owner_pid}), fd {memory_fd}",
+            region.cell,
+            Size(size),
+            Size(page_size)
+        );
+        cells.push(OwnerCell {
+            id: region.cell,
+            ram: OwnerRam { mem_path: format!("/proc/self/fd/{memory_fd}"), size, page_size },
+        });
+    }
+    // One region: the VM's whole memory (a `--size` owner, or one cell), which any number of
+    // RAM backends share at consecutive offsets. Several: one cell each, by NUMA node id.
+    let args = match cells.as_slice() {
+        [one] => qemu_args::rewrite(args, &one.ram),
+        cells => qemu_args::rewrite_cells(args, cells),
+    }
+    .map_err(|source| QemuError::Args { vm: vm.clone(), source })?;
     Err(exec(program, &args))
 }
 

@@ -65,6 +65,42 @@ pub enum ArgError {
     /// Two `-machine` options name different `memory-backend=` ids (the first, then the second).
     #[error("`-machine` names two RAM backends, {0} and {1}")]
     TwoMachineBackends(String, String),
+    /// The owner serves several NUMA cells but QEMU has no `-numa node,memdev=` for them.
+    #[error("the VM's owner serves NUMA cells {cells}: give QEMU one `-numa node,nodeid=ID,memdev=OBJ` and one `-object memory-backend-ram,id=OBJ,size=…` per cell (libvirt: <cpu><numa><cell>)")]
+    NoNumaNodes {
+        /// The owner's cell ids, comma-separated.
+        cells: String,
+    },
+    /// A QEMU NUMA node whose id is none of the owner's cells.
+    #[error("`-numa node,nodeid={node},memdev={memdev}`: the VM's owner has no cell {node} (its cells: {cells}); serve it with `--cell {node}:SIZE:POOL`")]
+    NoSuchCell {
+        /// The node id.
+        node: u64,
+        /// Its memdev.
+        memdev: String,
+        /// The owner's cell ids, comma-separated.
+        cells: String,
+    },
+    /// A cell that no QEMU NUMA node uses.
+    #[error("the VM's owner serves cell {cell} ({}) but QEMU has no `-numa node,nodeid={cell},memdev=…` for it", Size(*size))]
+    CellWithoutNode {
+        /// The cell.
+        cell: u32,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// A NUMA node's RAM backend whose size is not its cell's.
+    #[error("NUMA node {node}'s RAM backend {memdev} is {} but the owner's cell {node} is {}: make them equal (`--cell {node}:SIZE:…` or the cell's memory in the domain)", Size(*qemu), Size(*owner))]
+    CellSizeMismatch {
+        /// The node and cell id.
+        node: u32,
+        /// The backend's id.
+        memdev: String,
+        /// The backend's size in bytes.
+        qemu: u64,
+        /// The cell's size in bytes.
+        owner: u64,
+    },
     /// The RAM backends' sizes overflow a u64.
     #[error("the RAM backends {ids} add up to more than 16 EiB: fix their sizes")]
     TooLarge {
@@ -305,12 +341,46 @@ pub fn guest_name(args: &[String]) -> Option<String> {
     None
 }
 
-/// Rewrites `args` (without the QEMU binary) so that the VM's RAM is `ram`.
-pub fn rewrite(args: &[String], ram: &OwnerRam) -> Result<Vec<String>, ArgError> {
-    // First pass: find -m, the RAM backend ids, and every -object by id.
+/// What [`scan`] finds on a QEMU command line.
+struct Scan {
+    /// `-m`, as given, and its size.
+    memory_arg: Option<(String, u64)>,
+    /// `-machine memory-backend=ID`.
+    machine_backend: Option<String>,
+    /// Each `-numa node`'s node id (given, or QEMU's: the number of nodes before it) and
+    /// `memdev=`, in order.
+    numa_nodes: Vec<(u64, Option<String>)>,
+    /// Every `-object`: the index of its value in the arguments, and the object.
+    objects: Vec<(usize, ObjectArg)>,
+}
+
+impl Scan {
+    /// The `-object` of RAM backend `id`, with its argument index and size. Two objects of
+    /// that id are refused (QEMU would refuse them too).
+    fn backend(&self, args: &[String], id: &str) -> Result<(usize, ObjectArg, u64), ArgError> {
+        let mut found = self.objects.iter().filter(|(_, o)| o.get("id").as_deref() == Some(id));
+        let (index, object) = found.next().cloned().ok_or_else(|| ArgError::MissingBackend(id.into()))?;
+        if let Some((second, _)) = found.next() {
+            return Err(ArgError::Unparsable {
+                option: "-object".into(),
+                value: args[*second].clone(),
+                why: format!("a second object with id {id:?}"),
+            });
+        }
+        let size = object.size()?.ok_or_else(|| ArgError::Unparsable {
+            option: "-object".into(),
+            value: args[index].clone(),
+            why: "a RAM backend needs a size".into(),
+        })?;
+        Ok((index, object, size))
+    }
+}
+
+/// First pass: finds -m, the RAM backend ids, and every -object by id.
+fn scan(args: &[String]) -> Result<Scan, ArgError> {
     let mut memory_arg: Option<(String, u64)> = None;
     let mut machine_backend: Option<String> = None;
-    let mut numa_backends: Vec<String> = Vec::new();
+    let mut numa_nodes: Vec<(u64, Option<String>)> = Vec::new();
     let mut objects: Vec<(usize, ObjectArg)> = Vec::new();
     let mut i = 0;
     while i < args.len() {
@@ -336,9 +406,16 @@ pub fn rewrite(args: &[String], ram: &OwnerRam) -> Result<Vec<String>, ArgError>
             "-numa" => {
                 let pairs = split_keyval(value);
                 if pairs.first().is_some_and(|(k, _)| k == "node") {
-                    if let Some((_, id)) = pairs.into_iter().find(|(k, _)| k == "memdev") {
-                        numa_backends.push(id);
-                    }
+                    let nodeid = match pairs.iter().find(|(k, _)| k == "nodeid") {
+                        Some((_, id)) => id.parse().map_err(|_| ArgError::Unparsable {
+                            option: "-numa".into(),
+                            value: value.into(),
+                            why: "nodeid is not a number".into(),
+                        })?,
+                        None => numa_nodes.len() as u64,
+                    };
+                    let memdev = pairs.into_iter().find(|(k, _)| k == "memdev").map(|(_, id)| id);
+                    numa_nodes.push((nodeid, memdev));
                 }
             }
             "-object" => objects.push((i + 1, ObjectArg::parse(value)?)),
@@ -347,24 +424,26 @@ pub fn rewrite(args: &[String], ram: &OwnerRam) -> Result<Vec<String>, ArgError>
         }
         i += 2;
     }
+    Ok(Scan { memory_arg, machine_backend, numa_nodes, objects })
+}
 
+/// Rewrites `args` (without the QEMU binary) so that the VM's RAM is `ram`.
+pub fn rewrite(args: &[String], ram: &OwnerRam) -> Result<Vec<String>, ArgError> {
+    let scan = scan(args)?;
+    let numa_backends: Vec<String> =
+        scan.numa_nodes.iter().filter_map(|(_, memdev)| memdev.clone()).collect();
     // The RAM backends, in guest order: NUMA nodes when there are any, else the machine's.
-    let backend_ids: Vec<String> =
-        if numa_backends.is_empty() { machine_backend.into_iter().collect() } else { numa_backends };
+    let backend_ids: Vec<String> = if numa_backends.is_empty() {
+        scan.machine_backend.clone().into_iter().collect()
+    } else {
+        numa_backends
+    };
+    let memory_arg = scan.memory_arg.clone();
 
     let mut out = args.to_vec();
     let mut offset = 0u64;
     for id in &backend_ids {
-        let (index, object) = objects
-            .iter()
-            .find(|(_, o)| o.get("id").as_deref() == Some(id.as_str()))
-            .cloned()
-            .ok_or_else(|| ArgError::MissingBackend(id.clone()))?;
-        let size = object.size()?.ok_or_else(|| ArgError::Unparsable {
-            option: "-object".into(),
-            value: args[index].clone(),
-            why: "a RAM backend needs a size".into(),
-        })?;
+        let (index, object, size) = scan.backend(args, id)?;
         out[index] = object.into_owner_file(ram, offset, size);
         offset =
             offset.checked_add(size).ok_or_else(|| ArgError::TooLarge { ids: backend_ids.join(", ") })?;
@@ -389,6 +468,72 @@ pub fn rewrite(args: &[String], ram: &OwnerRam) -> Result<Vec<String>, ArgError>
         });
     } else if let Some((source_arg, qemu)) = memory_arg.filter(|(_, size)| *size != ram.size) {
         return Err(ArgError::SizeMismatch { qemu, owner: ram.size, source_arg });
+    }
+    Ok(out)
+}
+
+/// One guest NUMA cell of the owner's memory, as QEMU will see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerCell {
+    /// The cell's id: the QEMU node (`-numa node,nodeid=ID`) whose memdev it becomes.
+    pub id: u32,
+    /// The cell's memory: its own fd, size and page size.
+    pub ram: OwnerRam,
+}
+
+/// Rewrites `args` so that each guest NUMA node's RAM backend (`-numa node,nodeid=ID,memdev=…`,
+/// libvirt's `ram-node<ID>`) is the owner's cell ID, on that cell's own fd from offset 0. Every
+/// cell needs its node and every node with a memdev its cell, with the cell's size; `-m`, if
+/// given, must be the cells' total. Used when the owner serves several cells (`--cell`).
+pub fn rewrite_cells(args: &[String], cells: &[OwnerCell]) -> Result<Vec<String>, ArgError> {
+    let scan = scan(args)?;
+    let total = cells.iter().try_fold(0u64, |sum, c| sum.checked_add(c.ram.size));
+    let ids = || cells.iter().map(|c| c.id.to_string()).collect::<Vec<_>>().join(", ");
+    let total = total.ok_or_else(|| ArgError::TooLarge { ids: ids() })?;
+    let nodes: Vec<(u64, String)> =
+        scan.numa_nodes.iter().filter_map(|(id, memdev)| Some((*id, memdev.clone()?))).collect();
+    if nodes.is_empty() {
+        return Err(ArgError::NoNumaNodes { cells: ids() });
+    }
+    let mut memdevs = std::collections::BTreeSet::new();
+    if let Some((_, memdev)) = nodes.iter().find(|(_, memdev)| !memdevs.insert(memdev.as_str())) {
+        return Err(ArgError::Unparsable {
+            option: "-numa".into(),
+            value: format!("node,memdev={memdev}"),
+            why: "two -numa nodes use this memdev".into(),
+        });
+    }
+    let mut out = args.to_vec();
+    for (nodeid, memdev) in &nodes {
+        let cell = cells.iter().find(|c| u64::from(c.id) == *nodeid).ok_or_else(|| ArgError::NoSuchCell {
+            node: *nodeid,
+            memdev: memdev.clone(),
+            cells: ids(),
+        })?;
+        let (index, object, size) = scan.backend(args, memdev)?;
+        if size != cell.ram.size {
+            return Err(ArgError::CellSizeMismatch {
+                node: cell.id,
+                memdev: memdev.clone(),
+                qemu: size,
+                owner: cell.ram.size,
+            });
+        }
+        out[index] = object.into_owner_file(&cell.ram, 0, size);
+    }
+    if let Some(cell) = cells.iter().find(|c| !nodes.iter().any(|(id, _)| *id == u64::from(c.id))) {
+        return Err(ArgError::CellWithoutNode { cell: cell.id, size: cell.ram.size });
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some((id, _)) = nodes.iter().find(|(id, _)| !seen.insert(*id)) {
+        return Err(ArgError::Unparsable {
+            option: "-numa".into(),
+            value: format!("node,nodeid={id}"),
+            why: "two -numa nodes with that nodeid".into(),
+        });
+    }
+    if let Some((source_arg, qemu)) = scan.memory_arg.filter(|(_, size)| *size != total) {
+        return Err(ArgError::SizeMismatch { qemu, owner: total, source_arg });
     }
     Ok(out)
 }
@@ -484,6 +629,124 @@ mod tests {
             "memory-backend-file,id=ram-node1,policy=bind,host-nodes=0,mem-path=/proc/self/fd/7,size=536870912,offset=536870912,share=on"
         );
         assert!(!out.contains(&"memory-backend=pageless-ram".to_string()));
+    }
+
+    fn cells(sizes: &[(u32, u64)]) -> Vec<OwnerCell> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &(id, size))| OwnerCell {
+                id,
+                ram: OwnerRam { mem_path: format!("/proc/self/fd/{}", 7 + i), size, page_size: 4096 },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_numa_node_gets_its_cells_fd() {
+        const MIB: u64 = 1 << 20;
+        // libvirt 11's JSON objects, nodes given out of order of the cells.
+        let input = args(&[
+            "-m",
+            "size=262144k",
+            "-object",
+            r#"{"qom-type":"memory-backend-ram","id":"ram-node0","size":134217728,"host-nodes":[0],"policy":"bind"}"#,
+            "-numa",
+            "node,nodeid=0,cpus=0,memdev=ram-node0",
+            "-object",
+            r#"{"qom-type":"memory-backend-memfd","id":"ram-node1","share":true,"size":134217728}"#,
+            "-numa",
+            "node,nodeid=1,cpus=1,memdev=ram-node1",
+        ]);
+        let owner = cells(&[(1, 128 * MIB), (0, 128 * MIB)]);
+        let out = rewrite_cells(&input, &owner).unwrap();
+        let node0: Value = serde_json::from_str(&out[3]).unwrap();
+        assert_eq!(
+            node0,
+            serde_json::json!({"qom-type": "memory-backend-file", "id": "ram-node0", "mem-path": "/proc/self/fd/8",
+                "size": 128 * MIB, "offset": 0, "share": true, "host-nodes": [0], "policy": "bind"})
+        );
+        let node1: Value = serde_json::from_str(&out[7]).unwrap();
+        assert_eq!(node1["mem-path"], "/proc/self/fd/7");
+        assert_eq!(node1["offset"], 0);
+
+        // The plain form, node ids implied by order, any memdev names.
+        let plain = args(&[
+            "-object",
+            "memory-backend-ram,id=m0,size=128M",
+            "-object",
+            "memory-backend-ram,id=m1,size=64M",
+            "-numa",
+            "node,memdev=m0",
+            "-numa",
+            "node,memdev=m1",
+        ]);
+        let out = rewrite_cells(&plain, &cells(&[(0, 128 * MIB), (1, 64 * MIB)])).unwrap();
+        assert_eq!(
+            out[1],
+            "memory-backend-file,id=m0,mem-path=/proc/self/fd/7,size=134217728,offset=0,share=on"
+        );
+        assert_eq!(
+            out[3],
+            "memory-backend-file,id=m1,mem-path=/proc/self/fd/8,size=67108864,offset=0,share=on"
+        );
+    }
+
+    #[test]
+    fn refuses_numa_nodes_that_are_not_the_cells() {
+        const MIB: u64 = 1 << 20;
+        let plain = |size0: &str, size1: &str| {
+            args(&[
+                "-object",
+                &format!("memory-backend-ram,id=m0,size={size0}"),
+                "-object",
+                &format!("memory-backend-ram,id=m1,size={size1}"),
+                "-numa",
+                "node,nodeid=0,memdev=m0",
+                "-numa",
+                "node,nodeid=1,memdev=m1",
+            ])
+        };
+        let owner = cells(&[(0, 128 * MIB), (1, 128 * MIB)]);
+        assert!(rewrite_cells(&plain("128M", "128M"), &owner).is_ok());
+        let err = rewrite_cells(&plain("128M", "256M"), &owner).unwrap_err();
+        assert_eq!(
+            err,
+            ArgError::CellSizeMismatch { node: 1, memdev: "m1".into(), qemu: 256 * MIB, owner: 128 * MIB }
+        );
+        assert!(err.to_string().contains("--cell 1:SIZE"), "{err}");
+        let three = cells(&[(0, 128 * MIB), (1, 128 * MIB), (2, 128 * MIB)]);
+        assert_eq!(
+            rewrite_cells(&plain("128M", "128M"), &three),
+            Err(ArgError::CellWithoutNode { cell: 2, size: 128 * MIB })
+        );
+        let other_ids = cells(&[(0, 128 * MIB), (5, 128 * MIB)]);
+        assert!(matches!(
+            rewrite_cells(&plain("128M", "128M"), &other_ids),
+            Err(ArgError::NoSuchCell { node: 1, .. })
+        ));
+        let no_numa = args(&["-m", "256M"]);
+        assert!(matches!(rewrite_cells(&no_numa, &owner), Err(ArgError::NoNumaNodes { .. })));
+        let mut wrong_m = plain("128M", "128M");
+        wrong_m.extend(args(&["-m", "512M"]));
+        assert!(matches!(rewrite_cells(&wrong_m, &owner), Err(ArgError::SizeMismatch { .. })));
+        let mut twice = plain("128M", "128M");
+        twice.extend(args(&["-numa", "node,nodeid=1,memdev=m0"]));
+        assert!(rewrite_cells(&twice, &owner).is_err(), "node 1 twice");
+        // Found by fuzzing: one memdev for two nodes put node 0's object on cell 1's fd.
+        let shared = args(&[
+            "-object",
+            "memory-backend-ram,id=m0,size=128M",
+            "-numa",
+            "node,nodeid=0,memdev=m0",
+            "-numa",
+            "node,memdev=m0",
+        ]);
+        let err = rewrite_cells(&shared, &owner).unwrap_err();
+        assert!(err.to_string().contains("two -numa nodes use this memdev"), "{err}");
+        let mut same_id = plain("128M", "128M");
+        same_id.extend(args(&["-object", "memory-backend-ram,id=m1,size=128M"]));
+        assert!(rewrite_cells(&same_id, &owner).unwrap_err().to_string().contains("a second object"));
     }
 
     #[test]

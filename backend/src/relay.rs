@@ -1,8 +1,9 @@
 //! The vhost-user relay: QEMU connects to `<run-dir>/<vm>/<NAME>.sock`; each connection is
 //! relayed message by message, with its fds, to a fresh connection to the device backend, in
 //! both directions. Memory messages are checked, never trusted: every region of SET_MEM_TABLE
-//! and ADD_MEM_REG must be the VM's allocation (same device and inode) and lie inside it, and
-//! the backend receives the owner's own fd for it. REM_MEM_REG must name a region this
+//! and ADD_MEM_REG must be one of the VM's allocations (same device and inode: with `--cell`,
+//! one of its cells') and lie inside that one, and the backend receives the owner's own fd for
+//! it. REM_MEM_REG must name a region this
 //! connection added (by guest address, user address and size, as the vhost-user spec
 //! identifies it); an fd QEMU may send with it is closed, as the spec asks of a backend, and
 //! the message is forwarded without one. Anything else is refused, logged, answered with a
@@ -25,7 +26,7 @@ use pageless_protocol::{FrontendReq, VhostUserMemoryRegion};
 use thiserror::Error;
 
 use crate::clock::unix_now;
-use crate::owner::Owner;
+use crate::owner::{Cell, Owner};
 use crate::peer::Peer;
 
 /// `--vhost-user NAME=BACKEND_SOCKET`.
@@ -105,18 +106,20 @@ pub enum RelayError {
 /// What is wrong with one region a frontend sent.
 #[derive(Debug, Error)]
 pub enum RegionError {
-    /// Its fd is another file than the VM's allocation.
+    /// Its fd is another file than the VM's allocation (or any of its cells').
     #[error("its fd is not the VM's memory")]
     OtherFile,
-    /// It reaches past the end of the VM's memory.
-    #[error("mmap_offset {offset:#x} + memory_size {size:#x} lies outside the VM's {vm_size:#x} bytes")]
+    /// It reaches past the end of the VM's memory (of the cell its fd is).
+    #[error("mmap_offset {offset:#x} + memory_size {size:#x} lies outside the {vm_size:#x} bytes of cell {cell}'s memory")]
     OutOfRange {
         /// The region's offset in the file.
         offset: u64,
         /// The region's size in bytes.
         size: u64,
-        /// The VM's memory size in bytes.
+        /// The cell's memory size in bytes (the VM's, for a VM served with `--size`).
         vm_size: u64,
+        /// The cell whose fd the region carries (0 for a VM served with `--size`).
+        cell: u32,
     },
 }
 
@@ -132,6 +135,9 @@ pub(crate) fn relay(owner: &Arc<Owner>, spec: &RelaySpec, front: UnixStream) {
             "device {device}: refused frontend pid {} uid {}: not root, the owner or an --allow-uid user",
             front_peer.pid, front_peer.uid
         );
+    }
+    if let Some(why) = owner.policy.apparmor_refusal(&front_peer, &front) {
+        return warn!("device {device}: refused frontend: {why}");
     }
     if let Err(why) = owner.qemu.frontend(&owner.policy, &front_peer) {
         return warn!("device {device}: refused frontend: {why}");
@@ -269,9 +275,9 @@ fn check(
             let regions = parse_mem_table(&payload, fds)?;
             let mut owned = Vec::with_capacity(regions.len());
             for (index, region) in regions.iter().enumerate() {
-                check_region(owner, &region.region, &region.fd)
+                let cell = check_region(owner, &region.region, &region.fd)
                     .map_err(|why| RelayError::TableRegion { index, why })?;
-                owned.push(owner_fd(owner)?);
+                owned.push(owner_fd(cell)?);
             }
             let table: Vec<VhostUserMemoryRegion> = regions.iter().map(|r| r.region).collect();
             owner.set_consumer_regions(consumer, table.iter().map(region_status).collect());
@@ -283,8 +289,8 @@ fn check(
             let region = parse_single_region(&payload)?;
             let [fd]: [OwnedFd; 1] =
                 fds.try_into().map_err(|fds: Vec<OwnedFd>| RelayError::FdCount(fds.len()))?;
-            check_region(owner, &region, &fd)?;
-            let fd = owner_fd(owner)?;
+            let cell = check_region(owner, &region, &fd)?;
+            let fd = owner_fd(cell)?;
             owner.add_consumer_region(consumer, region_status(&region));
             mapped.push(region);
             Ok(Message { header, payload: encode_single_region(&region), fds: vec![fd] })
@@ -318,19 +324,27 @@ fn same_region(a: &VhostUserMemoryRegion, b: &VhostUserMemoryRegion) -> bool {
         == ({ b.guest_phys_addr }, { b.user_addr }, { b.memory_size })
 }
 
-fn check_region(owner: &Owner, region: &VhostUserMemoryRegion, fd: &OwnedFd) -> Result<(), RegionError> {
-    if !owner.allocation.is_same_file(fd) {
-        return Err(RegionError::OtherFile);
-    }
-    let vm_size = owner.allocation.size();
+/// The cell whose file `fd` is, if the region lies inside it.
+fn check_region<'a>(
+    owner: &'a Owner,
+    region: &VhostUserMemoryRegion,
+    fd: &OwnedFd,
+) -> Result<&'a Cell, RegionError> {
+    let cell = owner.cell_of(fd).ok_or(RegionError::OtherFile)?;
+    let vm_size = cell.allocation.size();
     match file_range(region) {
-        Some((_, end)) if end <= vm_size => Ok(()),
-        _ => Err(RegionError::OutOfRange { offset: region.mmap_offset, size: region.memory_size, vm_size }),
+        Some((_, end)) if end <= vm_size => Ok(cell),
+        _ => Err(RegionError::OutOfRange {
+            offset: region.mmap_offset,
+            size: region.memory_size,
+            vm_size,
+            cell: cell.id,
+        }),
     }
 }
 
-fn owner_fd(owner: &Owner) -> Result<OwnedFd, RelayError> {
-    owner.allocation.file().try_clone().map(OwnedFd::from).map_err(RelayError::Dup)
+fn owner_fd(cell: &Cell) -> Result<OwnedFd, RelayError> {
+    cell.allocation.file().try_clone().map(OwnedFd::from).map_err(RelayError::Dup)
 }
 
 fn region_status(region: &VhostUserMemoryRegion) -> RegionStatus {

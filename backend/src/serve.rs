@@ -20,9 +20,10 @@ use pageless_pool::{Allocation, Pool, PoolSpec};
 use thiserror::Error;
 
 use crate::accept::Acceptor;
+use crate::cells::{self, CellSpec};
 use crate::context::{Context, IoError};
 use crate::limits::{self, Caps, FileLimit, LimitOptions};
-use crate::owner::Owner;
+use crate::owner::{Cell, Owner};
 use crate::peer::AccessPolicy;
 use crate::relay::RelaySpec;
 use crate::stopping::{self, Report, ReportSchedule, REPORT_EVERY};
@@ -34,10 +35,14 @@ pub struct ServeOptions {
     /// The VM's name: names the control socket, the lock file, the relay directory and, in
     /// directory pools, the allocation's file.
     pub vm: String,
-    /// Memory size in bytes; a multiple of the pool's page size.
+    /// Memory size in bytes; a multiple of the pool's page size. Unused with `cells`.
     pub size: u64,
-    /// Where the memory comes from (`--pool`).
+    /// Where the memory comes from (`--pool`). Unused with `cells`.
     pub pool: PoolSpec,
+    /// `--cell`: the guest NUMA cells, each its own allocation (`<vm>.cell<ID>` in directory
+    /// pools) from its own pool, optionally bound to a host node. Empty: one allocation of
+    /// `size` from `pool`, named `<vm>`.
+    pub cells: Vec<CellSpec>,
     /// Directory of the control socket, the lock file and the relay sockets; created if missing.
     pub run_dir: PathBuf,
     /// Allocate every page before serving, so that the guest cannot run short later.
@@ -46,6 +51,8 @@ pub struct ServeOptions {
     /// only as the VM's bound QEMU). When root runs the owner, the first is given the sockets
     /// and a directory pool's file.
     pub allow_uids: Vec<u32>,
+    /// `--apparmor-profile`: the VM's QEMU's AppArmor profile; peers under another are refused.
+    pub apparmor_profile: Option<String>,
     /// Remove a directory pool's file once stopped; by default it stays for the next owner.
     pub remove_on_exit: bool,
     /// vhost-user devices to relay: `<run-dir>/<vm>/<name>.sock` → the backend's socket.
@@ -78,6 +85,16 @@ pub enum ServeError {
     /// A system call failed while setting up (signals, run directory, lock file, sockets).
     #[error(transparent)]
     Io(#[from] IoError),
+    /// The `--cell`s cannot be served as given (an id twice, too many cells), or a pool holds
+    /// the VM's memory in the other layout (one `<vm>` file vs. `<vm>.cell<ID>` files) from an
+    /// earlier owner: a running guest cannot change its NUMA layout.
+    #[error("VM {vm:?}: {why}")]
+    Cells {
+        /// The VM.
+        vm: String,
+        /// What is wrong, and what to do.
+        why: String,
+    },
 }
 
 /// Runs the owner until SIGTERM/SIGINT/SIGHUP or a STOP request, and then until no process it
@@ -101,15 +118,31 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     std::fs::create_dir_all(&options.run_dir)
         .with_context(|| format!("create the run directory {}", options.run_dir.display()))?;
-    let lock = lock_vm(&options)?;
-
-    let pool = Pool::open(&options.pool)?;
-    let (allocation, reattached) = pool.attach_or_allocate(&options.vm, options.size)?;
-    if options.prefault {
-        allocation.prefault()?;
+    let lock = lock_vm(&options, &options.vm)?;
+    let cell_error = |why: String| ServeError::Cells { vm: options.vm.clone(), why };
+    cells::check_cells(&options.cells).map_err(cell_error)?;
+    // A cell's file `<vm>.cell<ID>` could also be the file of a VM of that name: hold its lock
+    // too, so that no two owners ever serve one file.
+    let mut cell_locks = Vec::new();
+    for spec in &options.cells {
+        let name = cells::allocation_name(&options.vm, spec.id);
+        pageless_pool::check_name(&name)?;
+        cell_locks.push(lock_vm(&options, &name)?);
     }
-    let mapping = allocation.map()?;
-    hand_over_file(&allocation, &options.allow_uids)?;
+    let specs = if options.cells.is_empty() {
+        vec![CellSpec { id: 0, size: options.size, pool: options.pool.clone(), host_node: None }]
+    } else {
+        options.cells.clone()
+    };
+    let mut owned_cells = Vec::with_capacity(specs.len());
+    let mut offset = 0u64;
+    for spec in &specs {
+        let cell = open_cell(&options, spec, offset)?;
+        offset = offset
+            .checked_add(cell.allocation.size())
+            .ok_or_else(|| cell_error("the cells add up to more than 16 EiB".into()))?;
+        owned_cells.push(cell);
+    }
 
     let socket_path = control_socket_path(&options.run_dir, &options.vm);
     let listener = listen(&socket_path, &options.allow_uids)?;
@@ -118,26 +151,26 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
         listener.set_nonblocking(true).context("make a listening socket non-blocking")?;
     }
     let (stop_wait, stop_request) = nix::unistd::pipe().context("create a pipe")?;
-    let policy =
-        AccessPolicy { owner_uid: nix::unistd::geteuid().as_raw(), allowed_uids: options.allow_uids.clone() };
-    let owner = Arc::new(Owner::new(
-        options.vm.clone(),
-        pool,
-        allocation,
-        mapping,
-        reattached,
-        policy,
-        File::from(stop_request),
-    ));
-    info!(
-        "serving VM {:?}: {} of {} memory (page size {}){} on {}",
-        owner.vm,
-        Size(owner.allocation.size()),
-        owner.pool.spec(),
-        Size(owner.allocation.page_size()),
-        if reattached { ", re-attached" } else { "" },
-        socket_path.display()
-    );
+    let policy = AccessPolicy {
+        owner_uid: nix::unistd::geteuid().as_raw(),
+        allowed_uids: options.allow_uids.clone(),
+        apparmor_profile: options.apparmor_profile.clone(),
+    };
+    let numa = !options.cells.is_empty();
+    let owner = Arc::new(Owner::new(options.vm.clone(), owned_cells, numa, policy, File::from(stop_request)));
+    for cell in &owner.cells {
+        info!(
+            "serving VM {:?}{}: {} of {} memory (page size {}){}{} on {}",
+            owner.vm,
+            if numa { format!(" cell {}", cell.id) } else { String::new() },
+            Size(cell.allocation.size()),
+            cell.pool.spec(),
+            Size(cell.allocation.page_size()),
+            cell.host_node.map_or(String::new(), |n| format!(", bound to host node {n}")),
+            if cell.reattached { ", re-attached" } else { "" },
+            socket_path.display()
+        );
+    }
 
     let mut acceptor = Acceptor::new(&options.vm, files, caps(&options, files), options.limits.hello_timeout);
     for (spec, _) in &relays {
@@ -169,11 +202,14 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     if let Err(e) = std::fs::remove_file(&socket_path) {
         warn!("cannot remove {}: {e}", socket_path.display());
     }
-    if options.remove_on_exit {
-        owner.allocation.remove()?;
-    } else if let Some(path) = owner.allocation.path() {
-        info!("keeping {} for the next owner (pass --remove-on-exit to remove it)", path.display());
+    for cell in &owner.cells {
+        if options.remove_on_exit {
+            cell.allocation.remove()?;
+        } else if let Some(path) = cell.allocation.path() {
+            info!("keeping {} for the next owner (pass --remove-on-exit to remove it)", path.display());
+        }
     }
+    drop(cell_locks);
     drop(lock);
     Ok(())
 }
@@ -192,9 +228,57 @@ impl Drop for VmLock {
     }
 }
 
-/// Takes the VM's lock so that no two owners serve one VM.
-fn lock_vm(options: &ServeOptions) -> Result<VmLock, ServeError> {
-    let path = lock_path(&options.run_dir, &options.vm);
+/// Allocates (or re-attaches to) one cell's memory, binds it to its host node, pre-faults it if
+/// asked, maps it and hands its file to the first `--allow-uid` user.
+fn open_cell(options: &ServeOptions, spec: &CellSpec, offset: u64) -> Result<Cell, ServeError> {
+    let numa = !options.cells.is_empty();
+    let name = if numa { cells::allocation_name(&options.vm, spec.id) } else { options.vm.clone() };
+    let pool = Pool::open(&spec.pool)?;
+    check_layout(options, &spec.pool)?;
+    let (allocation, reattached) = pool.attach_or_allocate(&name, spec.size)?;
+    if let Some(node) = spec.host_node {
+        pageless_pool::numa::bind_to_node(&allocation, &spec.pool.to_string(), node)?;
+    }
+    if options.prefault {
+        allocation.prefault()?;
+    }
+    let mapping = allocation.map()?;
+    hand_over_file(&allocation, &options.allow_uids)?;
+    Ok(Cell { id: spec.id, host_node: spec.host_node, offset, pool, allocation, mapping, reattached })
+}
+
+/// Refuses to serve a VM's memory in one layout (`--size`: file `<vm>`; `--cell`: files
+/// `<vm>.cell<ID>`) when a directory pool holds it in the other from an earlier owner: the
+/// guest that may still run on it has the other NUMA layout.
+fn check_layout(options: &ServeOptions, pool: &PoolSpec) -> Result<(), ServeError> {
+    let dir = match pool {
+        PoolSpec::Memfd { .. } => return Ok(()),
+        PoolSpec::Hugetlbfs(dir) | PoolSpec::Dir(dir) | PoolSpec::Pagelessfs(dir) => dir,
+    };
+    let vm = &options.vm;
+    let found = if options.cells.is_empty() {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|name| cells::is_cell_of(vm, name))
+    } else {
+        dir.join(vm).symlink_metadata().ok().map(|_| vm.clone())
+    };
+    let Some(found) = found else { return Ok(()) };
+    let (now, was) = if options.cells.is_empty() { ("--size", "--cell") } else { ("--cell", "--size") };
+    Err(ServeError::Cells {
+        vm: vm.clone(),
+        why: format!(
+            "{} holds {found:?}, this VM's memory from an owner started with {was}; it cannot be served with {now} (another NUMA layout): start the owner with the same layout as before, or stop the guest and remove the file",
+            dir.display()
+        ),
+    })
+}
+
+/// Takes the lock of `name` (the VM's, or a cell file's) so that no two owners serve one VM.
+fn lock_vm(options: &ServeOptions, name: &str) -> Result<VmLock, ServeError> {
+    let path = lock_path(&options.run_dir, name);
     loop {
         let file = OpenOptions::new()
             .read(true)
@@ -210,11 +294,7 @@ fn lock_vm(options: &ServeOptions) -> Result<VmLock, ServeError> {
             Err((mut unlocked, _)) => {
                 let mut pid = String::new();
                 let _ = unlocked.read_to_string(&mut pid);
-                return Err(ServeError::AlreadyServed {
-                    vm: options.vm.clone(),
-                    pid: pid.trim().into(),
-                    path,
-                });
+                return Err(ServeError::AlreadyServed { vm: name.into(), pid: pid.trim().into(), path });
             }
         };
         // A stopping owner unlinks its lock file: if ours was unlinked between open and flock,

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use pageless_pool::size::Size;
-use pageless_protocol::control::{ControlClient, StoppingStatus, VmStatus};
+use pageless_protocol::control::{ControlClient, ExtentStatus, StoppingStatus, VmStatus};
 
 /// One owner socket and what it answered.
 #[derive(Debug)]
@@ -77,7 +77,7 @@ pub fn render(entries: &[Entry]) -> String {
                     "{:<20} {:>8} {:<28} {:>6} {:>8} {:>8} {:>10} {:>8} {:<8}",
                     s.vm,
                     Size(s.size).to_string(),
-                    s.pool,
+                    if s.cells.is_empty() { s.pool.clone() } else { format!("{} NUMA cells", s.cells.len()) },
                     Size(s.page_size).to_string(),
                     extent_count(s),
                     s.clients.len(),
@@ -100,13 +100,11 @@ pub fn render(entries: &[Entry]) -> String {
             s.memory,
             s.path.as_deref().map(|p| format!(" ({p})")).unwrap_or_default()
         );
-        let _ = writeln!(
-            out,
-            "  inode {}:{}{}",
-            s.dev,
-            s.inode,
-            if s.reattached { ", re-attached after a restart" } else { "" }
-        );
+        if !s.cells.is_empty() {
+            render_cells(&mut out, s);
+        } else {
+            render_memory(&mut out, s);
+        }
         let quarantined = s
             .pool_quarantined
             .map(|q| format!(", {} quarantined (freed, held back until its mappers exit)", Size(q)));
@@ -132,18 +130,8 @@ pub fn render(entries: &[Entry]) -> String {
         if let Some(stopping) = &s.stopping {
             render_stopping(&mut out, stopping);
         }
-        for e in s.extents.iter().take(SHOWN_EXTENTS) {
-            let physical = e.physical.map_or("-".to_string(), |p| format!("{p:#x}"));
-            let _ = writeln!(
-                out,
-                "  extent  offset {:#x} length {} physical {physical}",
-                e.logical,
-                Size(e.length)
-            );
-        }
-        let hidden = extent_count(s).saturating_sub(SHOWN_EXTENTS as u64);
-        if hidden > 0 {
-            let _ = writeln!(out, "  extent  … and {hidden} more (`pageless status --json` lists them all)");
+        if s.cells.is_empty() {
+            render_extents(&mut out, "  ", &s.extents, extent_count(s));
         }
         for c in &s.clients {
             let _ = writeln!(
@@ -176,6 +164,61 @@ pub fn render(entries: &[Entry]) -> String {
         }
     }
     out
+}
+
+/// The memory of a VM served with `--size`: its file.
+fn render_memory(out: &mut String, s: &VmStatus) {
+    let _ = writeln!(
+        out,
+        "  inode {}:{}{}",
+        s.dev,
+        s.inode,
+        if s.reattached { ", re-attached after a restart" } else { "" }
+    );
+}
+
+/// The cells of a VM served with `--cell`: id, size, pool, host node, file and extents.
+fn render_cells(out: &mut String, s: &VmStatus) {
+    for c in &s.cells {
+        let _ = writeln!(
+            out,
+            "  cell {:<3} {} of {} ({}, pages {}), host node {}, at offset {:#x}",
+            c.id,
+            Size(c.size),
+            c.pool,
+            c.memory,
+            Size(c.page_size),
+            c.host_node.map_or("as the pool places it".to_string(), |n| n.to_string()),
+            c.offset
+        );
+        let _ = writeln!(
+            out,
+            "           inode {}:{}{}{}",
+            c.dev,
+            c.inode,
+            c.path.as_deref().map(|p| format!(" ({p})")).unwrap_or_default(),
+            if c.reattached { ", re-attached after a restart" } else { "" }
+        );
+        render_extents(out, "           ", &c.extents, c.extent_count.unwrap_or(c.extents.len() as u64));
+    }
+}
+
+/// The first extents of a memory file, and how many more there are.
+fn render_extents(out: &mut String, indent: &str, extents: &[ExtentStatus], count: u64) {
+    for e in extents.iter().take(SHOWN_EXTENTS) {
+        let physical = e.physical.map_or("-".to_string(), |p| format!("{p:#x}"));
+        let _ = writeln!(
+            out,
+            "{indent}extent  offset {:#x} length {} physical {physical}",
+            e.logical,
+            Size(e.length)
+        );
+    }
+    let hidden = count.saturating_sub(SHOWN_EXTENTS.min(extents.len()) as u64);
+    if hidden > 0 {
+        let _ =
+            writeln!(out, "{indent}extent  … and {hidden} more (`pageless status --json` lists them all)");
+    }
 }
 
 /// How many extents the VM's memory has: as the owner counted them, else as listed.
@@ -267,5 +310,37 @@ mod tests {
             text.lines().nth(1).is_some_and(|l| l.contains(" 100000 ")),
             "the count is the owner's: {text}"
         );
+    }
+
+    #[test]
+    fn shows_each_cell() {
+        let cell = |id: u32, node| pageless_protocol::control::CellStatus {
+            id,
+            size: 128 << 20,
+            offset: u64::from(id) * (128 << 20),
+            pool: "memfd".into(),
+            host_node: node,
+            memory: "memfd".into(),
+            page_size: 4096,
+            inode: 100 + u64::from(id),
+            extents: vec![ExtentStatus { logical: 0, physical: None, length: 128 << 20 }],
+            extent_count: Some(1),
+            ..Default::default()
+        };
+        let status = VmStatus {
+            vm: "numa1".into(),
+            size: 256 << 20,
+            cells: vec![cell(0, Some(0)), cell(1, None)],
+            ..Default::default()
+        };
+        let text = render(&[Entry { vm: "numa1".into(), status: Ok(status) }]);
+        assert!(text.lines().nth(1).is_some_and(|l| l.contains("2 NUMA cells")), "{text}");
+        assert!(
+            text.contains("cell 0   128M of memfd (memfd, pages 4K), host node 0, at offset 0x0"),
+            "{text}"
+        );
+        assert!(text.contains("cell 1   128M of memfd (memfd, pages 4K), host node as the pool places it, at offset 0x8000000"), "{text}");
+        assert!(text.contains("inode 0:101"), "{text}");
+        assert_eq!(text.matches("extent  offset 0x0 length 128M").count(), 2, "{text}");
     }
 }

@@ -180,6 +180,26 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A cell's host node that this host does not have (no `/sys/devices/system/node/nodeN`).
+    #[error("host node {node} does not exist on this host (the nodes are /sys/devices/system/node/node*): give one of them")]
+    NoHostNode {
+        /// The node asked for.
+        node: u32,
+    },
+
+    /// A host node given for a pool whose placement pageless cannot choose: a pagelessfs
+    /// mount's memory is wherever its reserved ranges are, a `dir:` pool on a filesystem other
+    /// than tmpfs has no memory policy.
+    #[error("pool {pool} cannot be bound to host node {node}: {why}")]
+    NodeUnsupported {
+        /// The pool, as given.
+        pool: String,
+        /// The node asked for.
+        node: u32,
+        /// Why, and what to do instead.
+        why: String,
+    },
+
     /// Any other failing system call (`statfs`, `open`, `ftruncate`, `fallocate`, `mmap`,
     /// FIEMAP, reading `/proc/meminfo` or hugetlb sysfs counters, ...). Creating an allocation
     /// whose file already exists is one of these (`EEXIST`).

@@ -59,6 +59,7 @@ mod error;
 mod fiemap;
 mod fs;
 mod mapping;
+pub mod numa;
 mod pool;
 mod seal;
 pub mod size;

@@ -1,12 +1,14 @@
 //! The QEMU argument rewriter (`pageless::qemu_args`): any command line gives a rewritten one or
-//! an error, never a panic; a rewritten one puts the VM's RAM on the owner's memory.
+//! an error, never a panic; a rewritten one puts the VM's RAM on the owner's memory. The same
+//! command line is also rewritten for an owner of two NUMA cells of that size (ids 0 and 1):
+//! each cell then backs exactly one node.
 //!
 //! Input: bytes 0-7 are the owner's size (little-endian; a few fixed sizes are likelier, see
 //! below), the rest are the arguments, separated by NUL bytes (invalid UTF-8 replaced).
 
 #![no_main]
 
-use pageless::qemu_args::{guest_name, rewrite, OwnerRam, PAGELESS_RAM_ID};
+use pageless::qemu_args::{guest_name, rewrite, rewrite_cells, OwnerCell, OwnerRam, PAGELESS_RAM_ID};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -31,6 +33,24 @@ fuzz_target!(|data: &[u8]| {
         assert!(out.iter().any(|a| a.contains("/proc/self/fd/3")), "the owner's memory is not used: {out:?}");
         if out.len() > args.len() {
             assert!(out.iter().any(|a| a.contains(PAGELESS_RAM_ID)));
+        }
+    }
+    let cells: Vec<OwnerCell> = (0..2)
+        .map(|id| OwnerCell { id, ram: OwnerRam { mem_path: format!("/proc/self/fd/{}", 4 + id), size, page_size: 4096 } })
+        .collect();
+    if let Ok(out) = rewrite_cells(&args, &cells) {
+        assert_eq!(out.len(), args.len(), "nothing added: {out:?}");
+        // Each argument the rewrite changed is a memory-backend-file on one cell's fd, no cell
+        // twice (the input may mention the paths anywhere else).
+        let mut used = Vec::new();
+        for (before, after) in args.iter().zip(&out).filter(|(b, a)| b != a) {
+            assert!(after.contains("memory-backend-file"), "{before:?} became {after:?}");
+            let cell = cells
+                .iter()
+                .find(|c| after.contains(&format!("{},", c.ram.mem_path)) || after.contains(&format!("{}\"", c.ram.mem_path)))
+                .unwrap_or_else(|| panic!("{after:?} is on no cell"));
+            assert!(!used.contains(&cell.id), "cell {} backs two nodes: {out:?}", cell.id);
+            used.push(cell.id);
         }
     }
 });

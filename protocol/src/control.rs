@@ -9,7 +9,8 @@
 //! | request      | payload                 | reply                                            |
 //! |--------------|-------------------------|--------------------------------------------------|
 //! | `GET_MEMORY` | —                       | a SET_MEM_TABLE payload + one fd per region;     |
-//! |              |                         | v2: then one [`RegionInfo`] per region           |
+//! |              |                         | v2: then one u64 page size per region; v3: one   |
+//! |              |                         | [`RegionInfo`] (page size, cell) per region      |
 //! | `STATUS`     | —                       | [`VmStatus`] as JSON; v2: at most                |
 //! |              |                         | [`STATUS_EXTENTS`] extents, the rest through     |
 //! |              |                         | `EXTENTS`                                        |
@@ -51,8 +52,10 @@ use vhost::vhost_user::message::VhostUserMemoryRegion;
 ///
 /// Version 2 added the owner's pid to the HELLO reply, the page size of each region to the
 /// GET_MEMORY reply, and paged extents (`EXTENTS`, and STATUS replies that carry at most
-/// [`STATUS_EXTENTS`] extents).
-pub const CONTROL_VERSION: u32 = 2;
+/// [`STATUS_EXTENTS`] extents). Version 3 added the NUMA cell of each GET_MEMORY region (a VM
+/// served with `--cell` has one region per cell, each its own file). Older clients get the
+/// same regions, in cell order, without saying which cell each is.
+pub const CONTROL_VERSION: u32 = 3;
 /// The oldest version the owner still answers: version 1 clients get version 1 replies.
 pub const MIN_CONTROL_VERSION: u32 = 1;
 /// Most extents a version 2 STATUS reply carries (as JSON, about 70 KiB).
@@ -370,6 +373,43 @@ pub struct VmStatus {
     /// gets the memory, for the owner's whole life.
     #[serde(default)]
     pub qemu: Option<BoundQemuStatus>,
+    /// A VM served with `--cell`: each guest NUMA cell, in order (its own allocation). The
+    /// fields above then describe the first cell, except `size`, which is the cells' total.
+    /// Empty for a VM served with `--size`.
+    #[serde(default)]
+    pub cells: Vec<CellStatus>,
+}
+
+/// One guest NUMA cell of a VM served with `--cell ID:SIZE:POOL[@node=N]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellStatus {
+    /// The cell's id (libvirt's `<cell id=…>`, QEMU's `-numa node,nodeid=…`).
+    pub id: u32,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its offset in the VM's memory as FIND and WRITE see it (the cells laid end to end).
+    pub offset: u64,
+    /// Its pool, as given.
+    pub pool: String,
+    /// The host node its memory is bound to (`@node=N`), if one was given.
+    pub host_node: Option<u32>,
+    /// The filesystem its memory is on, as [`VmStatus::memory`].
+    pub memory: String,
+    /// Its page size in bytes.
+    pub page_size: u64,
+    /// Its file in a directory pool; `None` for memfd.
+    pub path: Option<String>,
+    /// Device number of its file.
+    pub dev: u64,
+    /// Inode number of its file.
+    pub inode: u64,
+    /// Whether the owner found it from an earlier run.
+    pub reattached: bool,
+    /// Its first extents (at most as many as a STATUS reply carries for the VM); EXTENTS pages
+    /// through the first cell only.
+    pub extents: Vec<ExtentStatus>,
+    /// How many extents it has, when known.
+    pub extent_count: Option<u64>,
 }
 
 /// The VM's QEMU, as bound by the owner (by a pidfd, not a reusable pid number).
@@ -475,42 +515,58 @@ impl ExtentPage {
 }
 
 /// What a client needs to know of one GET_MEMORY region besides the vhost-user region itself
-/// (version 2: appended to the SET_MEM_TABLE payload, one per region, in order).
+/// (appended to the SET_MEM_TABLE payload, one per region, in order: version 2 the page size,
+/// version 3 the page size and the cell).
+///
+/// The owner lists a VM's memory as its cells in order, one region each: `mmap_offset` 0 in
+/// the cell's own file, `guest_phys_addr` the cell's offset in the cells laid end to end (the
+/// offsets FIND and WRITE use; QEMU's `-numa` memdev objects place the cells in the guest
+/// itself). A VM served with `--size` is one region of cell 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegionInfo {
     /// The page size the memory is allocated in (4 KiB, 2 MiB, 1 GiB): QEMU must map it aligned
     /// to it.
     pub page_size: u64,
+    /// The guest NUMA cell (libvirt's `<cell id=…>`, QEMU's `ram-node<ID>`) the region is; 0
+    /// for a VM served with `--size`.
+    pub cell: u32,
 }
 
 impl RegionInfo {
-    /// Bytes of one encoded [`RegionInfo`]: a native-endian u64.
-    pub const SIZE: usize = 8;
+    /// Bytes of one encoded [`RegionInfo`] in version 3: a native-endian u64 page size and a
+    /// u64 cell id.
+    pub const SIZE: usize = 16;
+    /// Bytes of one version 2 [`RegionInfo`]: the page size only.
+    pub const SIZE_V2: usize = 8;
 }
 
 /// The GET_MEMORY reply payload for `regions`, each with its info; v1 clients get the table only.
 ///
 /// `version` is the one negotiated in HELLO. The payload is a SET_MEM_TABLE payload (see
-/// [`memory`]), then for version 2 and later one native-endian `u64` page size per region, in
-/// order. The regions' fds go with the reply, in the same order. At most
+/// [`memory`]), then for version 2 one native-endian `u64` page size per region, for version 3
+/// and later one `u64` page size and one `u64` cell id per region, in order. The regions' fds
+/// go with the reply, in the same order. At most
 /// [`MAX_MEM_TABLE_REGIONS`](memory::MAX_MEM_TABLE_REGIONS) regions; not checked here.
 pub fn encode_memory(regions: &[(VhostUserMemoryRegion, RegionInfo)], version: u32) -> Vec<u8> {
     let mut payload = memory::encode_mem_table(regions.iter().map(|(region, _)| region));
     if version >= 2 {
         for (_, info) in regions {
             payload.extend_from_slice(&info.page_size.to_ne_bytes());
+            if version >= 3 {
+                payload.extend_from_slice(&u64::from(info.cell).to_ne_bytes());
+            }
         }
     }
     payload
 }
 
-/// Parses a version 2 GET_MEMORY reply: the memory table, then one [`RegionInfo`] per region.
+/// Parses a version 3 GET_MEMORY reply: the memory table, then one [`RegionInfo`] per region.
 ///
-/// The region count is taken from the fds (one per region): the last 8 × `fds.len()` bytes are
-/// the page sizes, the rest must be a valid memory table with exactly that many regions
-/// ([`memory::parse_mem_table`]). Each page size must be a power of two of at least 4096.
-/// Errors are [`ControlError::Memory`] or [`ControlError::Protocol`]; the fds are closed on
-/// any error.
+/// The region count is taken from the fds (one per region): the last 16 × `fds.len()` bytes
+/// are the page sizes and cells, the rest must be a valid memory table with exactly that many
+/// regions ([`memory::parse_mem_table`]). Each page size must be a power of two of at least
+/// 4096, each cell id a u32, no cell twice. Errors are [`ControlError::Memory`] or
+/// [`ControlError::Protocol`]; the fds are closed on any error.
 pub fn parse_memory(payload: &[u8], fds: Vec<OwnedFd>) -> Result<Vec<OwnerRegion>, ControlError> {
     let count = fds.len();
     let table_len = payload.len().checked_sub(count.saturating_mul(RegionInfo::SIZE)).ok_or_else(|| {
@@ -521,18 +577,25 @@ pub fn parse_memory(payload: &[u8], fds: Vec<OwnedFd>) -> Result<Vec<OwnerRegion
     })?;
     let (table, infos) = payload.split_at(table_len);
     let regions = memory::parse_mem_table(table, fds)?;
+    let mut cells = std::collections::BTreeSet::new();
     regions
         .into_iter()
         .zip(infos.chunks_exact(RegionInfo::SIZE))
         .enumerate()
         .map(|(index, (region, info))| {
-            let page_size = u64::from_ne_bytes(info.try_into().expect("chunk of 8 bytes"));
+            let page_size = u64::from_ne_bytes(info[..8].try_into().expect("8 bytes"));
             if !page_size.is_power_of_two() || page_size < 4096 {
                 return Err(ControlError::Protocol(format!(
                     "GET_MEMORY region {index}: page size {page_size} is not a power of two of at least 4096"
                 )));
             }
-            Ok(OwnerRegion { region: region.region, fd: region.fd, page_size })
+            let cell = u64::from_ne_bytes(info[8..].try_into().expect("8 bytes"));
+            let cell = u32::try_from(cell).ok().filter(|cell| cells.insert(*cell)).ok_or_else(|| {
+                ControlError::Protocol(format!(
+                    "GET_MEMORY region {index}: cell {cell} is not a u32 or given twice"
+                ))
+            })?;
+            Ok(OwnerRegion { region: region.region, fd: region.fd, page_size, cell })
         })
         .collect()
 }
@@ -545,6 +608,8 @@ pub struct OwnerRegion {
     pub fd: OwnedFd,
     /// The page size it is allocated in.
     pub page_size: u64,
+    /// The guest NUMA cell it is (0 for a VM served with `--size`).
+    pub cell: u32,
 }
 
 impl std::fmt::Debug for OwnerRegion {
@@ -556,6 +621,7 @@ impl std::fmt::Debug for OwnerRegion {
             .field("mmap_offset", &format_args!("{:#x}", { r.mmap_offset }))
             .field("fd", &self.fd)
             .field("page_size", &self.page_size)
+            .field("cell", &self.cell)
             .finish()
     }
 }
@@ -813,26 +879,41 @@ mod tests {
     #[test]
     fn hello_reply_carries_the_pid_from_version_2() {
         assert_eq!(hello_reply(1, 42).payload, 1u32.to_ne_bytes());
-        let reply = hello_reply(2, 42);
+        let reply = hello_reply(CONTROL_VERSION, 42);
         assert_eq!(parse_hello_reply(&reply.payload).unwrap(), 42);
+        assert_eq!(hello_reply(2, 42).payload.len(), 8, "v2 replies carry the pid too");
         assert!(parse_hello_reply(&hello_reply(1, 42).payload).is_err(), "a v1 owner is reported");
         assert!(parse_hello_reply(&reply.payload[..6]).is_err());
     }
 
     #[test]
-    fn memory_reply_carries_the_page_size_from_version_2() {
+    fn memory_reply_carries_the_page_size_from_version_2_and_the_cell_from_3() {
         let region = VhostUserMemoryRegion::new(0, 2 << 20, 0, 0);
-        let info = RegionInfo { page_size: 2 << 20 };
+        let info = RegionInfo { page_size: 2 << 20, cell: 1 };
         let fd = || vec![OwnedFd::from(std::fs::File::open("/dev/null").unwrap())];
         let v1 = encode_memory(&[(region, info)], 1);
         assert_eq!(memory::parse_mem_table(&v1, fd()).unwrap().len(), 1, "v1 clients parse it as before");
         let v2 = encode_memory(&[(region, info)], 2);
-        let parsed = parse_memory(&v2, fd()).unwrap();
-        assert_eq!((parsed[0].page_size, { parsed[0].region.memory_size }), (2 << 20, 2 << 20));
+        assert_eq!(v2.len(), v1.len() + RegionInfo::SIZE_V2, "v2 clients get the page size only");
+        assert_eq!(v2[v1.len()..], (2u64 << 20).to_ne_bytes());
+        let v3 = encode_memory(&[(region, info)], 3);
+        let parsed = parse_memory(&v3, fd()).unwrap();
+        assert_eq!(
+            (parsed[0].page_size, { parsed[0].region.memory_size }, parsed[0].cell),
+            (2 << 20, 2 << 20, 1)
+        );
         assert!(parse_memory(&v1, fd()).is_err(), "no page size");
-        let bad = encode_memory(&[(region, RegionInfo { page_size: 3000 })], 2);
+        assert!(parse_memory(&v2, fd()).is_err(), "no cell");
+        let bad = encode_memory(&[(region, RegionInfo { page_size: 3000, cell: 0 })], 3);
         assert!(parse_memory(&bad, fd()).is_err(), "not a page size");
-        assert!(parse_memory(&v2[..4], fd()).is_err());
+        assert!(parse_memory(&v3[..4], fd()).is_err());
+        let mut big_cell = v3.clone();
+        let at = big_cell.len() - 8;
+        big_cell[at..].copy_from_slice(&(1u64 << 40).to_ne_bytes());
+        assert!(parse_memory(&big_cell, fd()).is_err(), "a cell beyond u32");
+        let second = VhostUserMemoryRegion::new(2 << 20, 2 << 20, 0, 0);
+        let twice = encode_memory(&[(region, info), (second, info)], 3);
+        assert!(parse_memory(&twice, vec![fd().remove(0), fd().remove(0)]).is_err(), "one cell twice");
     }
 
     #[test]

@@ -23,12 +23,18 @@ pub enum Need {
     /// The newest test kernel (7.3) under `.cache/kernel/newest`, and the Debian 13 build root
     /// its modules are built in (`scripts/setup.sh`).
     NewestKernel,
+    /// The Debian 13 build root with dkms and a second kernel (Debian 13's 6.12, image and
+    /// headers) installed by `scripts/setup.sh`, for the package test.
+    PackageRoot,
     /// A static busybox at /bin/busybox, the test guests' userland.
     Busybox,
     /// A program on `PATH`.
     Program(&'static str),
     /// A tool `scripts/setup.sh` installs under `.cache/tools/bin`.
     Tool(&'static str),
+    /// A file `scripts/setup.sh` builds under `.cache` (with a `<path>.ready` stamp), e.g. the
+    /// sVirt test's root filesystem image.
+    Cached(&'static str),
 }
 
 /// QEMU's system emulator, which boots the test guests.
@@ -57,10 +63,23 @@ impl Need {
                     )
                 })
             }
+            Need::PackageRoot => {
+                let root = repo_root().join(".cache/buildroot/trixie");
+                (!root.join(".dkms").exists() || !is_executable(&root.join("usr/sbin/dkms"))).then(|| {
+                    format!(
+                        "dkms and the 6.12 kernel in the build root {} (scripts/setup.sh)",
+                        root.display()
+                    )
+                })
+            }
             Need::Busybox => (!is_executable(Path::new("/bin/busybox")))
                 .then(|| "busybox at /bin/busybox (apt-get install busybox-static)".to_string()),
             Need::Program(name) => {
                 find_program(name).is_none().then(|| format!("{name} on PATH (scripts/setup.sh)"))
+            }
+            Need::Cached(path) => {
+                let ready = repo_root().join(".cache").join(format!("{path}.ready"));
+                (!ready.exists()).then(|| format!(".cache/{path} (scripts/setup.sh)"))
             }
             Need::Tool(name) => {
                 let path = repo_root().join(".cache/tools/bin").join(name);

@@ -121,12 +121,42 @@ pub struct Vm {
     stdin: Option<std::process::ChildStdin>,
     console: Console,
     exited: Option<ExitStatus>,
+    log_path: PathBuf,
 }
 
+/// The first line every test guest's /init prints (tests/vm/prelude.sh).
+pub const INIT_STARTED: &str = "# init: start";
+/// How long a TCG guest may take to reach /init before [`Vm::boot`] tries again.
+const INIT_TIMEOUT: Duration = Duration::from_secs(180);
+
 impl Vm {
+    /// Starts the guest and waits until its /init runs. A guest that prints nothing of its
+    /// /init within 3 minutes (TCG once hung a 7.3 boot before any output, on a machine where
+    /// the same boot takes seconds) is killed and booted once more, with a RETRY line; a hang
+    /// once /init runs is the test's to report.
+    pub fn boot(config: &VmConfig) -> Vm {
+        let mut vm = Vm::start(config);
+        if let Err(why) = vm.wait_for(INIT_STARTED, INIT_TIMEOUT) {
+            eprintln!("[{}] RETRY: the guest did not reach /init: {why}; booting it once more", config.name);
+            vm.kill();
+            vm = Vm::start(config);
+            vm.wait_for(INIT_STARTED, INIT_TIMEOUT).expect("the guest reaches /init on its second boot");
+        }
+        vm
+    }
+
+    /// Starts the guest. Its console goes to `target/vm-consoles/<name>.log` (and to stderr,
+    /// prefixed with the name, with `PAGELESS_VM_ECHO=1`).
     pub fn start(config: &VmConfig) -> Vm {
         let args = config.command_line();
         eprintln!("[{}] starting: {}", config.name, shell_words(&args));
+        let log_path = console_log_path(&config.name);
+        eprintln!("[{}] console: {}", config.name, log_path.display());
+        let log = std::fs::create_dir_all(log_path.parent().expect("a directory"))
+            .and_then(|()| std::fs::File::create(&log_path))
+            .map(|file| Arc::new(Mutex::new(file)))
+            .ok();
+        let echo = std::env::var_os("PAGELESS_VM_ECHO").is_some_and(|v| v == "1");
         let mut child = Command::new(&args[0])
             .args(&args[1..])
             .stdin(Stdio::piped())
@@ -141,11 +171,18 @@ impl Vm {
         ] {
             let console = Arc::clone(&console);
             let name = config.name.clone();
+            let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).split(b'\n') {
                     let Ok(line) = line else { break };
                     let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
-                    eprintln!("[{name}] {line}");
+                    if echo {
+                        eprintln!("[{name}] {line}");
+                    }
+                    if let Some(log) = &log {
+                        use std::io::Write;
+                        let _ = writeln!(log.lock().unwrap_or_else(|e| e.into_inner()), "{line}");
+                    }
                     let (lines, changed) = &*console;
                     lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                     changed.notify_all();
@@ -153,7 +190,7 @@ impl Vm {
             });
         }
         let stdin = child.stdin.take();
-        Vm { name: config.name.clone(), child, stdin, console, exited: None }
+        Vm { name: config.name.clone(), child, stdin, console, exited: None, log_path }
     }
 
     /// Types a line on the guest's serial console (its /init reads it from stdin).
@@ -192,8 +229,9 @@ impl Vm {
             let now = Instant::now();
             if now >= deadline {
                 return Err(format!(
-                    "[{}] no console line with {needle:?} (#{n}) within {timeout:?}; the console's last lines:\n{}",
+                    "[{}] no console line with {needle:?} (#{n}) within {timeout:?}; the whole console is in {}; its last lines:\n{}",
                     self.name,
+                    self.log_path.display(),
                     tail(&guard, 60)
                 ));
             }
@@ -246,6 +284,13 @@ impl Drop for Vm {
             self.kill();
         }
     }
+}
+
+/// `target/vm-consoles/<name>.log`, the name made file-safe.
+fn console_log_path(name: &str) -> PathBuf {
+    let safe: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    crate::repo_root().join("target/vm-consoles").join(format!("{safe}.log"))
 }
 
 /// The last `n` lines of a console, for error messages.

@@ -88,4 +88,26 @@ fn hugetlbfs_and_hugetlb_memfd_pools() {
     assert!(log.contains("the pool is too small"), "{log}");
     assert_eq!(owner.terminate().code(), Some(0));
     std::fs::remove_file(pages.mount.path().join("vm")).unwrap();
+
+    // NUMA cells of hugetlb memory bound to host node 0: every huge page is allocated at start
+    // (no --prefault), on node 0.
+    let free_before = pool.stats().unwrap().free;
+    let cell0 = format!("0:4M:{spec}@node=0");
+    let owner =
+        Owner::start(&dir.path().join("run3"), "numa", &["--cell", &cell0, "--cell", "1:4M:memfd:2M@node=0"]);
+    assert_eq!(pool.stats().unwrap().free, free_before - (8 << 20), "both cells' pages are allocated");
+    assert!(owner.log_shows("every huge page allocated on host node 0"), "{}", owner.log());
+    for region in owner.connect().unwrap().get_memory().unwrap() {
+        let mapping = Mapping::new(&File::from(region.fd), region.region.memory_size).unwrap();
+        let addr = mapping.slice().ptr_guard().as_ptr();
+        for offset in (0..mapping.len()).step_by(2 << 20) {
+            // SAFETY: inside the live mapping; maps the existing huge page here.
+            unsafe { addr.add(offset).read_volatile() };
+        }
+        // SAFETY: the mapping lives across the call.
+        let nodes = unsafe { pageless_pool::numa::page_nodes(addr, mapping.len()) }.unwrap();
+        assert!(nodes.iter().all(|&n| n == 0), "cell {}: {nodes:?}", region.cell);
+    }
+    drop(owner);
+    std::fs::remove_file(pages.mount.path().join("numa.cell0")).unwrap();
 }

@@ -325,14 +325,7 @@ fn pagelessfs_in_a_vm(kernel: Kernel) {
     }
     config.append =
         "memmap=256M$1G memmap=1G$4G memmap=512M$6G memmap=256M$0x280000000 memmap=256M%0x1b0000000-1".into();
-    let mut vm = Vm::start(&config);
-    // A guest that never reaches /init (no line at all: TCG once hung a 7.3 boot that way) is
-    // booted once more, and says so; a hang once /init runs fails the test.
-    if let Err(why) = vm.wait_for("# init: insmod", Duration::from_secs(180)) {
-        eprintln!("[{}] RETRY: the guest did not reach /init: {why}; booting it once more", config.name);
-        vm.kill();
-        vm = Vm::start(&config);
-    }
+    let mut vm = Vm::boot(&config);
     vm.wait_for("CHECKS-DONE", Duration::from_secs(900)).expect("the guest's checks finish");
     let _ = vm.wait_exit(Duration::from_secs(60));
     checks::assert_all_ok(&vm.console(), REQUIRED);

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use pageless_protocol::control::ControlClient;
 use pageless_tests::backends::{disk_image_with_token, image_sector_line, Backend};
 use pageless_tests::env::{require_env, Need, QEMU, QEMU_STORAGE_DAEMON};
+use pageless_tests::guests::DISK_AND_TOKEN_GUEST;
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::{bins, random_token, repo_root};
@@ -26,23 +27,6 @@ use pageless_tests::{bins, random_token, repo_root};
 const URI: &str = "qemu:///system";
 const RUN_DIR: &str = "/run/pageless";
 const BOOT: Duration = Duration::from_secs(90);
-
-/// Reads a token from sector 0 of the vhost-user disk, writes one at sector 8 (fsync) (unless
-/// booted with `nodisk`), writes a random token into guest RAM (tmpfs) and prints both; then
-/// idles.
-const GUEST: &str = r#"
-if ! grep -qw nodisk /proc/cmdline; then
-    for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
-    echo "DISK-READ $(head -c 64 /dev/vda | head -n 1)"
-    tok="GUEST-DISK-TOKEN-$(rand_hex 8)"
-    printf '%s\n' "$tok" | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null && echo "DISK-WROTE $tok" || echo "IO-FAILED"
-fi
-ram="PAGELESS-TOKEN-$(rand_hex 12)"
-echo "$ram" > /run/token
-echo "GUEST-TOKEN $ram"
-echo GUEST-READY
-while true; do sleep 10; done
-"#;
 
 fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)
@@ -310,7 +294,7 @@ fn libvirt_starts_and_stops_the_owner_with_the_domain() {
     std::fs::copy(Kernel::get().vmlinuz(), dir.path().join("vmlinuz")).unwrap();
     Initramfs::new()
         .kernel_modules(&Kernel::get(), &["virtio_blk"])
-        .init(GUEST)
+        .init(DISK_AND_TOKEN_GUEST)
         .build(&dir.path().join("initrd"))
         .unwrap();
 

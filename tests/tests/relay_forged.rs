@@ -83,6 +83,22 @@ fn refused(relay: &std::path::Path, message: Message) {
     }
 }
 
+/// The regions of the relay's one open `dev0` connection, as STATUS lists them. Waits (up to
+/// 10 s) for the refused connections before it to be forgotten: the relay drops a refused
+/// connection's consumer only after its threads end, just after the frontend saw it close.
+fn dev0_regions(owner: &Owner) -> Vec<pageless_protocol::control::RegionStatus> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = owner.status();
+        let dev0: Vec<_> = status.consumers.iter().filter(|c| c.device == "dev0").collect();
+        if dev0.len() == 1 || Instant::now() > deadline {
+            assert_eq!(dev0.len(), 1, "one open dev0 connection: {:?}", status.consumers);
+            return dev0[0].regions.clone();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A new open file of the owner's memory, as QEMU makes it (open of /proc/self/fd/N).
 fn reopen(fd: &OwnedFd) -> OwnedFd {
     std::fs::OpenOptions::new()
@@ -174,10 +190,8 @@ fn forged_memory_regions_never_reach_the_backend() {
     }
     assert_eq!(std::fs::File::from(memory).metadata().unwrap().len(), SIZE, "the size is unchanged");
 
-    let status = owner.status();
-    let consumer = status.consumers.iter().find(|c| c.device == "dev0").expect("dev0 is a consumer");
     assert_eq!(
-        consumer.regions.iter().map(|r| (r.offset, r.size)).collect::<Vec<_>>(),
+        dev0_regions(&owner).iter().map(|r| (r.offset, r.size)).collect::<Vec<_>>(),
         vec![(0, 0xc0000), (0x100000, SIZE - 0x100000)]
     );
     assert!(
@@ -225,16 +239,7 @@ fn rem_mem_reg_closes_its_fd_and_removes_only_added_regions() {
     let added = VhostUserMemoryRegion::new(0x100000, 0x200000, 0x7f00_0010_0000, 0x100000);
     send_message(&sock, &add_mem_reg(&added, vec![reopen(&memory)])).unwrap();
     assert_eq!(ack(&sock), 0u64.to_ne_bytes(), "ADD_MEM_REG acknowledged");
-    let consumer_regions = || {
-        owner
-            .status()
-            .consumers
-            .iter()
-            .find(|c| c.device == "dev0")
-            .expect("dev0 is a consumer")
-            .regions
-            .len()
-    };
+    let consumer_regions = || dev0_regions(&owner).len();
     assert_eq!(consumer_regions(), 1);
 
     // QEMU's REM_MEM_REG: same guest address, user address and size, mmap_offset 0, and here
@@ -266,4 +271,68 @@ fn rem_mem_reg_closes_its_fd_and_removes_only_added_regions() {
     }
     assert_eq!(received.lock().unwrap().len(), 2, "the refused removal was not forwarded");
     assert!(owner.log_shows("is no region this connection added"), "{}", owner.log());
+}
+
+/// A VM of two NUMA cells (16M and 8M, each its own memfd): a region must carry one of the
+/// cells' fds and lie inside that cell. Claiming cell 1's fd with cell 0's size, or cell 0's
+/// fd beyond its end into where cell 1 would follow, is refused; a table of both cells reaches
+/// the backend with the owner's fd of each.
+#[test]
+fn each_region_is_checked_against_its_own_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_socket = dir.path().join("fake.sock");
+    let received: Received = Arc::default();
+    fake_backend(UnixListener::bind(&backend_socket).unwrap(), Arc::clone(&received));
+    let relay_arg = format!("dev0={}", backend_socket.display());
+    let owner = Owner::start(
+        &dir.path().join("run"),
+        "vm",
+        &["--cell", "0:16M:memfd", "--cell", "1:8M:memfd", "--vhost-user", &relay_arg],
+    );
+    let relay = owner.run_dir.join("vm/dev0.sock");
+    let regions = owner.connect().unwrap().get_memory().unwrap();
+    assert_eq!(
+        regions
+            .iter()
+            .map(|r| (r.cell, { r.region.guest_phys_addr }, { r.region.memory_size }))
+            .collect::<Vec<_>>(),
+        vec![(0, 0, SIZE), (1, SIZE, 8 << 20)],
+        "one region per cell, laid end to end"
+    );
+    let [cell0, cell1]: [OwnedFd; 2] =
+        regions.into_iter().map(|r| r.fd).collect::<Vec<_>>().try_into().unwrap();
+    let (id0, id1) = (FileId::of(&cell0).unwrap(), FileId::of(&cell1).unwrap());
+    assert_ne!(id0, id1, "each cell is its own file");
+
+    // Cell 1's fd with cell 0's size: past cell 1's end.
+    refused(&relay, set_mem_table(&[region(SIZE, 0)], vec![reopen(&cell1)]));
+    refused(&relay, add_mem_reg(&region(SIZE, 0), vec![reopen(&cell1)]));
+    // Cell 0's fd reaching into where cell 1 follows in the guest.
+    refused(&relay, add_mem_reg(&region(8 << 20, SIZE), vec![reopen(&cell0)]));
+    refused(&relay, set_mem_table(&[region(SIZE + 4096, 0)], vec![reopen(&cell0)]));
+    // A good region of cell 0 and a forged one of cell 1: the whole table is refused.
+    refused(
+        &relay,
+        set_mem_table(&[region(SIZE, 0), region(12 << 20, 0)], vec![reopen(&cell0), reopen(&cell1)]),
+    );
+    assert!(received.lock().unwrap().is_empty(), "nothing forged reached the backend");
+
+    let sock = UnixStream::connect(&relay).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let table = [
+        VhostUserMemoryRegion::new(0, SIZE, 0x7f00_0000_0000, 0),
+        VhostUserMemoryRegion::new(SIZE, 8 << 20, 0x7f10_0000_0000, 0),
+    ];
+    send_message(&sock, &set_mem_table(&table, vec![reopen(&cell0), reopen(&cell1)])).unwrap();
+    let ack = recv_message(&sock, Limits::VHOST_USER).unwrap().unwrap();
+    assert_eq!(ack.payload, 0u64.to_ne_bytes(), "the backend acknowledged the genuine table");
+    let got = wait_received(&received, 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let ids: Vec<FileId> = got[0].1.iter().map(|(id, _, _)| *id).collect();
+    assert_eq!(ids, vec![id0, id1], "each region carries the owner's fd of its own cell");
+    for (_, _, shrink) in &got[0].1 {
+        assert_eq!(*shrink, Err(nix::errno::Errno::EPERM), "both cells are sealed");
+    }
+    assert!(owner.log_shows("lies outside the 0x800000 bytes of cell 1's memory"), "{}", owner.log());
+    drop(sock);
 }

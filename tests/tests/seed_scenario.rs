@@ -121,7 +121,7 @@ fn seed_scenario(kernel: Kernel) {
     config.machine = Some("q35".into());
     config.append = "intel_iommu=on memmap=1G$4G memmap=512M$6G".into();
     config.extra = ["-device", "intel-iommu", "-device", "edu"].map(String::from).to_vec();
-    let mut vm = Vm::start(&config);
+    let mut vm = Vm::boot(&config);
     vm.wait_for("CHECKS-DONE", Duration::from_secs(1500)).expect("the outer guest's checks finish");
     let _ = vm.wait_exit(Duration::from_secs(60));
     let required = required();

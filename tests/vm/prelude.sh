@@ -3,6 +3,7 @@
 # Guests report on the serial console, one line each:
 #   CHECK <name> ok <detail>     CHECK <name> FAIL <detail>     RESULT <key>=<value>
 # and end with CHECKS-DONE; the host side turns these into pass/fail.
+echo '# init: start'
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc

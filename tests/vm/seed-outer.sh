@@ -4,7 +4,7 @@
 # -device intel-iommu -device edu, kernel cmdline intel_iommu=on memmap=1G$4G memmap=512M$6G.
 . /nested.sh
 RANGES=1G@4G,512M@6G
-INNER_BOOT_SECS=${INNER_BOOT_SECS:-600}
+INNER_BOOT_SECS=${INNER_BOOT_SECS:-300}
 
 check load insmod /pageless.ko ranges=$RANGES
 mkdir -p /mnt/pl && check mount-2m mount -t pagelessfs -o pagesize=2M none /mnt/pl

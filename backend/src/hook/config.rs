@@ -105,6 +105,12 @@ pub struct OwnerPlan {
     pub remove_on_exit: bool,
     /// `--prefault`: allocate every page before QEMU starts.
     pub prefault: bool,
+    /// `--apparmor-profile libvirt-<uuid>`, from the domain's `<uuid>`: under AppArmor, the
+    /// owner refuses processes confined by another domain's profile.
+    pub apparmor_profile: Option<String>,
+    /// The `--cell ID:SIZE:POOL[@node=N]` arguments, one per `<cpu><numa><cell>` of the
+    /// domain (see [`super::numa`]); when there are any, they replace `size` and `pool`.
+    pub cells: Vec<String>,
     /// Where the config came from, for messages.
     pub source_desc: String,
 }
@@ -112,19 +118,19 @@ pub struct OwnerPlan {
 impl OwnerPlan {
     /// `pageless serve …` arguments (without the binary).
     pub fn serve_args(&self) -> Vec<String> {
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--vm".into(),
-            self.vm.clone(),
-            "--size".into(),
-            self.size.to_string(),
-            "--pool".into(),
-            self.pool.clone(),
+        let mut args: Vec<String> = vec!["serve".into(), "--vm".into(), self.vm.clone()];
+        if self.cells.is_empty() {
+            args.extend(["--size".into(), self.size.to_string(), "--pool".into(), self.pool.clone()]);
+        }
+        for cell in &self.cells {
+            args.extend(["--cell".into(), cell.clone()]);
+        }
+        args.extend([
             "--run-dir".into(),
             self.run_dir.display().to_string(),
             "--consumer-timeout".into(),
             self.consumer_timeout.to_string(),
-        ];
+        ]);
         for uid in &self.allow_uids {
             args.push("--allow-uid".into());
             args.push(uid.to_string());
@@ -138,6 +144,10 @@ impl OwnerPlan {
         }
         if self.remove_on_exit {
             args.push("--remove-on-exit".into());
+        }
+        if let Some(profile) = &self.apparmor_profile {
+            args.push("--apparmor-profile".into());
+            args.push(profile.clone());
         }
         args
     }
@@ -255,8 +265,15 @@ fn metadata_config(element: roxmltree::Node) -> Result<FileConfig, String> {
     Ok(config)
 }
 
-/// The config, with defaults from the domain XML and the host.
-pub(super) fn plan(vm: &str, found: Found, xml: &str, qemu_conf: &Path) -> Result<OwnerPlan, HookError> {
+/// The config, with defaults from the domain XML and the host (qemu.conf, and the host
+/// config's `[pools]` for NUMA cells).
+pub(super) fn plan(
+    vm: &str,
+    found: Found,
+    xml: &str,
+    qemu_conf: &Path,
+    host_config: &Path,
+) -> Result<OwnerPlan, HookError> {
     let Found { config, source_desc } = found;
     let config_error =
         |why: String| HookError::Config { vm: vm.into(), source_desc: source_desc.clone(), why };
@@ -274,7 +291,33 @@ pub(super) fn plan(vm: &str, found: Found, xml: &str, qemu_conf: &Path) -> Resul
     }
     let pool = config.pool.clone().unwrap_or_else(|| "memfd".into());
     plain_text("pool", &pool).map_err(config_error)?;
-    pool.parse::<PoolSpec>().map_err(|e| config_error(format!("pool: {e}")))?;
+    let pool_spec = pool.parse::<PoolSpec>().map_err(|e| config_error(format!("pool: {e}")))?;
+    let domain_cells = super::numa::domain_cells(xml).map_err(|why| HookError::Xml { vm: vm.into(), why })?;
+    let cells = if domain_cells.is_empty() {
+        Vec::new()
+    } else {
+        let total =
+            domain_cells.iter().try_fold(0u64, |sum, c| sum.checked_add(c.size)).ok_or_else(|| {
+                HookError::Xml {
+                    vm: vm.into(),
+                    why: "the NUMA cells' memory adds up to more than 16 EiB: fix their memory=".into(),
+                }
+            })?;
+        if config.size.is_some() && size != total {
+            return Err(config_error(format!(
+                "size: {size} bytes, but the domain's NUMA cells add up to {total}: remove size (the cells' sizes are used)"
+            )));
+        }
+        let pools = super::numa::host_pools(host_config).map_err(|why| HookError::Config {
+            vm: vm.into(),
+            source_desc: format!("the host config {}", host_config.display()),
+            why,
+        })?;
+        let specs = super::numa::cell_specs(&domain_cells, &pool_spec, &pools, host_config)
+            .map_err(|why| HookError::Xml { vm: vm.into(), why })?;
+        crate::cells::check_cells(&specs).map_err(|why| HookError::Xml { vm: vm.into(), why })?;
+        specs.iter().map(super::numa::cell_arg).collect()
+    };
     for device in &config.vhost_user {
         plain_text("vhost_user backend", &device.backend.to_string_lossy()).map_err(config_error)?;
         let spec = format!("{}={}", device.name, device.backend.display());
@@ -315,6 +358,8 @@ pub(super) fn plan(vm: &str, found: Found, xml: &str, qemu_conf: &Path) -> Resul
         start_timeout: config.start_timeout.unwrap_or(DEFAULT_START_TIMEOUT),
         remove_on_exit: config.remove_on_exit,
         prefault: config.prefault,
+        apparmor_profile: super::svirt::domain_profile(xml),
+        cells,
         source_desc,
     })
 }
@@ -363,7 +408,7 @@ fn domain_memory(xml: &str) -> Result<Option<u64>, String> {
 }
 
 /// A libvirt `<memory unit=…>` value in bytes (the unit defaults to KiB).
-fn scaled(value: &str, unit: Option<&str>) -> Result<u64, String> {
+pub(super) fn scaled(value: &str, unit: Option<&str>) -> Result<u64, String> {
     let number: u64 = value.trim().parse().map_err(|_| format!("memory {value:?} is not a number"))?;
     let scale: u64 = match unit.unwrap_or("KiB") {
         "b" | "bytes" => 1,
@@ -440,14 +485,20 @@ mod tests {
 </domain>"#;
 
     fn plan_of(vm: &str, config: FileConfig, xml: &str) -> Result<OwnerPlan, HookError> {
-        plan(vm, Found { config, source_desc: "test".into() }, xml, Path::new("/nonexistent"))
+        plan(
+            vm,
+            Found { config, source_desc: "test".into() },
+            xml,
+            Path::new("/nonexistent"),
+            Path::new("/nonexistent"),
+        )
     }
 
     #[test]
     fn metadata_gives_the_owner_plan() {
         let dir = tempfile::tempdir().unwrap();
         let found = find_config("vm1", dir.path(), DOMAIN).unwrap().expect("metadata found");
-        let plan = plan("vm1", found, DOMAIN, Path::new("/nonexistent")).unwrap();
+        let plan = plan("vm1", found, DOMAIN, Path::new("/nonexistent"), Path::new("/nonexistent")).unwrap();
         assert_eq!(plan.size, 512 << 20, "the size defaults to <memory>");
         assert_eq!(plan.pool, "dir:/dev/shm/p");
         assert_eq!(plan.allow_uids, vec![1000, 1001]);
@@ -469,7 +520,7 @@ mod tests {
         .unwrap();
         let found = find_config("vm1", dir.path(), DOMAIN).unwrap().unwrap();
         assert!(found.source_desc.contains("vm1.toml"), "{}", found.source_desc);
-        let plan = plan("vm1", found, DOMAIN, Path::new("/nonexistent")).unwrap();
+        let plan = plan("vm1", found, DOMAIN, Path::new("/nonexistent"), Path::new("/nonexistent")).unwrap();
         assert_eq!(
             (plan.size, plan.pool.as_str(), plan.allow_uids.clone()),
             (1 << 30, "memfd:2M", vec![64055])
@@ -492,8 +543,11 @@ mod tests {
             subop: "begin".into(),
             config_dir: dir.path().into(),
             qemu_conf: "/nonexistent".into(),
+            host_config: "/nonexistent".into(),
             pageless: "/nonexistent".into(),
             systemd: false,
+            apparmor_dir: "/nonexistent".into(),
+            unit_args_dir: dir.path().join("units"),
         };
         run(&options, &mut "<domain><name>vm1</name></domain>".as_bytes()).unwrap();
     }
@@ -510,6 +564,95 @@ mod tests {
         let bad = DOMAIN.replace("pool=", "pol=");
         let err = find_config("vm1", tempfile::tempdir().unwrap().path(), &bad).unwrap_err().to_string();
         assert!(err.contains("pol"), "{err}");
+    }
+
+    /// A libvirt 11 domain (as `virsh dumpxml` prints it) with two NUMA cells bound to host
+    /// nodes 0 and 1, and pageless metadata.
+    const NUMA_DOMAIN: &str = r#"<domain type='qemu'>
+  <name>numa1</name>
+  <uuid>6f0b3e8c-3a8e-4a59-9f1e-0d6f3c1b2a11</uuid>
+  <metadata>
+    <pageless:vm xmlns:pageless="https://pageless.dev/xmlns/libvirt/1" pool="memfd" allow-uid="64055"/>
+  </metadata>
+  <memory unit='KiB'>262144</memory>
+  <currentMemory unit='KiB'>262144</currentMemory>
+  <vcpu placement='static'>2</vcpu>
+  <numatune>
+    <memnode cellid='0' mode='strict' nodeset='0'/>
+    <memnode cellid='1' mode='strict' nodeset='1'/>
+  </numatune>
+  <os>
+    <type arch='x86_64' machine='pc-q35-10.0'>hvm</type>
+  </os>
+  <cpu mode='custom' match='exact' check='none'>
+    <model fallback='forbid'>qemu64</model>
+    <numa>
+      <cell id='0' cpus='0' memory='131072' unit='KiB'/>
+      <cell id='1' cpus='1' memory='131072' unit='KiB'/>
+    </numa>
+  </cpu>
+</domain>"#;
+
+    #[test]
+    fn numa_cells_become_cells_with_pools_by_host_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let host_config = dir.path().join("pageless.toml");
+        let plan_with = |xml: &str| {
+            let found = find_config("numa1", dir.path(), xml).unwrap().expect("metadata found");
+            plan("numa1", found, xml, Path::new("/nonexistent"), &host_config)
+        };
+        // No host config: the VM's memfd pool, bound to each cell's node.
+        let plan = plan_with(NUMA_DOMAIN).unwrap();
+        assert_eq!(plan.cells, vec!["0:134217728:memfd@node=0", "1:134217728:memfd@node=1"]);
+        assert_eq!(
+            plan.serve_args()[..7].join(" "),
+            "serve --vm numa1 --cell 0:134217728:memfd@node=0 --cell 1:134217728:memfd@node=1"
+        );
+        assert!(!plan.serve_args().contains(&"--size".to_string()));
+        // What `pageless serve` parses from them.
+        use clap::Parser;
+        let cli =
+            crate::cli::Cli::try_parse_from(std::iter::once("pageless".to_string()).chain(plan.serve_args()))
+                .unwrap();
+        let crate::cli::Command::Serve { cells, size, .. } = cli.command else { panic!("not serve") };
+        assert_eq!(size, None);
+        assert_eq!(
+            cells.iter().map(|c| (c.id, c.size, c.host_node)).collect::<Vec<_>>(),
+            vec![(0, 128 << 20, Some(0)), (1, 128 << 20, Some(1))]
+        );
+
+        // [pools] gives node 1 its pagelessfs mount; other keys of the host config are ignored.
+        std::fs::write(
+            &host_config,
+            "[host]\nreserve = \"4G\"\n[pools]\n1 = \"pagelessfs:/mnt/pageless/node1\"\n",
+        )
+        .unwrap();
+        let plan = plan_with(NUMA_DOMAIN).unwrap();
+        assert_eq!(
+            plan.cells,
+            vec!["0:134217728:memfd@node=0", "1:134217728:pagelessfs:/mnt/pageless/node1"]
+        );
+
+        // A nodeset of two nodes: refused, saying what to write.
+        let several = NUMA_DOMAIN
+            .replace("cellid='1' mode='strict' nodeset='1'", "cellid='1' mode='strict' nodeset='0-1'");
+        let err = plan_with(&several).unwrap_err().to_string();
+        assert!(err.contains("<memnode cellid='1' mode='strict' nodeset='N'/>"), "{err}");
+        // A broken host config is named.
+        std::fs::write(&host_config, "[pools]\nnode1 = \"memfd\"\n").unwrap();
+        let err = plan_with(NUMA_DOMAIN).unwrap_err().to_string();
+        assert!(err.contains("pageless.toml") && err.contains("not a host node number"), "{err}");
+        // A configured size that is not the cells' total.
+        std::fs::remove_file(&host_config).unwrap();
+        let sized = NUMA_DOMAIN.replace(r#"pool="memfd""#, r#"pool="memfd" size="512M""#);
+        let err = plan_with(&sized).unwrap_err().to_string();
+        assert!(err.contains("NUMA cells add up to 268435456"), "{err}");
+        // Cells that overflow when added, with a configured size: an error, no panic.
+        let huge = "<domain><cpu><numa><cell memory='9223372036854775808' unit='b'/>\
+                    <cell memory='9223372036854775808' unit='b'/></numa></cpu></domain>";
+        let config = FileConfig { size: Some(SizeValue::Text("1G".into())), ..Default::default() };
+        let err = plan_of("numa1", config, huge).unwrap_err().to_string();
+        assert!(err.contains("more than 16 EiB"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Starting the owner (a transient systemd unit, or detached) and stopping it.
+//! Starting the owner (the systemd unit `pageless@<vm>.service`, or detached) and stopping it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -17,8 +17,11 @@ use super::{HookError, HookOptions};
 use crate::context::Context;
 use crate::lock_path;
 use crate::peer::process_alive;
+use crate::unit::{remove_args, template_unit_name, write_args};
 
-/// A systemd unit name for the VM's owner: `pageless-<vm>`, escaped like systemd-escape.
+/// The transient systemd unit name of the VM's owner, `pageless-<vm>.service`, which the hook
+/// starts with `systemd-run` on hosts without the template unit `pageless@.service` (a manual
+/// install that did not copy it).
 pub fn unit_name(vm: &str) -> String {
     let mut name = String::from("pageless-");
     for (i, byte) in vm.bytes().enumerate() {
@@ -37,7 +40,7 @@ pub fn unit_name(vm: &str) -> String {
 enum Started {
     /// Detached: our child until this hook exits.
     Child(Child),
-    /// A transient systemd unit and its main process.
+    /// A systemd unit (`pageless@<vm>.service`, or a transient one) and its main process.
     Unit { name: String, pid: Option<u32> },
 }
 
@@ -71,9 +74,7 @@ impl Started {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            Started::Unit { name, .. } => {
-                let _ = Command::new("systemctl").args(["stop", name.as_str()]).stdin(Stdio::null()).output();
-            }
+            Started::Unit { name, .. } => systemctl_stop(name),
         }
     }
 }
@@ -106,7 +107,7 @@ pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookE
         args.join(" ")
     );
     let mut started = if options.systemd {
-        start_unit(options, plan, &args)?
+        start_unit(options, plan, &args, log_start)?
     } else {
         start_detached(options, plan, &args, log)?
     };
@@ -189,12 +190,71 @@ fn start_detached(
     Ok(Started::Child(child))
 }
 
-/// `systemd-run --unit pageless-<vm> --collect … pageless serve …`.
-fn start_unit(options: &HookOptions, plan: &OwnerPlan, args: &[String]) -> Result<Started, HookError> {
-    let unit = unit_name(&plan.vm);
+/// `systemctl start pageless@<vm>.service`, its arguments in `<unit_args_dir>/<vm>.args`; where
+/// that template unit is not installed, `systemd-run --unit pageless-<vm> --collect … pageless
+/// serve …` as before.
+fn start_unit(
+    options: &HookOptions,
+    plan: &OwnerPlan,
+    args: &[String],
+    log_start: u64,
+) -> Result<Started, HookError> {
+    let template = template_unit_name(&plan.vm);
+    let (unit, output) = if unit_installed(&template) {
+        write_args(&options.unit_args_dir, &plan.vm, args)?;
+        let output = Command::new("systemctl")
+            .args(["start", template.as_str()])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| HookError::Spawn {
+                vm: plan.vm.clone(),
+                what: "run systemctl".into(),
+                source,
+            })?;
+        (template, output)
+    } else {
+        warn!(
+            "VM {:?}: the systemd unit pageless@.service is not installed (contrib/systemd): starting the owner with systemd-run",
+            plan.vm
+        );
+        (unit_name(&plan.vm), systemd_run(options, plan, args)?)
+    };
+    if !output.status.success() {
+        let log = log_tail(&plan.log_path(), log_start);
+        return Err(HookError::OwnerFailed {
+            vm: plan.vm.clone(),
+            why: format!(
+                "starting {unit} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+            log: format!("{log} (see also journalctl -u {unit})"),
+            source_desc: plan.source_desc.clone(),
+        });
+    }
+    let pid = unit_main_pid(&unit);
+    debug!("VM {:?}: started its owner as {unit}, pid {pid:?}", plan.vm);
+    Ok(Started::Unit { name: unit, pid })
+}
+
+/// Whether systemd knows `unit` (for a template instance: whether the template is installed).
+fn unit_installed(unit: &str) -> bool {
+    Command::new("systemctl")
+        .args(["show", "--property=LoadState", "--value", unit])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "loaded")
+}
+
+/// `systemd-run --unit pageless-<vm> --collect … pageless serve …`: its output.
+fn systemd_run(
+    options: &HookOptions,
+    plan: &OwnerPlan,
+    args: &[String],
+) -> Result<std::process::Output, HookError> {
     let log = plan.log_path();
-    let output = Command::new("systemd-run")
-        .arg(format!("--unit={unit}"))
+    Command::new("systemd-run")
+        .arg(format!("--unit={}", unit_name(&plan.vm)))
         .args(["--collect", "--quiet"])
         .arg(format!("--description=pageless memory owner of VM {}", plan.vm))
         .arg(format!("--property=StandardOutput=append:{}", log.display()))
@@ -204,22 +264,13 @@ fn start_unit(options: &HookOptions, plan: &OwnerPlan, args: &[String]) -> Resul
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| HookError::Spawn { vm: plan.vm.clone(), what: "run systemd-run".into(), source })?;
-    if !output.status.success() {
-        return Err(HookError::OwnerFailed {
-            vm: plan.vm.clone(),
-            why: format!(
-                "systemd-run failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-            log: String::new(),
-            source_desc: plan.source_desc.clone(),
-        });
-    }
-    let pid = unit_main_pid(&unit);
-    debug!("VM {:?}: started its owner as {unit}, pid {pid:?}", plan.vm);
-    Ok(Started::Unit { name: unit, pid })
+        .map_err(|source| HookError::Spawn { vm: plan.vm.clone(), what: "run systemd-run".into(), source })
+}
+
+/// `systemctl stop --no-block <unit>`: the hook waits for the owner itself, with its own
+/// deadline; an unknown unit is fine.
+fn systemctl_stop(unit: &str) {
+    let _ = Command::new("systemctl").args(["stop", "--no-block", unit]).stdin(Stdio::null()).output();
 }
 
 /// The unit's MainPID, `None` when it has none (not running).
@@ -281,7 +332,9 @@ pub(super) fn stop(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookEr
     }
     if options.systemd {
         // Also covers an owner that hangs before answering; an unknown unit is fine.
-        let _ = Command::new("systemctl").args(["stop", &unit_name(vm)]).stdin(Stdio::null()).output();
+        systemctl_stop(&template_unit_name(vm));
+        systemctl_stop(&unit_name(vm));
+        remove_args(&options.unit_args_dir, vm);
     }
     let Some(pid) = pid else {
         debug!("VM {vm:?}: no owner runs");

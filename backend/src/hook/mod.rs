@@ -1,13 +1,19 @@
 //! `pageless hook`: libvirt's qemu hook (`/etc/libvirt/hooks/qemu VM OPERATION SUBOP EXTRA`,
 //! the domain XML on stdin).
 //!
-//! * `prepare begin`: starts the VM's owner, `pageless serve`, as a transient systemd unit
-//!   `pageless-<vm>` where systemd runs, else as a detached process (own session, stdin
+//! * `prepare begin`: starts the VM's owner, `pageless serve`, as the systemd unit
+//!   `pageless@<vm>.service` where systemd runs (its arguments in
+//!   `/run/pageless/units/<vm>.args`, see [`crate::unit`]; a transient unit `pageless-<vm>`
+//!   from `systemd-run` where that template is not installed), else as a detached process (own session, stdin
 //!   `/dev/null`, output to `<run-dir>/<vm>.log`, no inherited fds: libvirt waits for the
 //!   hook's stdout and stderr to close). Then waits until the owner answers on its socket. An
 //!   owner that exits or does not answer in time fails the hook, with the end of its log on
 //!   stderr, which libvirt shows as `virsh start`'s error.
-//! * `release end`: asks the owner to stop and waits for its process to go. Idempotent.
+//! * `start begin` (libvirt has labelled the domain, QEMU is not running yet): under AppArmor
+//!   or SELinux, lets the domain's confined QEMU reach this VM's owner socket, relay sockets and
+//!   memory file, and nothing of other VMs' (see [`svirt`]).
+//! * `release end`: asks the owner to stop and waits for its process to go; removes the VM's
+//!   AppArmor rules. Idempotent.
 //! * Anything else: nothing.
 //!
 //! Which VMs: those with a config file `<config-dir>/<vm>.toml` (default `/etc/pageless/vms`)
@@ -22,6 +28,8 @@ use thiserror::Error;
 
 mod config;
 mod launch;
+pub mod numa;
+pub mod svirt;
 
 use crate::context::IoError;
 use config::{find_config, plan};
@@ -49,10 +57,18 @@ pub struct HookOptions {
     pub config_dir: PathBuf,
     /// libvirt's qemu.conf, for the user QEMU runs as.
     pub qemu_conf: PathBuf,
+    /// The host config, whose `[pools]` gives NUMA cells their pools by host node
+    /// ([`numa::DEFAULT_HOST_CONFIG`]).
+    pub host_config: PathBuf,
     /// The `pageless` binary the owner runs (this one).
     pub pageless: PathBuf,
-    /// Start owners as transient systemd units (`/run/systemd/system` exists).
+    /// Start owners as systemd units (`/run/systemd/system` exists).
     pub systemd: bool,
+    /// libvirt's per-domain AppArmor profiles ([`svirt::APPARMOR_PROFILE_DIR`]).
+    pub apparmor_dir: PathBuf,
+    /// Where the arguments of `pageless@<vm>.service` go (`<dir>/<vm>.args`), default
+    /// [`crate::unit::DEFAULT_UNIT_ARGS_DIR`].
+    pub unit_args_dir: PathBuf,
 }
 
 /// Why the hook failed. `pageless hook` prints it on stderr and exits 1, so libvirt fails
@@ -111,7 +127,7 @@ pub enum HookError {
         /// Its control socket.
         socket: String,
     },
-    /// `prepare`: the owner process, or `systemd-run`, could not be spawned.
+    /// `prepare`: the owner process, `systemctl` or `systemd-run` could not be spawned.
     #[error("VM {vm:?}: cannot start its memory owner ({what}): {source}")]
     Spawn {
         /// The VM.
@@ -122,8 +138,8 @@ pub enum HookError {
         #[source]
         source: std::io::Error,
     },
-    /// `prepare`: the started owner exited, its unit stopped, `systemd-run` failed, or it did
-    /// not answer within `start_timeout` (it was then stopped).
+    /// `prepare`: the started owner exited, its unit stopped, `systemctl start` or
+    /// `systemd-run` failed, or it did not answer within `start_timeout` (it was then stopped).
     #[error("the memory owner of VM {vm:?} (pageless serve) could not start: {why}. {log}\nFix {source_desc} and start the VM again.")]
     OwnerFailed {
         /// The VM.
@@ -131,15 +147,29 @@ pub enum HookError {
         /// What happened to the owner.
         why: String,
         /// The end of the owner's log since this start (at most 20 lines), or a note that
-        /// it is empty; empty when `systemd-run` failed.
+        /// it is empty.
         log: String,
         /// Which config the owner was started from, for the user to fix.
         source_desc: String,
+    },
+    /// `start`: the VM's AppArmor rules or SELinux labels could not be put in place; QEMU
+    /// does not start confined without them.
+    #[error("VM {vm:?}: cannot let its confined QEMU reach its own memory and sockets ({mac}): {why}")]
+    Confine {
+        /// The VM.
+        vm: String,
+        /// `AppArmor` or `SELinux`.
+        mac: &'static str,
+        /// What failed, and what to check.
+        why: String,
     },
     /// Another I/O failure: reading the config file, creating the run directory, opening
     /// the owner's log.
     #[error(transparent)]
     Io(#[from] IoError),
+    /// `prepare`: the arguments for `pageless@<vm>.service` could not be written.
+    #[error(transparent)]
+    Unit(#[from] crate::unit::UnitError),
 }
 
 /// Runs the hook. Reads the domain XML from stdin for every operation (libvirt writes it).
@@ -148,29 +178,49 @@ pub fn run(options: &HookOptions, stdin: &mut dyn Read) -> Result<(), HookError>
     stdin.read_to_string(&mut xml).map_err(HookError::Stdin)?;
     let action = match (options.operation.as_str(), options.subop.as_str()) {
         ("prepare", "begin") => Action::Start,
+        ("start", "begin") => Action::Confine,
         ("release", "end") => Action::Stop,
         (operation, subop) => {
             debug!("VM {:?}: nothing to do on {operation} {subop}", options.vm);
             return Ok(());
         }
     };
-    let Some(plan) = owner_plan(&options.vm, &options.config_dir, &xml, &options.qemu_conf)? else {
+    let Some(plan) =
+        owner_plan_with(&options.vm, &options.config_dir, &xml, &options.qemu_conf, &options.host_config)?
+    else {
         return Ok(());
     };
     match action {
         Action::Start => start(options, &plan),
-        Action::Stop => stop(options, &plan),
+        Action::Confine => svirt::confine(options, &plan, &xml),
+        Action::Stop => {
+            let stopped = stop(options, &plan);
+            svirt::release(options, &plan.vm, &xml)?;
+            stopped
+        }
     }
 }
 
 /// The owner VM `vm` gets from its config file in `config_dir` or the metadata of its domain
 /// XML, with defaults from the XML and `qemu_conf`; `None` for a VM pageless does not own.
-/// Starts nothing (the hook's config reader, also a fuzz target's entry point).
+/// Starts nothing (the hook's config reader, also a fuzz target's entry point). NUMA cells
+/// take their pools from the host config at [`numa::DEFAULT_HOST_CONFIG`].
 pub fn owner_plan(
     vm: &str,
     config_dir: &Path,
     xml: &str,
     qemu_conf: &Path,
+) -> Result<Option<OwnerPlan>, HookError> {
+    owner_plan_with(vm, config_dir, xml, qemu_conf, Path::new(numa::DEFAULT_HOST_CONFIG))
+}
+
+/// [`owner_plan`] with the host config (`[pools]`) at `host_config`.
+pub fn owner_plan_with(
+    vm: &str,
+    config_dir: &Path,
+    xml: &str,
+    qemu_conf: &Path,
+    host_config: &Path,
 ) -> Result<Option<OwnerPlan>, HookError> {
     pageless_pool::check_name(vm).map_err(|e| HookError::Config {
         vm: vm.into(),
@@ -181,10 +231,11 @@ pub fn owner_plan(
         debug!("VM {vm:?}: no pageless config and no pageless metadata: not a pageless VM");
         return Ok(None);
     };
-    plan(vm, found, xml, qemu_conf).map(Some)
+    plan(vm, found, xml, qemu_conf, host_config).map(Some)
 }
 
 enum Action {
     Start,
+    Confine,
     Stop,
 }

@@ -51,6 +51,10 @@ fn argument() -> impl Strategy<Value = Vec<String>> {
             format!(r#"{{"qom-type":"memory-backend-memfd","id":{},"size":{s}}}"#, Value::from(id))
         ]),
         name_text().prop_map(|id| vec!["-numa".into(), format!("node,memdev={id}")]),
+        (name_text(), name_text())
+            .prop_map(|(n, id)| vec!["-numa".into(), format!("node,nodeid={n},memdev={id}")]),
+        (0u32..3, name_text())
+            .prop_map(|(n, id)| vec!["-numa".into(), format!("node,nodeid={n},memdev={id}")]),
         name_text().prop_map(|id| vec!["-machine".into(), format!("pc,memory-backend={id}")]),
         name_text().prop_map(|n| vec!["-name".into(), format!("guest={n},debug-threads=on")]),
         name_text().prop_map(|n| vec!["-name".into(), n]),
@@ -77,6 +81,33 @@ proptest! {
                 prop_assert!(out.len() >= args.len());
                 prop_assert!(out.iter().any(|a| a.contains("/proc/self/fd/7")), "{out:?}");
                 prop_assert!(!out.iter().any(|a| a == "-mem-path" || a == "-mem-prealloc"));
+            }
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    /// With two cells: an error, or every NUMA node's backend on its own cell's fd with the
+    /// cell's size, and nothing else on the cells' fds.
+    #[test]
+    fn hostile_command_lines_for_cells_get_an_error_or_each_node_its_cell(
+        parts in proptest::collection::vec(argument(), 0..8),
+        sizes in (0u64..3, 0u64..3),
+    ) {
+        let args: Vec<String> = parts.into_iter().flatten().collect();
+        let cell = |id: u32, fd: u32, size: u64| OwnerCell {
+            id,
+            ram: OwnerRam { mem_path: format!("/proc/self/fd/{fd}"), size: (size + 1) << 30, page_size: 4096 },
+        };
+        let cells = [cell(0, 7, sizes.0), cell(1, 8, sizes.1)];
+        match rewrite_cells(&args, &cells) {
+            Ok(out) => {
+                prop_assert_eq!(out.len(), args.len(), "nothing added");
+                for cell in &cells {
+                    let on_cell: Vec<&String> = out.iter().filter(|a| a.contains(&cell.ram.mem_path)).collect();
+                    prop_assert_eq!(on_cell.len(), 1, "cell {} backs exactly one node: {:?}", cell.id, out);
+                    let size = ObjectArg::parse(on_cell[0]).unwrap().size().unwrap();
+                    prop_assert_eq!(size, Some(cell.ram.size));
+                }
             }
             Err(e) => prop_assert!(!e.to_string().is_empty()),
         }

@@ -4,11 +4,13 @@
 //! `RESULT <key>=<value>` per measurement; lines starting with `#` are commentary. The exit
 //! status is 0 when every check passed. `tests/guest/kmod-checks.sh` runs the whole sequence.
 
+mod apparmor;
 mod bench;
 mod blk;
 mod checks;
-mod isolation;
 mod extents;
+mod isolation;
+mod numa;
 mod scrub_bench;
 mod struct_page;
 mod util;
@@ -29,6 +31,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Map FILE, touch every page and check that each is on host NUMA node NODE.
+    NumaPages {
+        file: PathBuf,
+        #[arg(long)]
+        node: i32,
+        #[arg(long)]
+        name: String,
+    },
+    /// In a thread changed to AppArmor PROFILE (as unconfined root may): HELLO on each
+    /// --control socket, vhost-user GET_FEATURES on each --vhost socket, open each --open file
+    /// read-write: each must work, or each be refused (EACCES, or by the owner), as --expect
+    /// says.
+    AaProbe {
+        #[arg(long)]
+        profile: String,
+        #[arg(long, value_enum)]
+        expect: apparmor::Expect,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        control: Vec<PathBuf>,
+        #[arg(long)]
+        vhost: Vec<PathBuf>,
+        #[arg(long)]
+        open: Vec<PathBuf>,
+    },
     /// Save struct page counters (/proc/vmstat nr_memmap*, MemTotal) to FILE.
     MemmapSave { file: PathBuf },
     /// Compare struct page counters with those saved in FILE.
@@ -223,6 +251,10 @@ fn main() {
     let cli = Cli::parse();
     let mut r = util::Report::default();
     let res = match cli.cmd {
+        Cmd::NumaPages { file, node, name } => numa::numa_pages(&mut r, &file, node, &name),
+        Cmd::AaProbe { profile, expect, name, control, vhost, open } => {
+            apparmor::aa_probe(&mut r, &name, &profile, expect, apparmor::Targets { control, vhost, open })
+        }
         Cmd::MemmapSave { file } => checks::memmap_save(&mut r, &file),
         Cmd::MemmapCheck { file, name } => checks::memmap_check(&mut r, &file, &name),
         Cmd::Pat { ranges, name } => checks::pat(&mut r, &ranges, &name),

@@ -89,7 +89,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("vm1.toml"), text).unwrap();
         let result = find_config("vm1", dir.path(), "")
-            .and_then(|found| plan("vm1", found.expect("the file exists"), "", Path::new("/nonexistent")));
+            .and_then(|found| plan("vm1", found.expect("the file exists"), "", Path::new("/nonexistent"), Path::new("/nonexistent")));
         match result {
             Ok(plan) => check_plan(&plan)?,
             Err(e) => prop_assert!(e.to_string().contains("vm1"), "{e}"),
@@ -119,7 +119,7 @@ proptest! {
         );
         let dir = tempfile::tempdir().unwrap();
         let result = find_config("vm1", dir.path(), &xml).and_then(|found| match found {
-            Some(found) => plan("vm1", found, &xml, Path::new("/nonexistent")).map(Some),
+            Some(found) => plan("vm1", found, &xml, Path::new("/nonexistent"), Path::new("/nonexistent")).map(Some),
             None => Ok(None),
         });
         match result {
@@ -147,7 +147,7 @@ fn control_characters_and_huge_timeouts_are_refused() {
     let plan_of = |text: &str| {
         std::fs::write(dir.path().join("vm1.toml"), text).unwrap();
         let found = find_config("vm1", dir.path(), "").unwrap().unwrap();
-        plan("vm1", found, "", Path::new("/nonexistent"))
+        plan("vm1", found, "", Path::new("/nonexistent"), Path::new("/nonexistent"))
     };
     let err = plan_of("size = \"1G\"\npool = \"dir:/dev/shm/a\\u0000b\"\n").unwrap_err();
     assert!(err.to_string().contains("control character '\\0'"), "{err}");

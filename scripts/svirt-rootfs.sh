@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds the root filesystem of the sVirt test guest (tests/tests/svirt_apparmor.rs), cached:
+# Debian 12 (debootstrap minbase) with libvirt 11 and QEMU 10 from bookworm-backports and
+# AppArmor, as an ext4 image .cache/rootfs/bookworm-svirt.img. The test boots it read-write on a
+# throw-away snapshot (QEMU snapshot=on), so the image never changes. Called by scripts/setup.sh;
+# idempotent (rebuilds only when the package list below changes).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache=$(readlink -f "$here/.cache")
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+
+packages="libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-log libvirt-clients qemu-system-x86 qemu-utils apparmor"
+stamp="v1 $packages"
+img="$cache/rootfs/bookworm-svirt.img"
+if [ -f "$img.ready" ] && [ "$(cat "$img.ready")" = "$stamp" ]; then
+    exit 0
+fi
+printf '\n==> %s\n' "sVirt test root filesystem (Debian 12, libvirt, QEMU, AppArmor) in .cache/rootfs"
+command -v debootstrap >/dev/null ||
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
+root="$cache/rootfs/bookworm-svirt"
+$SUDO rm -rf "$root" "$img" "$img.ready"
+mkdir -p "$cache/rootfs"
+$SUDO debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian
+echo 'deb http://deb.debian.org/debian bookworm-backports main' |
+    $SUDO tee "$root/etc/apt/sources.list.d/bookworm-backports.list" >/dev/null
+# shellcheck source=scripts/chroot.sh
+. "$here/scripts/chroot.sh"
+in_root() { in_chroot "$root" "$@"; }
+in_root apt-get update -q
+# shellcheck disable=SC2086 # a word list
+in_root apt-get install -y -q --no-install-recommends -t bookworm-backports $packages
+in_root apt-get clean
+$SUDO rm -rf "$root/var/lib/apt/lists"/*
+# The guest's /etc/libvirt/qemu.conf: AppArmor is libvirt's default security driver when the
+# kernel has it enabled; say so explicitly, as the test asserts that it is used.
+echo 'security_driver = "apparmor"' | $SUDO tee -a "$root/etc/libvirt/qemu.conf" >/dev/null
+size_mb=$(( $($SUDO du -sm "$root" | cut -f1) + 1024 ))
+$SUDO mke2fs -q -t ext4 -d "$root" -L svirt-root "$img" "${size_mb}M"
+$SUDO rm -rf "$root"
+echo "$stamp" > "$img.ready"
