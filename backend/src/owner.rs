@@ -245,6 +245,7 @@ impl Owner {
             pool_total: stats.map_or(0, |s| s.total),
             pool_free: stats.map_or(0, |s| s.free),
             pool_quarantined: stats.and_then(|s| s.quarantined),
+            pool_node: stats.and_then(|s| s.node),
             extents: page.extents,
             extent_count,
             extents_next: page.next,

@@ -108,12 +108,14 @@ pub fn render(entries: &[Entry]) -> String {
         let quarantined = s
             .pool_quarantined
             .map(|q| format!(", {} quarantined (freed, held back until its mappers exit)", Size(q)));
+        let node = s.pool_node.map(|n| format!(" on NUMA node {n}"));
         let _ = writeln!(
             out,
-            "  pool    {} total, {} free{}",
+            "  pool    {} total, {} free{}{}",
             Size(s.pool_total),
             Size(s.pool_free),
-            quarantined.unwrap_or_default()
+            quarantined.unwrap_or_default(),
+            node.unwrap_or_default()
         );
         if let Some(q) = &s.qemu {
             let _ = writeln!(
@@ -262,6 +264,7 @@ mod tests {
             pool_total: 1 << 30,
             pool_free: 512 << 20,
             pool_quarantined: Some(2 << 20),
+            pool_node: Some(1),
             stopping: Some(StoppingStatus {
                 since: crate::clock::unix_now(),
                 reason: "signal SIGTERM".into(),
@@ -276,14 +279,16 @@ mod tests {
         };
         let text = render(&[Entry { vm: "vm1".into(), status: Ok(status.clone()) }]);
         assert!(text.contains("pool    1G total, 512M free, 2M quarantined"), "{text}");
+        assert!(text.contains("held back until its mappers exit) on NUMA node 1"), "{text}");
         assert!(text.contains("stopping"), "{text}");
         assert!(text.contains("STOPPING since 0 s ago (signal SIGTERM)"), "{text}");
         assert!(text.contains("(past its --consumer-timeout of 5 s)"), "{text}");
         assert!(text.contains("waiting for pid 4242: qemu-system-x86: maps the memory"), "{text}");
 
-        let serving = VmStatus { pool_quarantined: None, stopping: None, ..status };
+        let serving = VmStatus { pool_quarantined: None, pool_node: None, stopping: None, ..status };
         let text = render(&[Entry { vm: "vm1".into(), status: Ok(serving) }]);
         assert!(!text.contains("quarantined") && !text.contains("STOPPING"), "{text}");
+        assert!(!text.contains("NUMA"), "{text}");
         assert!(text.contains("serving"), "{text}");
     }
 

@@ -59,7 +59,7 @@ static int pl_grow(struct inode *inode, u64 old, u64 newsize)
 	u64 off = old;
 	int ret;
 
-	ret = pl_pool_alloc(newsize - old, sbi->psize, &add);
+	ret = pl_pool_alloc(newsize - old, sbi->psize, sbi->nid, &add);
 	if (ret)
 		return ret;
 	nl = pl_extents_alloc((cur ? cur->nr : 0) + add->nr);
@@ -75,7 +75,8 @@ static int pl_grow(struct inode *inode, u64 old, u64 newsize)
 		struct pl_extent *last = nl->nr ? &nl->ext[nl->nr - 1] : NULL;
 		const struct pl_extent *a = &add->ext[i];
 
-		if (last && last->phys + last->len == a->phys) {
+		if (last && last->phys + last->len == a->phys &&
+		    pl_pool_same_node(last->phys, a->phys)) {
 			last->len += a->len;
 		} else {
 			nl->ext[nl->nr].off = off;

@@ -41,34 +41,11 @@
 #include <linux/srcu.h>
 #include <linux/types.h>
 
+#include "alloc.h"
 #include "pageless_uapi.h"
 
 /* statfs f_type of pagelessfs: "PGLS" */
 #define PAGELESSFS_MAGIC	0x50474c53
-
-/* One physically contiguous piece of a file. */
-struct pl_extent {
-	u64 off;	/* file offset */
-	u64 phys;	/* physical address */
-	u64 len;	/* bytes */
-};
-
-/*
- * A list of extents: an inode's layout (sorted by file offset, covering
- * [0, i_size) without holes), a fresh allocation, or extents queued for
- * scrubbing (then owned by the pool).
- */
-struct pl_extents {
-	struct list_head node;	/* pl_pool scrub queue */
-	unsigned int nr;	/* extents in use */
-	unsigned int cap;	/* extents allocated */
-	unsigned int pos;	/* scrub cursor: index into ext[] */
-	u64 done;		/* scrub cursor: bytes done in ext[pos] */
-	struct pl_extent ext[] __counted_by(cap);
-};
-
-struct pl_extents *pl_extents_alloc(unsigned int cap);
-void pl_extents_free(struct pl_extents *ex);
 
 /* pool.c */
 int pl_pool_init(void);
@@ -78,10 +55,13 @@ void *pl_pool_virt(u64 phys);
 void *pl_pool_virt_quiet(u64 phys);
 void *pl_pool_virt_len(u64 phys, u64 *avail);
 void pl_pool_retire(unsigned long pfn);
-int pl_pool_alloc(u64 bytes, u64 align, struct pl_extents **res);
+int pl_pool_alloc(u64 bytes, u64 align, int nid, struct pl_extents **res);
 void pl_pool_release(struct pl_extents *ex);
 void pl_pool_release_clean(struct pl_extents *ex);
-void pl_pool_stat(u64 align, u64 *blocks, u64 *bfree);
+void pl_pool_stat(u64 align, int nid, u64 *blocks, u64 *bfree);
+bool pl_pool_range(unsigned int i, u64 *start, u64 *size, int *nid);
+bool pl_pool_has_node(int nid);
+bool pl_pool_same_node(u64 a, u64 b);
 
 /* The pool's numbers, for sysfs. */
 struct pl_counts {
@@ -91,7 +71,7 @@ struct pl_counts {
 	unsigned long poisoned;
 };
 
-void pl_pool_counts(struct pl_counts *c);
+void pl_pool_counts(int nid, struct pl_counts *c);
 
 /* sysfs.c */
 int pl_sysfs_init(void);
@@ -104,6 +84,7 @@ void pl_fs_unregister(void);
 /* Per-mount information. */
 struct pl_sb_info {
 	u64 psize;		/* mount page size: 4K, 2M or 1G */
+	int nid;		/* node= or NUMA_NO_NODE: any */
 	kuid_t uid;		/* root directory owner */
 	kgid_t gid;
 	umode_t mode;		/* root directory mode */

@@ -1,7 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * The pool: every range named by the ranges= parameter, as one free list of
- * physical extents, plus a queue of extents waiting to be zeroed.
+ * physical extents (alloc.c), plus a queue of extents waiting to be zeroed.
+ *
+ * Each range is on one NUMA node: the node the kernel's NUMA map (the
+ * firmware's SRAT on x86, via phys_to_target_node()) gives its addresses,
+ * probed every 2 MiB; a range spanning nodes is split where the node changes.
+ * Without NUMA, or for addresses the map does not cover, node 0.  Free
+ * extents of different nodes never merge, so a request restricted to a node
+ * (mount option node=) gets memory of that node only.
  *
  * Allocation is all-or-nothing: either every extent of a request is carved
  * from the free list or nothing changes.  Freed extents (truncate, eviction of
@@ -16,6 +23,7 @@
 #include <linux/minmax.h>
 #include <linux/mm.h>
 #include <linux/mutex.h>
+#include <linux/numa.h>
 #include <linux/overflow.h>
 #include <linux/sched.h>
 #include <linux/slab.h>
@@ -32,17 +40,14 @@
 #define PL_SCRUB_PIECE		(256ULL << 20)
 /* ... and zeroed in steps of this size, rescheduling in between. */
 #define PL_SCRUB_STEP		(2ULL << 20)
+/* Granularity of the node probe: ranges are 2 MiB aligned. */
+#define PL_NODE_STEP		SZ_2M
 
 struct pl_range {
 	u64 start;
 	u64 size;
-	void *virt;		/* memremap(MEMREMAP_WB) of the whole range */
-};
-
-struct pl_free {
-	struct list_head node;
-	u64 phys;
-	u64 len;
+	int nid;		/* NUMA node */
+	void *virt;		/* memremap(MEMREMAP_WB) of the range */
 };
 
 static struct {
@@ -60,27 +65,11 @@ static struct {
 	struct pl_piece {
 		u64 phys;
 		u64 len;	/* 0: idle */
+		int nid;
 	} inflight[PL_MAX_SCRUBBERS];	/* piece each scrubber is zeroing */
 	unsigned int nr_ranges;		/* written only at load time */
 	struct pl_range ranges[PL_MAX_RANGES];
 } pl_pool;
-
-struct pl_extents *pl_extents_alloc(unsigned int cap)
-{
-	struct pl_extents *ex;
-
-	ex = kvzalloc(struct_size(ex, ext, cap), GFP_KERNEL);
-	if (!ex)
-		return NULL;
-	ex->cap = cap;
-	INIT_LIST_HEAD(&ex->node);
-	return ex;
-}
-
-void pl_extents_free(struct pl_extents *ex)
-{
-	kvfree(ex);
-}
 
 /*
  * The kernel mapping of @phys, or NULL if it is not in the pool; *@avail
@@ -90,7 +79,7 @@ void pl_extents_free(struct pl_extents *ex)
  */
 void *pl_pool_virt_len(u64 phys, u64 *avail)
 {
-	/* Pairs with the release in pl_pool_add_range(). */
+	/* Pairs with the release in pl_pool_add_range_node(). */
 	unsigned int i, n = smp_load_acquire(&pl_pool.nr_ranges);
 
 	for (i = 0; i < n; i++) {
@@ -103,6 +92,31 @@ void *pl_pool_virt_len(u64 phys, u64 *avail)
 		}
 	}
 	return NULL;
+}
+
+/* The node of @phys, which lies in a pool range. */
+static int pl_range_nid(u64 phys)
+{
+	/* Pairs with the release in pl_pool_add_range_node(). */
+	unsigned int i, n = smp_load_acquire(&pl_pool.nr_ranges);
+
+	for (i = 0; i < n; i++) {
+		struct pl_range *r = &pl_pool.ranges[i];
+
+		if (phys >= r->start && phys - r->start < r->size)
+			return r->nid;
+	}
+	WARN_ONCE(1, "phys %llx outside the pool\n", phys);
+	return 0;
+}
+
+/*
+ * Whether @a and @b, in pool ranges, are on one node: extents of a file merge
+ * only then, so that no extent spans two nodes.
+ */
+bool pl_pool_same_node(u64 a, u64 b)
+{
+	return pl_range_nid(a) == pl_range_nid(b);
 }
 
 void *pl_pool_virt_quiet(u64 phys)
@@ -120,57 +134,40 @@ void *pl_pool_virt(u64 phys)
 }
 
 /*
- * Return [phys, phys + len) to the free list, merging with neighbours.
- * @spare is used if a new node is needed (and set to NULL then).
- * Called with pl_pool.lock held.
+ * Return [phys, phys + len) to the free list, each part with the node of its
+ * range (extents do not span nodes, but nothing here relies on it).  Called
+ * with pl_pool.lock held.
  */
-static void pl_free_insert(u64 phys, u64 len, struct pl_free **spare)
-{
-	struct pl_free *f, *prev = NULL, *next = NULL, *n;
-
-	list_for_each_entry(f, &pl_pool.free, node) {
-		if (f->phys > phys) {
-			next = f;
-			break;
-		}
-		prev = f;
-	}
-	if (prev && prev->phys + prev->len == phys) {
-		prev->len += len;
-		if (next && prev->phys + prev->len == next->phys) {
-			prev->len += next->len;
-			list_del(&next->node);
-			kfree(next);
-		}
-		return;
-	}
-	if (next && phys + len == next->phys) {
-		next->phys = phys;
-		next->len += len;
-		return;
-	}
-	n = *spare;
-	*spare = NULL;
-	n->phys = phys;
-	n->len = len;
-	if (next)
-		list_add_tail(&n->node, &next->node);
-	else
-		list_add_tail(&n->node, &pl_pool.free);
-}
-
-/* Return extents to the free list.  Called with pl_pool.lock held. */
 static void pl_free_extents_locked(u64 phys, u64 len)
 {
-	struct pl_free *spare;
+	/* Pairs with the release in pl_pool_add_range_node(). */
+	unsigned int i, n = smp_load_acquire(&pl_pool.nr_ranges);
 
-	/*
-	 * A free path cannot fail: the node is a few bytes, and the page
-	 * allocator does not fail such requests in practice.
-	 */
-	spare = kmalloc(sizeof(*spare), GFP_KERNEL | __GFP_NOFAIL);
-	pl_free_insert(phys, len, &spare);
-	kfree(spare);
+	while (len) {
+		struct pl_free *spare;
+		u64 part = len;
+		int nid = 0;
+
+		for (i = 0; i < n; i++) {
+			struct pl_range *r = &pl_pool.ranges[i];
+
+			if (phys >= r->start && phys - r->start < r->size) {
+				part = min(len, r->size - (phys - r->start));
+				nid = r->nid;
+				break;
+			}
+		}
+		WARN_ONCE(i == n, "phys %llx outside the pool\n", phys);
+		/*
+		 * A free path cannot fail: the node is a few bytes, and the
+		 * page allocator does not fail such requests in practice.
+		 */
+		spare = kmalloc(sizeof(*spare), GFP_KERNEL | __GFP_NOFAIL);
+		pl_free_insert(&pl_pool.free, phys, part, nid, &spare);
+		kfree(spare);
+		phys += part;
+		len -= part;
+	}
 }
 
 /*
@@ -246,6 +243,7 @@ static void pl_scrub_work(struct work_struct *work)
 		}
 		me->phys = phys;
 		me->len = len;
+		me->nid = pl_range_nid(phys);
 		mutex_unlock(&pl_pool.lock);
 
 		pl_clean_runs(phys, len, true);
@@ -321,157 +319,24 @@ void pl_pool_release_clean(struct pl_extents *ex)
 void pl_pool_retire(unsigned long pfn)
 {
 	u64 phys = PFN_PHYS(pfn);
-	struct pl_free *f, *n;
+	struct pl_free *n;
 
 	n = kmalloc(sizeof(*n), GFP_KERNEL | __GFP_NOFAIL);
 	mutex_lock(&pl_pool.lock);
-	list_for_each_entry(f, &pl_pool.free, node) {
-		u64 end = f->phys + f->len;
-
-		if (phys < f->phys || phys >= end)
-			continue;
-		f->len = phys - f->phys;
-		if (end > phys + PAGE_SIZE) {
-			n->phys = phys + PAGE_SIZE;
-			n->len = end - n->phys;
-			list_add(&n->node, &f->node);
-			n = NULL;
-		}
-		if (!f->len) {
-			list_del(&f->node);
-			kfree(f);
-		}
-		break;
-	}
+	pl_free_take(&pl_pool.free, phys, PAGE_SIZE, &n);
 	pl_pool.poisoned++;
 	mutex_unlock(&pl_pool.lock);
 	kfree(n);
 }
 
-/* The aligned part of a free extent: [*a, *e), empty if *a >= *e. */
-static void pl_aligned(const struct pl_free *f, u64 align, u64 *a, u64 *e)
-{
-	*a = round_up(f->phys, align);
-	*e = round_down(f->phys + f->len, align);
-}
-
-/* Bytes allocatable with @align.  Called with pl_pool.lock held. */
-static u64 pl_avail_locked(u64 align)
-{
-	struct pl_free *f;
-	u64 sum = 0, a, e;
-
-	list_for_each_entry(f, &pl_pool.free, node) {
-		pl_aligned(f, align, &a, &e);
-		if (e > a)
-			sum += e - a;
-	}
-	return sum;
-}
-
-/* The free list's first entry from the bottom (@up) or from the top. */
-static struct pl_free *pl_first_free(bool up)
-{
-	return up ? list_first_entry(&pl_pool.free, struct pl_free, node) :
-		    list_last_entry(&pl_pool.free, struct pl_free, node);
-}
-
-/* The entry after @f, going up or down the free list. */
-static struct pl_free *pl_next_free(struct pl_free *f, bool up)
-{
-	return up ? list_next_entry(f, node) : list_prev_entry(f, node);
-}
-
 /*
- * Carve @bytes (a multiple of @align) from the free list, in extents aligned
- * to @align.  Requests of 1 GiB pages take the lowest addresses, smaller pages
- * the highest, which keeps 1 GiB-aligned space together when several mount
- * page sizes share the pool.  Called with pl_pool.lock held, after
- * pl_avail_locked() said it fits.  Returns -ENOMEM with nothing changed if
- * the bookkeeping cannot be allocated.
- */
-static int pl_carve_locked(u64 bytes, u64 align, struct pl_extents **res)
-{
-	bool up = align >= PUD_SIZE;
-	struct pl_free *f, **spares;
-	struct pl_extents *ex;
-	unsigned int n = 0, i, used = 0;
-	u64 left = bytes, a, e;
-	int ret = -ENOMEM;
-
-	/* Count the pieces first, to allocate all bookkeeping up front. */
-	for (f = pl_first_free(up); left && !list_entry_is_head(f, &pl_pool.free, node);
-	     f = pl_next_free(f, up)) {
-		pl_aligned(f, align, &a, &e);
-		if (e > a) {
-			n++;
-			left -= min(left, e - a);
-		}
-	}
-	if (WARN_ON_ONCE(left))
-		return -ENOSPC;
-
-	ex = pl_extents_alloc(n);
-	spares = kcalloc(n, sizeof(*spares), GFP_KERNEL);
-	if (!ex || !spares)
-		goto out;
-	for (i = 0; i < n; i++) {
-		spares[i] = kmalloc(sizeof(**spares), GFP_KERNEL);
-		if (!spares[i])
-			goto out;
-	}
-
-	left = bytes;
-	f = pl_first_free(up);
-	while (left) {
-		struct pl_free *next = pl_next_free(f, up);
-		u64 take, lo, hi;
-
-		pl_aligned(f, align, &a, &e);
-		if (e > a) {
-			take = min(left, e - a);
-			lo = up ? a : e - take;
-			hi = lo + take;
-			ex->ext[ex->nr].phys = lo;
-			ex->ext[ex->nr].len = take;
-			ex->nr++;
-			left -= take;
-			/* Keep [f->phys, lo) in f, [hi, end) in a new node. */
-			if (hi < f->phys + f->len) {
-				struct pl_free *r = spares[used++];
-
-				r->phys = hi;
-				r->len = f->phys + f->len - hi;
-				list_add(&r->node, &f->node);
-			}
-			f->len = lo - f->phys;
-			if (!f->len) {
-				list_del(&f->node);
-				kfree(f);
-			}
-		}
-		f = next;
-	}
-	*res = ex;
-	ex = NULL;
-	ret = 0;
-out:
-	if (spares) {
-		for (i = used; i < n; i++)
-			kfree(spares[i]);
-		kfree(spares);
-	}
-	pl_extents_free(ex);
-	return ret;
-}
-
-/*
- * Allocate @bytes in extents aligned to @align (file offsets left 0).
- * Waits while extents being scrubbed would make the request fit; -ENOSPC if
+ * Allocate @bytes in extents aligned to @align (file offsets left 0) on node
+ * @nid (NUMA_NO_NODE: any), placed as alloc.c says.  Waits while extents
+ * being scrubbed would make the request fit; -ENOSPC if
  * the pool cannot satisfy it even then (quarantined memory whose processes
  * still live does not count), -EINTR if killed while waiting.
  */
-int pl_pool_alloc(u64 bytes, u64 align, struct pl_extents **res)
+int pl_pool_alloc(u64 bytes, u64 align, int nid, struct pl_extents **res)
 {
 	int ret;
 
@@ -482,7 +347,7 @@ int pl_pool_alloc(u64 bytes, u64 align, struct pl_extents **res)
 		u64 gen;
 
 		mutex_lock(&pl_pool.lock);
-		if (pl_avail_locked(align) >= bytes)
+		if (pl_free_avail(&pl_pool.free, align, nid) >= bytes)
 			break;
 		if (!pl_pool.scrub_bytes) {
 			mutex_unlock(&pl_pool.lock);
@@ -496,7 +361,7 @@ int pl_pool_alloc(u64 bytes, u64 align, struct pl_extents **res)
 		if (wait_event_killable(pl_pool.wq, READ_ONCE(pl_pool.gen) != gen))
 			return -EINTR;
 	}
-	ret = pl_carve_locked(bytes, align, res);
+	ret = pl_free_carve(&pl_pool.free, bytes, align, nid, res);
 	mutex_unlock(&pl_pool.lock);
 	return ret;
 }
@@ -505,15 +370,25 @@ static int pl_span_cmp(const void *a, const void *b)
 {
 	const struct pl_piece *x = a, *y = b;
 
+	if (x->nid != y->nid)
+		return x->nid < y->nid ? -1 : 1;
 	return x->phys < y->phys ? -1 : x->phys > y->phys;
 }
 
+/* Add @p to @v at *@k if it is on node @nid (NUMA_NO_NODE: any). */
+static void pl_piece_add(struct pl_piece *v, unsigned int *k,
+			 struct pl_piece p, int nid)
+{
+	if (nid == NUMA_NO_NODE || p.nid == nid)
+		v[(*k)++] = p;
+}
+
 /*
- * @align-sized blocks that will be allocatable once scrubbing is done: the
- * free list, the scrub queue and the pieces being zeroed, coalesced.  Called
- * with pl_pool.lock held.
+ * @align-sized blocks on node @nid that will be allocatable once scrubbing is
+ * done: the free list, the scrub queue and the pieces being zeroed, coalesced
+ * per node.  Called with pl_pool.lock held.
  */
-static u64 pl_avail_pending_locked(u64 align)
+static u64 pl_avail_pending_locked(u64 align, int nid)
 {
 	struct pl_extents *ex;
 	struct pl_piece *v;
@@ -522,7 +397,7 @@ static u64 pl_avail_pending_locked(u64 align)
 	u64 blocks = 0;
 
 	if (!pl_pool.scrub_bytes)
-		return pl_avail_locked(align) / align;
+		return pl_free_avail(&pl_pool.free, align, nid) / align;
 	list_for_each_entry(f, &pl_pool.free, node)
 		n++;
 	list_for_each_entry(ex, &pl_pool.scrub, node)
@@ -530,26 +405,31 @@ static u64 pl_avail_pending_locked(u64 align)
 	n += pl_pool.nr_scrubbers;
 	v = kvmalloc_array(n, sizeof(*v), GFP_KERNEL);
 	if (!v)	/* an estimate then */
-		return (pl_avail_locked(align) + pl_pool.scrub_bytes) / align;
+		return (pl_free_avail(&pl_pool.free, align, nid) +
+			pl_pool.scrub_bytes) / align;
 	k = 0;
 	list_for_each_entry(f, &pl_pool.free, node)
-		v[k++] = (struct pl_piece){ f->phys, f->len };
+		pl_piece_add(v, &k, (struct pl_piece){ f->phys, f->len, f->nid },
+			     nid);
 	list_for_each_entry(ex, &pl_pool.scrub, node) {
 		for (i = ex->pos; i < ex->nr; i++) {
 			u64 skip = i == ex->pos ? ex->done : 0;
+			u64 phys = ex->ext[i].phys + skip;
 
-			v[k++] = (struct pl_piece){ ex->ext[i].phys + skip,
-						    ex->ext[i].len - skip };
+			pl_piece_add(v, &k, (struct pl_piece){
+					phys, ex->ext[i].len - skip,
+					pl_range_nid(phys) }, nid);
 		}
 	}
 	for (i = 0; i < pl_pool.nr_scrubbers; i++)
 		if (pl_pool.inflight[i].len)
-			v[k++] = pl_pool.inflight[i];
+			pl_piece_add(v, &k, pl_pool.inflight[i], nid);
 	sort(v, k, sizeof(*v), pl_span_cmp, NULL);
 	for (i = 0; i < k;) {
 		u64 start = v[i].phys, end = v[i].phys + v[i].len;
+		int node = v[i].nid;
 
-		for (i++; i < k && v[i].phys <= end; i++)
+		for (i++; i < k && v[i].nid == node && v[i].phys <= end; i++)
 			end = max(end, v[i].phys + v[i].len);
 		start = round_up(start, align);
 		end = round_down(end, align);
@@ -561,26 +441,31 @@ static u64 pl_avail_pending_locked(u64 align)
 }
 
 /*
- * statfs numbers in @align-sized blocks: @blocks is the capacity, @bfree the
- * allocatable space including extents still being scrubbed (allocations wait
- * for those).
+ * statfs numbers in @align-sized blocks on node @nid (NUMA_NO_NODE: all):
+ * @blocks is the capacity, @bfree the allocatable space including extents
+ * still being scrubbed (allocations wait for those).
  */
-void pl_pool_stat(u64 align, u64 *blocks, u64 *bfree)
+void pl_pool_stat(u64 align, int nid, u64 *blocks, u64 *bfree)
 {
-	/* Pairs with the release in pl_pool_add_range(). */
-	unsigned int i, n = smp_load_acquire(&pl_pool.nr_ranges);
+	/* Pairs with the release in pl_pool_add_range_node(). */
+	unsigned int i, k = 0, n = smp_load_acquire(&pl_pool.nr_ranges);
 	struct pl_piece r[PL_MAX_RANGES];
 	u64 total = 0;
 
-	/* Capacity: adjacent ranges coalesce, as in the free list. */
-	for (i = 0; i < n; i++)
-		r[i] = (struct pl_piece){ pl_pool.ranges[i].start,
-					  pl_pool.ranges[i].size };
+	/* Capacity: adjacent ranges of a node coalesce, as in the free list. */
+	for (i = 0; i < n; i++) {
+		struct pl_range *rg = &pl_pool.ranges[i];
+		struct pl_piece p = { rg->start, rg->size, rg->nid };
+
+		pl_piece_add(r, &k, p, nid);
+	}
+	n = k;
 	sort(r, n, sizeof(*r), pl_span_cmp, NULL);
 	for (i = 0; i < n;) {
 		u64 a = r[i].phys, e = r[i].phys + r[i].len;
+		int node = r[i].nid;
 
-		for (i++; i < n && r[i].phys == e; i++)
+		for (i++; i < n && r[i].nid == node && r[i].phys == e; i++)
 			e += r[i].len;
 		a = round_up(a, align);
 		e = round_down(e, align);
@@ -589,46 +474,83 @@ void pl_pool_stat(u64 align, u64 *blocks, u64 *bfree)
 	}
 	*blocks = total;
 	mutex_lock(&pl_pool.lock);
-	*bfree = pl_avail_pending_locked(align);
+	*bfree = pl_avail_pending_locked(align, nid);
 	mutex_unlock(&pl_pool.lock);
 	*bfree = min(*bfree, total);
 }
 
-void pl_pool_counts(struct pl_counts *c)
+/* The pool's numbers on node @nid (NUMA_NO_NODE: all); scrubbing is global. */
+void pl_pool_counts(int nid, struct pl_counts *c)
 {
-	/* Pairs with the release in pl_pool_add_range(). */
+	/* Pairs with the release in pl_pool_add_range_node(). */
 	unsigned int i, n = smp_load_acquire(&pl_pool.nr_ranges);
 	struct pl_free *f;
 
 	c->capacity = 0;
 	for (i = 0; i < n; i++)
-		c->capacity += pl_pool.ranges[i].size;
+		if (nid == NUMA_NO_NODE || pl_pool.ranges[i].nid == nid)
+			c->capacity += pl_pool.ranges[i].size;
 	c->free = 0;
 	mutex_lock(&pl_pool.lock);
 	list_for_each_entry(f, &pl_pool.free, node)
-		c->free += f->len;
+		if (nid == NUMA_NO_NODE || f->nid == nid)
+			c->free += f->len;
 	c->scrubbing = pl_pool.scrub_bytes;
 	c->poisoned = pl_pool.poisoned;
 	mutex_unlock(&pl_pool.lock);
 }
 
 /*
- * Add a claimed and mapped range.  Its old contents are unknown, so it enters
- * the pool through the scrubber.  Called at load time only.
+ * Range @i: its start, size and node, false past the last.  For sysfs.
  */
-int pl_pool_add_range(u64 start, u64 size, void *virt)
+bool pl_pool_range(unsigned int i, u64 *start, u64 *size, int *nid)
 {
-	struct pl_extents *ex;
-	struct pl_range *r;
+	/* Pairs with the release in pl_pool_add_range_node(). */
+	if (i >= smp_load_acquire(&pl_pool.nr_ranges))
+		return false;
+	*start = pl_pool.ranges[i].start;
+	*size = pl_pool.ranges[i].size;
+	*nid = pl_pool.ranges[i].nid;
+	return true;
+}
 
-	if (pl_pool.nr_ranges == PL_MAX_RANGES)
-		return -E2BIG;
-	ex = pl_extents_alloc(1);
-	if (!ex)
-		return -ENOMEM;
-	r = &pl_pool.ranges[pl_pool.nr_ranges];
+/* Whether some range is on node @nid. */
+bool pl_pool_has_node(int nid)
+{
+	u64 start, size;
+	unsigned int i;
+	int node;
+
+	for (i = 0; pl_pool_range(i, &start, &size, &node); i++)
+		if (node == nid)
+			return true;
+	return false;
+}
+
+/*
+ * The NUMA node of @phys as the kernel's NUMA map (SRAT) has it; reserved
+ * memory is in that map too (numa_reserved_meminfo).  Node 0 without NUMA or
+ * where the map says nothing.
+ */
+static int pl_phys_nid(u64 phys)
+{
+	int nid = phys_to_target_node(phys);
+
+	return nid == NUMA_NO_NODE ? 0 : nid;
+}
+
+/*
+ * Add [start, start + size), all on node @nid, mapped at @virt, with @ex to
+ * queue it for scrubbing.
+ */
+static void pl_pool_add_range_node(u64 start, u64 size, int nid, void *virt,
+				   struct pl_extents *ex)
+{
+	struct pl_range *r = &pl_pool.ranges[pl_pool.nr_ranges];
+
 	r->start = start;
 	r->size = size;
+	r->nid = nid;
 	r->virt = virt;
 	/* Published before any extent of it can be scrubbed or allocated. */
 	smp_store_release(&pl_pool.nr_ranges, pl_pool.nr_ranges + 1);
@@ -636,7 +558,58 @@ int pl_pool_add_range(u64 start, u64 size, void *virt)
 	ex->ext[0].len = size;
 	ex->nr = 1;
 	pl_pool_release(ex);
+	pr_info("range [%#llx-%#llx] (%llu MiB) is on node %d\n",
+		start, start + size - 1, size >> 20, nid);
+}
+
+/* The end of the part of [start + off, start + size) on one node. */
+static u64 pl_node_end(u64 start, u64 off, u64 size)
+{
+	int nid = pl_phys_nid(start + off);
+
+	for (off += PL_NODE_STEP; off < size; off += PL_NODE_STEP)
+		if (pl_phys_nid(start + off) != nid)
+			return off;
+	return size;
+}
+
+/*
+ * Add a claimed and mapped range, split where its NUMA node changes.  Its
+ * old contents are unknown, so it enters the pool through the scrubber.
+ * Called at load time only.  All or nothing: on failure no part is added.
+ */
+int pl_pool_add_range(u64 start, u64 size, void *virt)
+{
+	struct pl_extents *ex[PL_MAX_RANGES] = {};
+	unsigned int n = 0, i;
+	u64 off;
+
+	for (off = 0; off < size; off = pl_node_end(start, off, size)) {
+		if (pl_pool.nr_ranges + n == PL_MAX_RANGES)
+			goto err_big;
+		ex[n] = pl_extents_alloc(1);
+		if (!ex[n])
+			goto err_nomem;
+		n++;
+	}
+	for (off = 0, i = 0; i < n; i++) {
+		u64 end = pl_node_end(start, off, size);
+
+		pl_pool_add_range_node(start + off, end - off,
+				       pl_phys_nid(start + off), virt + off,
+				       ex[i]);
+		off = end;
+	}
 	return 0;
+
+err_big:
+	for (i = 0; i < n; i++)
+		pl_extents_free(ex[i]);
+	return -E2BIG;
+err_nomem:
+	for (i = 0; i < n; i++)
+		pl_extents_free(ex[i]);
+	return -ENOMEM;
 }
 
 int pl_pool_init(void)

@@ -15,6 +15,7 @@
 #include <linux/fs_parser.h>
 #include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/numa.h>
 #include <linux/pagemap.h>
 #include <linux/security.h>
 #include <linux/seq_file.h>
@@ -188,7 +189,7 @@ static int pl_statfs(struct dentry *dentry, struct kstatfs *buf)
 		return ret;
 	/* Quarantined memory is not free; what no process holds any more is. */
 	pl_quarantine_reap();
-	pl_pool_stat(sbi->psize, &blocks, &bfree);
+	pl_pool_stat(sbi->psize, sbi->nid, &blocks, &bfree);
 	buf->f_bsize = sbi->psize;
 	buf->f_frsize = sbi->psize;
 	buf->f_blocks = blocks;
@@ -212,6 +213,8 @@ static int pl_show_options(struct seq_file *m, struct dentry *root)
 	struct pl_sb_info *sbi = PL_SB(root->d_sb);
 
 	pl_show_size(m, sbi->psize);
+	if (sbi->nid != NUMA_NO_NODE)
+		seq_printf(m, ",node=%d", sbi->nid);
 	if (!uid_eq(sbi->uid, GLOBAL_ROOT_UID))
 		seq_printf(m, ",uid=%u",
 			   from_kuid_munged(&init_user_ns, sbi->uid));
@@ -233,19 +236,21 @@ static const struct super_operations pl_sops = {
 };
 
 /* Mount options */
-enum { PL_OPT_PAGESIZE, PL_OPT_UID, PL_OPT_GID, PL_OPT_MODE };
+enum { PL_OPT_PAGESIZE, PL_OPT_UID, PL_OPT_GID, PL_OPT_MODE, PL_OPT_NODE };
 
 static const struct fs_parameter_spec pl_fs_parameters[] = {
 	fsparam_string("pagesize", PL_OPT_PAGESIZE),
 	fsparam_uid("uid", PL_OPT_UID),
 	fsparam_gid("gid", PL_OPT_GID),
 	fsparam_u32oct("mode", PL_OPT_MODE),
+	fsparam_u32("node", PL_OPT_NODE),
 	{}
 };
 
 struct pl_fs_context {
 	struct pl_sb_info opts;
 	bool pagesize_set;	/* given explicitly (default 2M) */
+	bool node_set;		/* node= given */
 };
 
 static int pl_parse_param(struct fs_context *fc, struct fs_parameter *param)
@@ -280,6 +285,14 @@ static int pl_parse_param(struct fs_context *fc, struct fs_parameter *param)
 		break;
 	case PL_OPT_MODE:
 		ctx->opts.mode = result.uint_32 & S_IALLUGO;
+		break;
+	case PL_OPT_NODE:
+		if (result.uint_32 >= MAX_NUMNODES ||
+		    !pl_pool_has_node(result.uint_32))
+			return invalfc(fc, "node=%u: no pagelessfs range on that node",
+				       result.uint_32);
+		ctx->opts.nid = result.uint_32;
+		ctx->node_set = true;
 		break;
 	}
 	return 0;
@@ -330,6 +343,8 @@ static int pl_reconfigure(struct fs_context *fc)
 
 	if (ctx->pagesize_set && ctx->opts.psize != sbi->psize)
 		return invalfc(fc, "pagesize cannot be changed by remount");
+	if (ctx->node_set && ctx->opts.nid != sbi->nid)
+		return invalfc(fc, "node cannot be changed by remount");
 	return 0;
 }
 
@@ -356,6 +371,7 @@ static int pl_init_fs_context(struct fs_context *fc)
 	ctx->opts.uid = current_fsuid();
 	ctx->opts.gid = current_fsgid();
 	ctx->opts.mode = PL_DEFAULT_MODE;
+	ctx->opts.nid = NUMA_NO_NODE;
 	fc->fs_private = ctx;
 	fc->ops = &pl_context_ops;
 	return 0;

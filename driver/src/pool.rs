@@ -106,6 +106,10 @@ pub struct PoolStats {
     /// pagelessfs only: memory freed from files that were mapped, held back until every
     /// process that mapped them has exited (it may still be reachable by DMA); not in `free`.
     pub quarantined: Option<u64>,
+    /// pagelessfs only: the NUMA node the mount allocates from (its `node=` mount option; then
+    /// `total` and `free` are that node's); `None` for other pools and for pagelessfs mounts of
+    /// every node.
+    pub node: Option<u32>,
 }
 
 /// The sysfs directory where the pagelessfs module publishes its pool's counters (one decimal
@@ -222,13 +226,14 @@ impl Pool {
             None if self.is_hugetlb() => hugetlb_pages(self.page_size)?,
             None => host_memory()?,
         };
-        let quarantined = match self.kind {
-            PoolKind::Directory(FsKind::Pagelessfs) => {
-                sysfs_counter(Path::new(PAGELESSFS_SYSFS), "quarantined_bytes")?
-            }
-            _ => None,
+        let (quarantined, node) = match self.kind {
+            PoolKind::Directory(FsKind::Pagelessfs) => (
+                sysfs_counter(Path::new(PAGELESSFS_SYSFS), "quarantined_bytes")?,
+                self.dir().and_then(pagelessfs_node),
+            ),
+            _ => (None, None),
         };
-        Ok(PoolStats { page_size: self.page_size, total, free, quarantined })
+        Ok(PoolStats { page_size: self.page_size, total, free, quarantined, node })
     }
 
     /// Checks that `size` (bytes) is a non-zero multiple of the page size; returns it unchanged.
@@ -461,6 +466,63 @@ fn sysfs_counter(dir: &Path, name: &str) -> Result<Option<u64>> {
     }
 }
 
+/// The `node=` option of the pagelessfs mount holding `dir`, from /proc/self/mountinfo;
+/// `None` without one, or if mountinfo cannot be read (logged).
+fn pagelessfs_node(dir: &Path) -> Option<u32> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| debug!("read /proc/self/mountinfo: {e}"))
+        .ok()?;
+    mountinfo_node(&text, &dir)
+}
+
+/// The `node=` super option of the innermost pagelessfs mount containing `dir` in a
+/// mountinfo text (later lines win: they are mounted on top).
+fn mountinfo_node(mountinfo: &str, dir: &Path) -> Option<u32> {
+    let mut best: Option<(usize, Option<u32>)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
+        let (Some(point), Some(fstype), Some(opts)) =
+            (fields.get(4), fields.get(sep + 1), fields.get(sep + 3))
+        else {
+            continue;
+        };
+        let point = unescape_mount_path(point);
+        if !dir.starts_with(&point) {
+            continue;
+        }
+        let depth = Path::new(&point).components().count();
+        if best.is_some_and(|(d, _)| d > depth) {
+            continue;
+        }
+        let node = if *fstype == "pagelessfs" {
+            opts.split(',').find_map(|o| o.strip_prefix("node=")).and_then(|n| n.parse().ok())
+        } else {
+            None
+        };
+        best = Some((depth, node));
+    }
+    best.and_then(|(_, node)| node)
+}
+
+/// A mountinfo path with its octal escapes (`\040` for a space, …) decoded.
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// MemTotal and MemAvailable from /proc/meminfo.
 fn host_memory() -> Result<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/meminfo").map_err(|e| Error::io("read /proc/meminfo", e))?;
@@ -476,6 +538,19 @@ fn host_memory() -> Result<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_of_a_pagelessfs_mount_from_mountinfo() {
+        let text = "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n\
+            40 22 0:50 / /mnt/pl\\040a rw,relatime - pagelessfs none rw,pagesize=2M,node=1\n\
+            41 22 0:51 / /mnt/any rw,relatime - pagelessfs none rw,pagesize=1G\n\
+            42 40 0:52 / /mnt/pl\\040a/inner rw,relatime - tmpfs none rw\n";
+        assert_eq!(mountinfo_node(text, Path::new("/mnt/pl a/vm")), Some(1));
+        assert_eq!(mountinfo_node(text, Path::new("/mnt/pl a")), Some(1));
+        assert_eq!(mountinfo_node(text, Path::new("/mnt/any/vm")), None);
+        assert_eq!(mountinfo_node(text, Path::new("/mnt/pl a/inner/x")), None, "a tmpfs on top");
+        assert_eq!(mountinfo_node(text, Path::new("/srv")), None);
+    }
 
     #[test]
     fn parses_specs() {

@@ -346,6 +346,10 @@ pub struct VmStatus {
     /// every process that mapped them has exited. `None` for other pools.
     #[serde(default)]
     pub pool_quarantined: Option<u64>,
+    /// pagelessfs pools mounted with `node=N`: the NUMA node the memory comes from (`pool_total`
+    /// and `pool_free` are that node's). `None` for other pools and mounts of every node.
+    #[serde(default)]
+    pub pool_node: Option<u32>,
     /// The memory's extents, in file order. From a version 2 owner's STATUS reply, only the
     /// first [`STATUS_EXTENTS`]: [`ControlClient::status`] fetches the rest with
     /// EXTENTS from `extents_next` on, [`ControlClient::status_summary`] does not.

@@ -13,6 +13,8 @@
 //!    device (`pageless-guest struct-page`);
 //! 3. VFIO_IOMMU_MAP_DMA / UNMAP_DMA of 1 GiB: pagelessfs 1G/2M vs hugetlbfs 1G/2M, memfd for
 //!    reference (`pageless-guest vfio-map-bench`, edu bound to vfio-pci);
+//! 5. (printed after 1.) the scrubber: zeroing freed pagelessfs memory against memset of the
+//!    same size on the same core, CPU 0 (`pageless-guest bench-scrub`; goal ratio >= 0.8);
 //! 4. the seed scenario's nested VM (160M, vhost-user disk through the relay, edu passed
 //!    through) booted alternately on pagelessfs and memfd: seconds to INNER-READY.
 //!
@@ -92,6 +94,7 @@ const REQUIRED_CHECKS: &[&str] = &[
     "mount-hugetlbfs",
     "edu-on-vfio-pci",
     "vfio-map-bench-setup",
+    "bench-scrub",
     "unload",
     "dmesg-clean",
 ];
@@ -119,6 +122,9 @@ fn required(runs: usize) -> Vec<String> {
         "struct_page_pagelessfs_free_drop_bytes_per_gib".into(),
         "struct_page_pagelessfs_lost_bytes_per_gib".into(),
         "bench_memmap_bytes_per_gib_pageless".into(),
+        "scrub_mib_per_s".into(),
+        "memset_mib_per_s".into(),
+        "scrub_vs_memset".into(),
     ];
     for (key, _) in FAULT_ROWS {
         keys.push(format!("bench_{key}_minflt"));
@@ -207,6 +213,14 @@ fn print_faults(r: &Results) {
             ms / hms
         );
     }
+}
+
+fn print_scrub(r: &Results) {
+    println!("\n5. Scrubbing 1 GiB of freed pagelessfs memory vs memset of 1 GiB, both on CPU 0");
+    println!("{:<20} {:>10}", "", "MiB/s");
+    println!("{:<20} {:>10}", "scrubber", r.0["scrub_mib_per_s"]);
+    println!("{:<20} {:>10}", "memset", r.0["memset_mib_per_s"]);
+    println!("{:<20} {:>10} (goal >= 0.8)", "scrubber / memset", r.0["scrub_vs_memset"]);
 }
 
 fn print_struct_page(r: &Results) {
@@ -356,6 +370,7 @@ fn main() -> ExitCode {
         elapsed.as_secs_f64()
     );
     print_faults(&results);
+    print_scrub(&results);
     print_struct_page(&results);
     print_vfio(&results);
     if runs > 0 {

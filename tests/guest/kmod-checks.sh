@@ -283,7 +283,7 @@ $G memmap-check /tmp/memmap.base struct-page-after-unload
 
 # --- kernel log ---------------------------------------------------------------------------
 if dmesg | grep -q -E 'BUG|WARNING|Oops'; then
-	check dmesg-clean FAIL "kernel log has BUG/WARNING/Oops lines"
+	check dmesg-clean FAIL "kernel log has BUG/WARNING/Oops lines: $(dmesg | grep -E 'BUG|WARNING|Oops' | head -n 3 | tr '\n' ' ')"
 	dmesg | tail -n 60 | sed 's/^/# dmesg: /'
 else
 	check dmesg-clean ok "no BUG, WARNING or Oops in the kernel log"

@@ -1,5 +1,6 @@
 //! The pageless test bed: everything the integration tests share.
 //!
+//! * [`alloc`]: the kernel module's extent allocator (driver/kmod/alloc.c) built for user space.
 //! * [`bins`]: builds and finds the workspace's binaries (`pageless`, `pageless-guest`).
 //! * [`kernel`]: the 6.12 cloud kernel unpacked by `scripts/setup.sh`.
 //! * [`initramfs`]: busybox initramfs images with binaries (and their shared libraries),
@@ -11,6 +12,7 @@
 //! * [`env`]: [`env::require_env`], which skips (or, with `PAGELESS_TEST_ENV=require`, fails)
 //!   a test whose environment (root, QEMU, the test kernel, libvirt) is missing.
 
+pub mod alloc;
 pub mod backends;
 pub mod bins;
 pub mod checks;

@@ -1,5 +1,7 @@
 //! The kernel module in a VM, on each test kernel (6.12 and 7.3): builds driver/kmod for the
-//! kernel, boots it under TCG with boot-reserved memory (memmap=1G$4G memmap=512M$6G, -m 6G)
+//! kernel, boots it under TCG with two NUMA nodes (-m 6G: node 0 has the first 1152M of RAM,
+//! node 1 the rest) and boot-reserved memory (memmap=256M$1G, split by the node boundary at
+//! 0x48000000, memmap=1G$4G memmap=512M$6G on node 1)
 //! plus the bait for the refusals of ranges that are not RAM (memmap=256M$0x280000000: reserved
 //! past the end of RAM; memmap=256M%0x1b0000000-1: RAM neither System RAM nor reserved) and a
 //! busybox initramfs holding pageless.ko, the in-guest checks (tests/guest) and the
@@ -8,8 +10,9 @@
 //!
 //! In the guest, first `pageless serve --pool pagelessfs:…` serves a pagelessfs allocation to a
 //! client process and, through its relay, to a fake vhost-user backend: neither can shrink or
-//! grow it (the owner seals it); then tests/guest/kmod-checks.sh runs the module's whole check
-//! sequence.
+//! grow it (the owner seals it); then tests/guest/numa-checks.sh checks ranges' nodes, node=
+//! mounts and placement (issue #9), and tests/guest/kmod-checks.sh runs the module's whole
+//! check sequence.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -129,6 +132,22 @@ const REQUIRED: &[&str] = &[
     "serve-owner-alive-after-memory-error",
     "serve-stopped",
     "serve-reattach-sealed",
+    "numa-load",
+    "numa-ranges",
+    "numa-sysfs-nodes",
+    "numa-mount",
+    "numa-mount-options",
+    "numa-bad-node",
+    "numa-statfs",
+    "numa-placement",
+    "numa-placement-small",
+    "numa-placement-big",
+    "numa-extents-node0",
+    "numa-extents-node1",
+    "numa-statfs-free",
+    "numa-enospc-node",
+    "numa-extents-any",
+    "numa-unload",
     "environment",
     "load-system-ram",
     "load-partly-ram",
@@ -274,8 +293,9 @@ fn pagelessfs_in_a_vm(kernel: Kernel) {
         .binary(&bins::pageless(), "/bin/pageless")
         .binary(&bins::build("pageless-tests", "pageless-testbed"), "/bin/pageless-testbed")
         .file(&repo_root().join("tests/guest/kmod-checks.sh"), "/kmod-checks.sh")
+        .file(&repo_root().join("tests/guest/numa-checks.sh"), "/numa-checks.sh")
         .init(&format!(
-            "{}\nsh /kmod-checks.sh\npoweroff -f\n",
+            "{}\nsh /numa-checks.sh\nsh /kmod-checks.sh\npoweroff -f\n",
             SERVE_ON_PAGELESSFS.replace("@TOKEN@", &token)
         ))
         .build(&initrd)
@@ -285,7 +305,26 @@ fn pagelessfs_in_a_vm(kernel: Kernel) {
     config.kernel = kernel.vmlinuz();
     config.memory = "6G".into();
     config.smp = 2;
-    config.append = "memmap=1G$4G memmap=512M$6G memmap=256M$0x280000000 memmap=256M%0x1b0000000-1".into();
+    // Two NUMA nodes, one CPU (socket) each: node 0 takes the first 1152M of RAM, so that the
+    // node boundary (0x48000000) splits the 256M reserved at 1G (tests/guest/numa-checks.sh).
+    // One socket per node: cores of one socket on two nodes make the kernel WARN (smpboot.c
+    // topology_sane()).
+    for arg in [
+        "-smp",
+        "sockets=2,cores=1,threads=1",
+        "-object",
+        "memory-backend-ram,id=m0,size=1152M",
+        "-object",
+        "memory-backend-ram,id=m1,size=4992M",
+        "-numa",
+        "node,nodeid=0,memdev=m0,cpus=0",
+        "-numa",
+        "node,nodeid=1,memdev=m1,cpus=1",
+    ] {
+        config.extra.push(arg.into());
+    }
+    config.append =
+        "memmap=256M$1G memmap=1G$4G memmap=512M$6G memmap=256M$0x280000000 memmap=256M%0x1b0000000-1".into();
     let mut vm = Vm::boot(&config);
     vm.wait_for("CHECKS-DONE", Duration::from_secs(900)).expect("the guest's checks finish");
     let _ = vm.wait_exit(Duration::from_secs(60));

@@ -49,6 +49,10 @@ check mount-hugetlbfs sh -c 'mount -t hugetlbfs -o pagesize=2M none /mnt/huge2m 
 $G bench-faults --pageless /mnt/pl/1g --pageless /mnt/pl/2m --pageless /mnt/pl/4k \
     --hugetlbfs /mnt/huge2m --hugetlbfs /mnt/huge1g
 
+# 5. The scrubber against memset of 1 GiB on the same core (CPU 0).
+phase scrub
+$G bench-scrub /mnt/pl/1g --size 1G
+
 # 3. VFIO_IOMMU_MAP_DMA of 1 GiB: edu, behind the vIOMMU, bound to vfio-pci gives the container.
 phase vfio
 bind_edu

@@ -8,8 +8,10 @@ mod apparmor;
 mod bench;
 mod blk;
 mod checks;
+mod extents;
 mod isolation;
 mod numa;
+mod scrub_bench;
 mod struct_page;
 mod util;
 mod vfio;
@@ -115,6 +117,8 @@ enum Cmd {
     },
     /// Print FIEMAP extents (like filefrag -v) and check them.
     Fiemap { files: Vec<PathBuf> },
+    /// Check NAME: every FIEMAP extent of FILES lies in one of RANGES (SIZE@START,...).
+    ExtentsWithin { name: String, ranges: String, files: Vec<PathBuf> },
     /// Allocate and map the whole pool via DIR, compare struct page counters with BASE.
     HoldPool { dir: PathBuf, base: PathBuf },
     /// delete_module(MODULE) must fail while a pagelessfs is mounted.
@@ -154,6 +158,13 @@ enum Cmd {
         /// hugetlbfs mounts.
         #[arg(long = "hugetlbfs")]
         hugetlbfs: Vec<PathBuf>,
+        #[arg(long, default_value = "1G", value_parser = util::parse_size)]
+        size: u64,
+    },
+    /// Benchmark: the module's scrubber against memset of SIZE on the same core (CPU 0).
+    BenchScrub {
+        /// A pagelessfs mount.
+        dir: PathBuf,
         #[arg(long, default_value = "1G", value_parser = util::parse_size)]
         size: u64,
     },
@@ -261,6 +272,7 @@ fn main() {
         Cmd::QuarantineHolder { file } => isolation::quarantine_holder(&file),
         Cmd::VfioReuse { bdf, dir, give_back } => vfio_reuse::vfio_reuse(&mut r, &bdf, &dir, give_back),
         Cmd::Fiemap { files } => checks::fiemap_cmd(&mut r, &files),
+        Cmd::ExtentsWithin { name, ranges, files } => extents::extents_within(&mut r, &name, &ranges, &files),
         Cmd::HoldPool { dir, base } => checks::hold_pool(&mut r, &dir, &base),
         Cmd::RmmodBusy { module } => checks::rmmod_busy(&mut r, &module),
         Cmd::Stress { secs, workers, dirs } => checks::stress(&mut r, &dirs, secs, workers),
@@ -270,6 +282,7 @@ fn main() {
         Cmd::BenchFaults { pageless, hugetlbfs, size } => {
             bench::bench_faults(&mut r, &pageless, &hugetlbfs, size)
         }
+        Cmd::BenchScrub { dir, size } => scrub_bench::bench_scrub(&mut r, &dir, size),
         Cmd::BlkBench { device, mib, random_reads } => blk::blk_bench(&mut r, &device, mib, random_reads),
         Cmd::VfioEdu { bdf, file, memfd: _, name, iova, keep } => {
             let source = file.map_or(vfio::Source::Memfd, vfio::Source::File);
