@@ -621,10 +621,11 @@ mod tests {
             vec![(0, 128 << 20, Some(0)), (1, 128 << 20, Some(1))]
         );
 
-        // [pools] gives node 1 its pagelessfs mount; other keys of the host config are ignored.
+        // [pools] of the host config (`pageless host`'s) gives node 1 its pagelessfs mount.
         std::fs::write(
             &host_config,
-            "[host]\nreserve = \"4G\"\n[pools]\n1 = \"pagelessfs:/mnt/pageless/node1\"\n",
+            "ranges = [\"1G@6G\"]\n[[mount]]\npath = \"/mnt/pageless/node1\"\npagesize = \"2M\"\nnode = 1\n\
+             [pools]\n1 = \"pagelessfs:/mnt/pageless/node1\"\n",
         )
         .unwrap();
         let plan = plan_with(NUMA_DOMAIN).unwrap();
@@ -639,9 +640,9 @@ mod tests {
         let err = plan_with(&several).unwrap_err().to_string();
         assert!(err.contains("<memnode cellid='1' mode='strict' nodeset='N'/>"), "{err}");
         // A broken host config is named.
-        std::fs::write(&host_config, "[pools]\nnode1 = \"memfd\"\n").unwrap();
+        std::fs::write(&host_config, "ranges = [\"1G@6G\"]\n[pools]\nnode1 = \"memfd\"\n").unwrap();
         let err = plan_with(NUMA_DOMAIN).unwrap_err().to_string();
-        assert!(err.contains("pageless.toml") && err.contains("not a host node number"), "{err}");
+        assert!(err.contains("pageless.toml") && err.contains("node1"), "{err}");
         // A configured size that is not the cells' total.
         std::fs::remove_file(&host_config).unwrap();
         let sized = NUMA_DOMAIN.replace(r#"pool="memfd""#, r#"pool="memfd" size="512M""#);

@@ -7,12 +7,12 @@
 //! (`@node=N`, for memfd, tmpfs and hugetlb pools). A cell without a nodeset takes the VM's pool
 //! as it is.
 
+use crate::host::config::HostConfig;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use pageless_pool::size::round_up;
 use pageless_pool::PoolSpec;
-use serde::Deserialize;
 
 use crate::cells::CellSpec;
 
@@ -22,38 +22,27 @@ pub const DEFAULT_HOST_CONFIG: &str = "/etc/pageless/pageless.toml";
 /// libvirt rounds each NUMA cell up to 1 MiB on x86.
 const CELL_ALIGN: u64 = 1 << 20;
 
-/// The part of the host config the hook reads; every other key is left to whoever owns it.
-#[derive(Debug, Default, Deserialize)]
-struct HostPools {
-    #[serde(default)]
-    pools: BTreeMap<String, String>,
-}
-
-/// The host config's `[pools]`: host node → pool spec, e.g. `0 = "pagelessfs:/mnt/pageless/node0"`.
-/// A missing file is an empty table; keys other than `[pools]` are ignored.
+/// The host config's `[pools]` (`pageless host`'s `/etc/pageless/pageless.toml`, checked as
+/// a whole): host node → pool spec, e.g. `0 = "pagelessfs:/mnt/pageless/node0"`. A missing file
+/// is an empty table.
 pub fn host_pools(path: &Path) -> Result<BTreeMap<u32, PoolSpec>, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(format!("read {}: {e}", path.display())),
-    };
-    parse_host_pools(&text).map_err(|why| format!("{}: {why}", path.display()))
+    if let Err(e) = std::fs::metadata(path) {
+        return match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            _ => Err(format!("read {}: {e}", path.display())),
+        };
+    }
+    pools_of(&HostConfig::load(path).map_err(|e| e.to_string())?)
 }
 
-/// [`host_pools`] of a config's text.
-fn parse_host_pools(text: &str) -> Result<BTreeMap<u32, PoolSpec>, String> {
-    let config: HostPools = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+/// The pool specs of a host config's `[pools]`.
+fn pools_of(config: &HostConfig) -> Result<BTreeMap<u32, PoolSpec>, String> {
     config
         .pools
-        .into_iter()
+        .iter()
         .map(|(node, pool)| {
-            let number = node
-                .parse::<u32>()
-                .ok()
-                .filter(|_| node.chars().all(|c| c.is_ascii_digit()))
-                .ok_or_else(|| format!("[pools] key {node:?} is not a host node number (write `0 = \"pagelessfs:/mnt/pageless/node0\"`)"))?;
             let spec = pool.parse::<PoolSpec>().map_err(|e| format!("[pools] {node}: {e}"))?;
-            Ok((number, spec))
+            Ok((*node, spec))
         })
         .collect()
 }
@@ -257,12 +246,18 @@ mod tests {
     #[test]
     fn pools_come_from_the_host_config_or_bind_the_vms_pool() {
         let config = r#"
-            [other]
-            key = "ignored: another part of pageless reads it"
+            ranges = ["1G@4G"]
+            [[mount]]
+            path = "/mnt/pageless/node0"
+            pagesize = "2M"
+            node = 0
             [pools]
             0 = "pagelessfs:/mnt/pageless/node0"
             3 = "memfd:2M"
         "#;
+        let parse_host_pools = |text: &str| {
+            HostConfig::parse(text, "pageless.toml").map_err(|e| e.to_string()).and_then(|c| pools_of(&c))
+        };
         let pools = parse_host_pools(config).unwrap();
         assert_eq!(pools.len(), 2);
         let cells = [
@@ -296,11 +291,14 @@ mod tests {
             "{err}"
         );
 
-        assert!(parse_host_pools("[pools]\nzero = \"memfd\"\n")
-            .unwrap_err()
-            .contains("not a host node number"));
-        assert!(parse_host_pools("[pools]\n0 = \"floppy:/x\"\n").is_err());
-        assert!(parse_host_pools("other = 1\n").unwrap().is_empty());
+        let ranges = "ranges = [\"1G@4G\"]\n";
+        assert!(parse_host_pools(&format!("{ranges}[pools]\nzero = \"memfd\"\n")).is_err());
+        assert!(parse_host_pools(&format!("{ranges}[pools]\n0 = \"floppy:/x\"\n")).is_err());
+        assert!(
+            parse_host_pools(&format!("{ranges}other = 1\n")).is_err(),
+            "the host config is checked as a whole"
+        );
+        assert!(parse_host_pools(ranges).unwrap().is_empty());
         assert!(host_pools(Path::new("/nonexistent/pageless.toml")).unwrap().is_empty());
     }
 }
