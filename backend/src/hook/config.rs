@@ -310,7 +310,8 @@ pub(super) fn plan(
         }
         let pools = super::numa::host_pools(host_config).map_err(|why| HookError::Config {
             vm: vm.into(),
-            source_desc: format!("the host config {}", host_config.display()),
+            // `why` names the file.
+            source_desc: "the host config".into(),
             why,
         })?;
         let specs = super::numa::cell_specs(&domain_cells, &pool_spec, &pools, host_config)
