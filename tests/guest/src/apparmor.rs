@@ -81,6 +81,10 @@ fn vhost(path: &Path) -> Outcome {
     match sock.read(&mut reply) {
         Ok(0) => Outcome::Refused("the relay hung up without a reply".into()),
         Ok(_) => Outcome::Allowed,
+        // Closed with our request unread: the kernel resets the connection.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+            Outcome::Refused("the relay hung up without a reply (connection reset)".into())
+        }
         Err(e) => Outcome::Error(format!("no reply: {e}")),
     }
 }
