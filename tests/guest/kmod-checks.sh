@@ -38,19 +38,7 @@ G=pageless-guest
 M=/mnt/pageless
 THP=/sys/kernel/mm/transparent_hugepage/enabled
 
-check() { # name ok|FAIL detail...
-	n=$1 s=$2
-	shift 2
-	echo "CHECK $n $s $*"
-}
-expect() { # name detail command... : ok if the command succeeds
-	n=$1 d=$2
-	shift 2
-	if "$@" >/tmp/expect.out 2>&1; then check "$n" ok "$d"; else
-		check "$n" FAIL "$d: $(tr '\n' ' ' </tmp/expect.out | head -c 300)"; fi
-}
-dmesg_mark() { DMESG_MARK=$(dmesg | wc -l); }
-dmesg_new() { dmesg | tail -n +$((DMESG_MARK + 1)); }
+. /checks-lib.sh
 loaded() { grep -q '^pageless ' /proc/modules; }
 claimed() { grep -q ' : pageless$' /proc/iomem; }
 

@@ -20,19 +20,7 @@ N0=128M@0x40000000
 N1=128M@0x48000000,1G@0x100000000
 RANGES=256M@0x40000000,1G@0x100000000
 
-check() { # name ok|FAIL detail...
-	n=$1 s=$2
-	shift 2
-	echo "CHECK $n $s $*"
-}
-expect() { # name detail command... : ok if the command succeeds
-	n=$1 d=$2
-	shift 2
-	if "$@" >/tmp/expect.out 2>&1; then check "$n" ok "$d"; else
-		check "$n" FAIL "$d: $(tr '\n' ' ' </tmp/expect.out | head -c 300)"; fi
-}
-dmesg_mark() { DMESG_MARK=$(dmesg | wc -l); }
-dmesg_new() { dmesg | tail -n +$((DMESG_MARK + 1)); }
+. /checks-lib.sh
 total_kib() { df -k "$1" | tail -n 1 | sed 's/  */ /g' | cut -d' ' -f2; }
 free_kib() { df -k "$1" | tail -n 1 | sed 's/  */ /g' | cut -d' ' -f4; }
 wait_scrubbed() {

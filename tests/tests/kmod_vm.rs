@@ -292,6 +292,7 @@ fn pagelessfs_in_a_vm(kernel: Kernel) {
         .binary(&bins::build("pageless-guest", "pageless-guest"), "/bin/pageless-guest")
         .binary(&bins::pageless(), "/bin/pageless")
         .binary(&bins::build("pageless-tests", "pageless-testbed"), "/bin/pageless-testbed")
+        .file(&repo_root().join("tests/guest/checks-lib.sh"), "/checks-lib.sh")
         .file(&repo_root().join("tests/guest/kmod-checks.sh"), "/kmod-checks.sh")
         .file(&repo_root().join("tests/guest/numa-checks.sh"), "/numa-checks.sh")
         .init(&format!(
