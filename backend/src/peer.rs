@@ -45,8 +45,9 @@ impl AccessPolicy {
     /// Why `peer` (connected on `sock`) is refused for its AppArmor confinement, if it is: with
     /// `--apparmor-profile P`, a peer must be unconfined, confined by P, or confined like the
     /// owner itself. On kernels whose
-    /// AppArmor does not mediate connecting to a Unix socket by path (upstream before 6.17, and
-    /// Debian's pinned policy features), this is what keeps another domain's QEMU out.
+    /// AppArmor does not mediate connecting to a Unix socket by path (Debian's 6.12, and Debian
+    /// 12's policy compiled against pinned features without it), this is what keeps another
+    /// domain's QEMU out.
     pub fn apparmor_refusal(&self, peer: &Peer, sock: &UnixStream) -> Option<String> {
         let ours = self.apparmor_profile.as_ref()?;
         // Pin the process first, so that the label read is this peer's and not that of a
