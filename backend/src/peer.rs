@@ -69,10 +69,9 @@ impl AccessPolicy {
         }
         // The owner's own confinement (e.g. a container's profile every process there runs
         // under) is as good as unconfined.
-        let own = apparmor_label(std::process::id());
-        let foreign = labels
-            .into_iter()
-            .find(|label| label != "unconfined" && label != ours && Some(label) != own.as_ref())?;
+        let own = own_apparmor_label();
+        let foreign =
+            labels.into_iter().find(|label| label != "unconfined" && label != ours && Some(label) != own)?;
         Some(format!(
             "pid {} (uid {}) runs under AppArmor profile {foreign}, not this VM's {ours} (another domain's QEMU?)",
             peer.pid, peer.uid
@@ -84,6 +83,13 @@ impl AccessPolicy {
 /// dropped); `None` where AppArmor is not the active LSM or the process is gone.
 pub fn apparmor_label(pid: u32) -> Option<String> {
     parse_apparmor_label(&std::fs::read_to_string(format!("/proc/{pid}/attr/apparmor/current")).ok()?)
+}
+
+/// This process's own AppArmor label, read once: a process does not change its own confinement
+/// while it serves.
+fn own_apparmor_label() -> Option<&'static String> {
+    static OWN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| apparmor_label(std::process::id())).as_ref()
 }
 
 /// The AppArmor labels of every thread of process `pid` (none where AppArmor is off).
