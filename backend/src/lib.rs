@@ -29,6 +29,7 @@ mod clock;
 mod control_server;
 mod owner;
 mod peer;
+mod replace_file;
 mod stopping;
 
 use std::path::{Path, PathBuf};

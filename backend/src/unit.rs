@@ -9,7 +9,7 @@
 //! VM, is refused.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -109,18 +109,8 @@ pub fn write_args(dir: &Path, vm: &str, args: &[String]) -> Result<PathBuf, Unit
     let new = dir.join(format!(".{vm}.args.new"));
     let mut text = args.join("\n");
     text.push('\n');
-    let _ = std::fs::remove_file(&new);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&new)
-        .with_context(|| format!("create {}", new.display()))?;
-    file.write_all(text.as_bytes()).with_context(|| format!("write {}", new.display()))?;
-    drop(file);
-    std::fs::rename(&new, &path)
-        .with_context(|| format!("rename {} to {}", new.display(), path.display()))?;
+    crate::replace_file::replace_file(&path, &new, text.as_bytes(), 0o600)
+        .with_context(|| format!("write {} (through {})", path.display(), new.display()))?;
     Ok(path)
 }
 

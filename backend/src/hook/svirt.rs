@@ -20,7 +20,6 @@
 //! is then what keeps VMs apart.
 
 use std::ffi::CString;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -311,19 +310,10 @@ fn apparmor_confine(
     Ok(())
 }
 
-/// Writes `path` through a temporary file and a rename, so a reader never sees half of it.
+/// Replaces `path` whole (mode 0644, as apparmor_parser's files are), staged beside it.
 fn write_replacing(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(content)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let staging = path.with_extension(format!("tmp{}", std::process::id()));
+    crate::replace_file::replace_file(path, &staging, content, 0o644)
 }
 
 /// The files SELinux labels with the domain's image label: the owner's socket, the relay
