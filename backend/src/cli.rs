@@ -15,6 +15,7 @@ use crate::limits::{self, LimitOptions};
 use crate::qemu::{self, QemuOptions};
 use crate::relay::RelaySpec;
 use crate::serve::{self, ServeOptions};
+use crate::update;
 use crate::{control_socket_path, status, unit, DEFAULT_RUN_DIR};
 
 /// pageless: guest RAM owned by one process per VM, shared with QEMU and device backends.
@@ -116,6 +117,10 @@ pub enum Command {
         /// `--run-dir`: where the VM's owner listens.
         #[command(flatten)]
         run_dir: RunDir,
+        /// Used by `pageless update restore`: start QEMU with `-incoming defer` (not recorded
+        /// for the next update).
+        #[arg(long, hide = true)]
+        update_incoming: bool,
         /// The QEMU binary and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "QEMU")]
         command: Vec<String>,
@@ -190,6 +195,18 @@ pub enum Command {
         #[arg(long, default_value = unit::DEFAULT_UNIT_ARGS_DIR)]
         args_dir: PathBuf,
     },
+    /// Live update across a host kernel update (kexec): save a VM's device state with QEMU's
+    /// cpr-reboot mode before the reboot, restore it after.
+    ///
+    /// `save` pauses the VM (started by `pageless qemu`) and writes only its device state: its RAM
+    /// stays in the owner's memory file, which must survive the reboot. `restore` starts the owner
+    /// (re-attaching the file by name) and QEMU again with their old arguments and loads the
+    /// state; the guest continues where it stopped.
+    Update {
+        /// What to do.
+        #[command(subcommand)]
+        command: UpdateCommand,
+    },
     /// Set the host up for pagelessfs: plan the reservation, bring the module and pools up or
     /// down, check.
     ///
@@ -199,6 +216,57 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: HostCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+/// `--state-dir`, flattened into `update save` and `update restore`.
+pub struct StateDir {
+    /// Where saved VM states go (`<DIR>/<vm>/state` and `update.json`): a directory that
+    /// survives the reboot, so not under /run where that is a tmpfs.
+    #[arg(long, env = "PAGELESS_STATE_DIR", default_value = update::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+/// `pageless update`'s subcommands.
+pub enum UpdateCommand {
+    /// Pause a VM and save its device state for a restore after the reboot.
+    ///
+    /// Refused, before anything is paused, when the VM's memory would not survive (memfd) or is
+    /// not all the owner's share=on file, or when its QEMU was not started by `pageless qemu`
+    /// (no monitor on `<run-dir>/<vm>.qmp`). QEMU stays paused and the owner keeps the memory
+    /// until the reboot; if saving fails, the guest runs on.
+    Save {
+        /// The VM.
+        #[arg(long)]
+        vm: String,
+        /// `--run-dir`: where the VM's owner listens.
+        #[command(flatten)]
+        run_dir: RunDir,
+        /// `--state-dir`.
+        #[command(flatten)]
+        state_dir: StateDir,
+    },
+    /// Start a saved VM's owner and QEMU again and let the guest continue where it stopped.
+    ///
+    /// Checks the saved state (same VM, unchanged since the save, same QEMU version, memory
+    /// files there) before starting anything. The owner and QEMU run detached; QEMU's output
+    /// goes to `--qemu-log`. Restart the VM's vhost-user device backends first: QEMU reconnects
+    /// to them through the owner's relay.
+    Restore {
+        /// The VM.
+        #[arg(long)]
+        vm: String,
+        /// `--run-dir`: where the VM's owner listens (as at the save).
+        #[command(flatten)]
+        run_dir: RunDir,
+        /// `--state-dir`.
+        #[command(flatten)]
+        state_dir: StateDir,
+        /// Where QEMU's stdout and stderr go (appended); default `<run-dir>/<vm>.qemu.log`.
+        #[arg(long, value_name = "PATH")]
+        qemu_log: Option<PathBuf>,
     },
 }
 
@@ -320,8 +388,8 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 },
             })?;
         }
-        Command::Qemu { vm, run_dir, command } => {
-            qemu::run(QemuOptions { vm, run_dir: run_dir.run_dir, command })?;
+        Command::Qemu { vm, run_dir, update_incoming, command } => {
+            qemu::run(QemuOptions { vm, run_dir: run_dir.run_dir, command, incoming_defer: update_incoming })?;
         }
         Command::Status { vm, run_dir, json } => {
             if let Some(vm) = &vm {
@@ -372,7 +440,29 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::ServeUnit { vm, args_dir } => serve_unit(&vm, &args_dir)?,
+        Command::Update { command } => run_update(command)?,
         Command::Host { command } => run_host(command)?,
+    }
+    Ok(())
+}
+
+fn run_update(command: UpdateCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let mut out = std::io::stdout();
+    match command {
+        UpdateCommand::Save { vm, run_dir, state_dir } => {
+            let options =
+                update::SaveOptions { vm, run_dir: run_dir.run_dir, state_dir: state_dir.state_dir };
+            update::save(&options, &mut out)?;
+        }
+        UpdateCommand::Restore { vm, run_dir, state_dir, qemu_log } => {
+            let options = update::RestoreOptions {
+                vm,
+                run_dir: run_dir.run_dir,
+                state_dir: state_dir.state_dir,
+                qemu_log,
+            };
+            update::restore(&options, &mut out)?;
+        }
     }
     Ok(())
 }

@@ -7,6 +7,8 @@
 //! * [`hook`]: libvirt's qemu hook, which starts and stops a domain's owner.
 //! * [`host`]: `pageless host plan|up|down|check`: boot-time reservation, module, pool mounts.
 //! * [`unit`]: the owner as the systemd template unit `pageless@<vm>.service`.
+//! * [`update`]: `pageless update save|restore`: a VM across a host kernel update (QEMU
+//!   cpr-reboot), with [`qmp`] to talk to QEMU.
 
 #![warn(missing_docs)]
 
@@ -18,10 +20,12 @@ pub mod host;
 pub mod limits;
 pub mod qemu;
 pub mod qemu_args;
+pub mod qmp;
 pub mod relay;
 pub mod serve;
 pub mod status;
 pub mod unit;
+pub mod update;
 
 mod accept;
 mod binding;

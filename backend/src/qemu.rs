@@ -11,13 +11,15 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use log::info;
+use log::{info, warn};
 use pageless_pool::size::Size;
 use pageless_protocol::control::{ControlClient, ControlError};
 use thiserror::Error;
 
 use crate::control_socket_path;
 use crate::qemu_args::{self, ArgError, OwnerCell, OwnerRam};
+use crate::replace_file::replace_file;
+use crate::update::record::{qemu_record_path, qmp_socket_path, QemuRecord};
 
 /// What `pageless qemu` was asked to run: see [`run`].
 #[derive(Clone, Debug)]
@@ -29,6 +31,9 @@ pub struct QemuOptions {
     pub run_dir: PathBuf,
     /// The QEMU binary and its arguments.
     pub command: Vec<String>,
+    /// Start QEMU with `-incoming defer` (not recorded): `pageless update restore` loads the
+    /// saved device state through the monitor.
+    pub incoming_defer: bool,
 }
 
 /// Why [`run`] returned instead of becoming QEMU. Nothing was started; the message says what
@@ -121,7 +126,53 @@ pub fn run(options: QemuOptions) -> Result<Infallible, QemuError> {
         cells => qemu_args::rewrite_cells(args, cells),
     }
     .map_err(|source| QemuError::Args { vm: vm.clone(), source })?;
+    let mut args = args;
+    add_update_monitor(&vm, &options, program, &mut args);
+    if options.incoming_defer {
+        args.extend(["-incoming".to_string(), "defer".to_string()]);
+    }
     Err(exec(program, &args))
+}
+
+/// Gives QEMU a QMP monitor on `<run-dir>/<vm>.qmp` and records how it runs in
+/// `<run-dir>/<vm>.qemu.json`, for `pageless update`. Skipped, with a log line, where this
+/// process cannot write the run directory (libvirt's QEMU user under `/run/pageless`): such a
+/// QEMU runs as before, without live update.
+fn add_update_monitor(vm: &str, options: &QemuOptions, program: &str, args: &mut Vec<String>) {
+    use nix::unistd::{access, AccessFlags};
+    let run_dir = &options.run_dir;
+    if let Err(e) = access(run_dir, AccessFlags::W_OK | AccessFlags::X_OK) {
+        info!(
+            "VM {vm:?}: no live-update monitor ({} is not writable: {e}); `pageless update` cannot save this VM",
+            run_dir.display()
+        );
+        return;
+    }
+    let qmp = qmp_socket_path(run_dir, vm);
+    let record = QemuRecord {
+        vm: vm.to_string(),
+        run_dir: std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.clone()),
+        program: program.to_string(),
+        args: options.command[1..].to_vec(),
+        cwd: std::env::current_dir().unwrap_or_else(|_| "/".into()),
+        qmp: std::path::absolute(&qmp).unwrap_or_else(|_| qmp.clone()),
+        pid: std::process::id(),
+    };
+    let path = qemu_record_path(run_dir, vm);
+    let staging = run_dir.join(format!(".{vm}.qemu.json.new"));
+    let json = serde_json::to_vec_pretty(&record).expect("a record serializes");
+    if let Err(e) = replace_file(&path, &staging, &json, 0o600) {
+        warn!("VM {vm:?}: cannot write {}: {e}; `pageless update` cannot save this VM", path.display());
+        return;
+    }
+    // QEMU unlinks a stale socket at that path before it binds.
+    args.extend([
+        "-chardev".to_string(),
+        format!("socket,id=pageless-qmp,path={},server=on,wait=off", record.qmp.display().to_string().replace(',', ",,")),
+        "-mon".to_string(),
+        "chardev=pageless-qmp,mode=control".to_string(),
+    ]);
+    info!("VM {vm:?}: live-update monitor on {} (recorded in {})", record.qmp.display(), path.display());
 }
 
 fn inheritable(fd: RawFd) -> Result<(), QemuError> {
