@@ -389,7 +389,12 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             })?;
         }
         Command::Qemu { vm, run_dir, update_incoming, command } => {
-            qemu::run(QemuOptions { vm, run_dir: run_dir.run_dir, command, incoming_defer: update_incoming })?;
+            qemu::run(QemuOptions {
+                vm,
+                run_dir: run_dir.run_dir,
+                command,
+                incoming_defer: update_incoming,
+            })?;
         }
         Command::Status { vm, run_dir, json } => {
             if let Some(vm) = &vm {

@@ -141,6 +141,10 @@ pub fn run(options: QemuOptions) -> Result<Infallible, QemuError> {
 fn add_update_monitor(vm: &str, options: &QemuOptions, program: &str, args: &mut Vec<String>) {
     use nix::unistd::{access, AccessFlags};
     let run_dir = &options.run_dir;
+    if options.command[1..].iter().any(|a| a.contains("id=charmonitor")) {
+        info!("VM {vm:?}: QEMU runs under libvirt (it has libvirt's monitor): no live-update monitor");
+        return;
+    }
     if let Err(e) = access(run_dir, AccessFlags::W_OK | AccessFlags::X_OK) {
         info!(
             "VM {vm:?}: no live-update monitor ({} is not writable: {e}); `pageless update` cannot save this VM",
@@ -168,7 +172,10 @@ fn add_update_monitor(vm: &str, options: &QemuOptions, program: &str, args: &mut
     // QEMU unlinks a stale socket at that path before it binds.
     args.extend([
         "-chardev".to_string(),
-        format!("socket,id=pageless-qmp,path={},server=on,wait=off", record.qmp.display().to_string().replace(',', ",,")),
+        format!(
+            "socket,id=pageless-qmp,path={},server=on,wait=off",
+            record.qmp.display().to_string().replace(',', ",,")
+        ),
         "-mon".to_string(),
         "chardev=pageless-qmp,mode=control".to_string(),
     ]);

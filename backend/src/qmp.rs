@@ -164,7 +164,11 @@ fn parse_event(name: &str, value: &Value) -> Event {
     let stamp = &value["timestamp"];
     let seconds = stamp["seconds"].as_f64().unwrap_or(0.0);
     let micros = stamp["microseconds"].as_f64().unwrap_or(0.0);
-    Event { name: name.into(), time: seconds + micros / 1e6, data: value.get("data").cloned().unwrap_or(Value::Null) }
+    Event {
+        name: name.into(),
+        time: seconds + micros / 1e6,
+        data: value.get("data").cloned().unwrap_or(Value::Null),
+    }
 }
 
 #[cfg(test)]

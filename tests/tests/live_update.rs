@@ -87,7 +87,11 @@ fn wait_for_count(file: &Path, timeout: Duration, good: impl Fn(&Count) -> bool)
         if let Some(count) = counts(&content).into_iter().find(|c| good(c)) {
             return count;
         }
-        assert!(Instant::now() < deadline, "no such COUNT line in {} within {timeout:?}:\n{content}", file.display());
+        assert!(
+            Instant::now() < deadline,
+            "no such COUNT line in {} within {timeout:?}:\n{content}",
+            file.display()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -147,7 +151,11 @@ fn guest_continues_after_save_kill_and_restore() {
     let before = owner.status();
 
     let initrd = dir.path().join("initrd");
-    Initramfs::new().kernel_modules(&Kernel::get(), &["virtio_blk"]).init(COUNTING_GUEST).build(&initrd).unwrap();
+    Initramfs::new()
+        .kernel_modules(&Kernel::get(), &["virtio_blk"])
+        .init(COUNTING_GUEST)
+        .build(&initrd)
+        .unwrap();
     let mut config = VmConfig::new("live-update", initrd);
     config.through_pageless(&run_dir, Some("upd")).vhost_user(
         "disk0",
@@ -202,7 +210,18 @@ fn guest_continues_after_save_kill_and_restore() {
     std::fs::write(&state_file, &bad).unwrap();
     let qemu_log = dir.path().join("qemu-restored.log");
     let log_arg = qemu_log.display().to_string();
-    let restore_args = ["update", "restore", "--vm", "upd", "--run-dir", &run, "--state-dir", &state, "--qemu-log", &log_arg];
+    let restore_args = [
+        "update",
+        "restore",
+        "--vm",
+        "upd",
+        "--run-dir",
+        &run,
+        "--state-dir",
+        &state,
+        "--qemu-log",
+        &log_arg,
+    ];
     let refused = pageless(&restore_args);
     assert!(!refused.status.success());
     assert!(text(&refused).contains("changed since the save"), "{}", text(&refused));
@@ -279,7 +298,9 @@ fn save_refuses_before_pausing_anything() {
     assert!(!refused.status.success());
     let message = text(&refused);
     assert!(
-        message.contains("nothing was paused") && message.contains("memfd") && message.contains("cannot survive a reboot"),
+        message.contains("nothing was paused")
+            && message.contains("memfd")
+            && message.contains("cannot survive a reboot"),
         "{message}"
     );
     assert!(!Path::new(&state).join("anon").exists(), "nothing was written");

@@ -196,7 +196,11 @@ fn memory_files(vm: &str, status: &VmStatus) -> Result<Vec<SavedCell>, UpdateErr
     let cells: Vec<(u32, String, String, Option<String>, u64)> = if status.cells.is_empty() {
         vec![(0, status.pool.clone(), status.memory.clone(), status.path.clone(), status.size)]
     } else {
-        status.cells.iter().map(|c| (c.id, c.pool.clone(), c.memory.clone(), c.path.clone(), c.size)).collect()
+        status
+            .cells
+            .iter()
+            .map(|c| (c.id, c.pool.clone(), c.memory.clone(), c.path.clone(), c.size))
+            .collect()
     };
     cells
         .into_iter()
@@ -216,8 +220,11 @@ fn memory_files(vm: &str, status: &VmStatus) -> Result<Vec<SavedCell>, UpdateErr
 fn owner_record(vm: &str, pid: u32) -> Result<OwnerRecord, UpdateError> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
         .with_context(|| format!("read the owner's command line /proc/{pid}/cmdline"))?;
-    let mut args: Vec<String> =
-        cmdline.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let mut args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
     if !args.is_empty() {
         args.remove(0);
     }
@@ -256,8 +263,8 @@ fn qemu_record(options: &SaveOptions, status: &VmStatus) -> Result<QemuRecord, U
             options.run_dir.display()
         ))
     })?;
-    let record: QemuRecord =
-        serde_json::from_str(&text).map_err(|e| no_monitor(format!("{} is not readable: {e}", path.display())))?;
+    let record: QemuRecord = serde_json::from_str(&text)
+        .map_err(|e| no_monitor(format!("{} is not readable: {e}", path.display())))?;
     if record.vm != *vm {
         return Err(no_monitor(format!("{} is for VM {:?}", path.display(), record.vm)));
     }
@@ -347,7 +354,10 @@ fn wait_for_migration(
             }
             status => {
                 if started.elapsed() > MIGRATION_TIMEOUT {
-                    return Ok(Err(format!("{what} took longer than {} s (status {status})", MIGRATION_TIMEOUT.as_secs())));
+                    return Ok(Err(format!(
+                        "{what} took longer than {} s (status {status})",
+                        MIGRATION_TIMEOUT.as_secs()
+                    )));
                 }
                 if last_report.elapsed() >= Duration::from_secs(1) {
                     let done = info["ram"]["transferred"].as_u64().unwrap_or(0);
@@ -395,7 +405,8 @@ pub fn save(options: &SaveOptions, out: &mut dyn Write) -> Result<SaveReport, Up
     }
     let owner = owner_record(vm, status.pid)?;
     let record = qemu_record(options, &status)?;
-    let mut qmp = Qmp::connect(&record.qmp).map_err(|e| UpdateError::NoMonitor { vm: vm.clone(), why: e.to_string() })?;
+    let mut qmp = Qmp::connect(&record.qmp)
+        .map_err(|e| UpdateError::NoMonitor { vm: vm.clone(), why: e.to_string() })?;
     let qmp_error = |source| UpdateError::Qmp { vm: vm.clone(), source };
     let version = version_of(&qmp.execute("query-version", Value::Null).map_err(qmp_error)?);
     let run_state = qmp.execute("query-status", Value::Null).map_err(qmp_error)?;
@@ -449,7 +460,8 @@ pub fn save(options: &SaveOptions, out: &mut dyn Write) -> Result<SaveReport, Up
         file.sync_all().with_context(|| format!("sync {}", partial.display()))?;
         let state_size = file.metadata().with_context(|| format!("stat {}", partial.display()))?.len();
         let state_hash = fnv1a64(&file).with_context(|| format!("read {}", partial.display()))?;
-        std::fs::rename(&partial, dir.join(STATE_FILE)).with_context(|| format!("rename {}", partial.display()))?;
+        std::fs::rename(&partial, dir.join(STATE_FILE))
+            .with_context(|| format!("rename {}", partial.display()))?;
         let saved = SavedState {
             format: SAVED_FORMAT,
             vm: vm.clone(),
@@ -546,7 +558,10 @@ pub fn load_saved(state_dir: &Path, vm: &str) -> Result<SavedState, UpdateError>
         Ok(text) => text,
         Err(e) => {
             let why = if dir.join(RESTORED_FILE).exists() {
-                format!("{} is missing: this state was restored already and cannot be loaded twice", path.display())
+                format!(
+                    "{} is missing: this state was restored already and cannot be loaded twice",
+                    path.display()
+                )
             } else {
                 format!("{}: {e}", path.display())
             };
@@ -636,7 +651,11 @@ fn log_tail(log: &Path, start: u64) -> String {
     if lines.is_empty() {
         return format!("its log {} is empty", log.display());
     }
-    format!("the end of its log {}:\n    {}", log.display(), lines[lines.len().saturating_sub(15)..].join("\n    "))
+    format!(
+        "the end of its log {}:\n    {}",
+        log.display(),
+        lines[lines.len().saturating_sub(15)..].join("\n    ")
+    )
 }
 
 /// What restore started, stopped again if the restore fails.
@@ -654,7 +673,8 @@ impl Started {
         }
         if let Some(mut owner) = self.owner.take() {
             // A clean stop: the owner keeps a directory pool's file for the next try.
-            let _ = ControlClient::connect(&control_socket_path(run_dir, vm), "update").and_then(|c| c.stop());
+            let _ =
+                ControlClient::connect(&control_socket_path(run_dir, vm), "update").and_then(|c| c.stop());
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if matches!(owner.try_wait(), Ok(Some(_))) {
@@ -720,7 +740,9 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
     let result = (|| -> Result<(u32, u32, Qmp), UpdateError> {
         let owner_pid = match ControlClient::connect(&socket, "update") {
             Ok(client) => {
-                let status = client.status_summary().map_err(|source| UpdateError::Owner { vm: vm.clone(), source })?;
+                let status = client
+                    .status_summary()
+                    .map_err(|source| UpdateError::Owner { vm: vm.clone(), source })?;
                 if let Some(qemu) = status.clients.iter().find(|c| c.role == "qemu" && process_alive(c.pid)) {
                     return Err(UpdateError::StillRunning {
                         vm: vm.clone(),
@@ -792,7 +814,10 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
     let loaded = (|| -> Result<Result<Value, String>, QmpError> {
         let status = qmp.execute("query-status", Value::Null)?;
         if status["status"] != "inmigrate" {
-            return Ok(Err(format!("the new QEMU is {}, not waiting for the state (inmigrate)", status["status"])));
+            return Ok(Err(format!(
+                "the new QEMU is {}, not waiting for the state (inmigrate)",
+                status["status"]
+            )));
         }
         qmp.execute("migrate-set-parameters", json!({"mode": "cpr-reboot"}))?;
         qmp.execute(
@@ -819,23 +844,29 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
     // The state is in QEMU now: never load it again over a guest that ran on.
     let _ = std::fs::rename(dir.join(SAVED_FILE), dir.join(RESTORED_FILE));
     if saved.was_running {
+        // QEMU resumes a guest that ran by itself, unless its command line has -S; a guest
+        // still on its way out of `inmigrate` is waited for.
+        let qmp_error = |source| UpdateError::Qmp { vm: vm.clone(), source };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let status = qmp.execute("query-status", Value::Null).map_err(|source| UpdateError::Qmp { vm: vm.clone(), source })?;
+            let status = qmp.execute("query-status", Value::Null).map_err(qmp_error)?;
             if status["running"].as_bool() == Some(true) {
                 break;
             }
-            if Instant::now() > deadline {
-                qmp.execute("cont", Value::Null).map_err(|source| UpdateError::Qmp { vm: vm.clone(), source })?;
+            if matches!(status["status"].as_str(), Some("paused" | "prelaunch")) || Instant::now() > deadline
+            {
+                qmp.execute("cont", Value::Null).map_err(qmp_error)?;
                 break;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
     let _ = qmp.execute("migrate-set-parameters", json!({"mode": "normal"}));
     let resumed_at = qmp.last_event_time("RESUME");
     let downtime = match (saved.paused_at, resumed_at) {
-        (Some(paused), Some(resumed)) => format!("; paused for {:.3} s (from {paused:.6} to {resumed:.6})", resumed - paused),
+        (Some(paused), Some(resumed)) => {
+            format!("; paused for {:.3} s (from {paused:.6} to {resumed:.6})", resumed - paused)
+        }
         _ => String::new(),
     };
     say(
@@ -862,9 +893,17 @@ fn start_owner(
     out: &mut dyn Write,
 ) -> Result<u32, UpdateError> {
     let run_dir = &saved.qemu.run_dir;
-    std::fs::create_dir_all(run_dir).with_context(|| format!("create the run directory {}", run_dir.display()))?;
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("create the run directory {}", run_dir.display()))?;
     let log = run_dir.join(format!("{vm}.log"));
-    say(out, &format!("VM {vm:?}: starting its owner: pageless {} (log {})", saved.owner.args.join(" "), log.display()));
+    say(
+        out,
+        &format!(
+            "VM {vm:?}: starting its owner: pageless {} (log {})",
+            saved.owner.args.join(" "),
+            log.display()
+        ),
+    );
     let (child, log_start) = spawn_detached(pageless, &saved.owner.args, &saved.owner.cwd, &log)?;
     let pid = child.id();
     started.owner = Some(child);
@@ -873,7 +912,8 @@ fn start_owner(
     loop {
         if let Ok(client) = ControlClient::connect(socket, "update") {
             if client.owner_pid() == pid {
-                let status = client.status_summary().map_err(|source| UpdateError::Owner { vm: vm.into(), source })?;
+                let status =
+                    client.status_summary().map_err(|source| UpdateError::Owner { vm: vm.into(), source })?;
                 let reattached = if status.cells.is_empty() {
                     status.reattached
                 } else {

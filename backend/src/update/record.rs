@@ -138,6 +138,9 @@ mod tests {
         let run = Path::new("/run/pageless");
         assert_eq!(qemu_record_path(run, "web1"), Path::new("/run/pageless/web1.qemu.json"));
         assert_eq!(qmp_socket_path(run, "web1"), Path::new("/run/pageless/web1.qmp"));
-        assert_eq!(vm_state_dir(Path::new("/var/lib/pageless/update"), "web1"), Path::new("/var/lib/pageless/update/web1"));
+        assert_eq!(
+            vm_state_dir(Path::new("/var/lib/pageless/update"), "web1"),
+            Path::new("/var/lib/pageless/update/web1")
+        );
     }
 }

@@ -104,11 +104,20 @@ fn memfd_memory_is_refused() {
         ..VmStatus::default()
     };
     let err = memory_files("m", &status).unwrap_err().to_string();
-    assert!(err.contains("nothing was paused") && err.contains("memfd") && err.contains("cannot survive"), "{err}");
+    assert!(
+        err.contains("nothing was paused") && err.contains("memfd") && err.contains("cannot survive"),
+        "{err}"
+    );
     let cells = VmStatus {
         cells: vec![
             CellStatus { id: 0, path: Some("/mnt/p/m.cell0".into()), size: 1 << 29, ..CellStatus::default() },
-            CellStatus { id: 1, path: None, pool: "memfd@node=1".into(), size: 1 << 29, ..CellStatus::default() },
+            CellStatus {
+                id: 1,
+                path: None,
+                pool: "memfd@node=1".into(),
+                size: 1 << 29,
+                ..CellStatus::default()
+            },
         ],
         ..status.clone()
     };
