@@ -239,8 +239,12 @@ pub enum UpdateCommand {
     /// until the reboot; if saving fails, the guest runs on.
     Save {
         /// The VM.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        vm: Option<String>,
+        /// Every VM with an owner under the run directory (`<run-dir>/*.sock`), one after the
+        /// other; a VM that cannot be saved is reported and the others are still saved.
         #[arg(long)]
-        vm: String,
+        all: bool,
         /// `--run-dir`: where the VM's owner listens.
         #[command(flatten)]
         run_dir: RunDir,
@@ -256,8 +260,12 @@ pub enum UpdateCommand {
     /// to them through the owner's relay.
     Restore {
         /// The VM.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        vm: Option<String>,
+        /// Every VM with a saved state under the state directory (`<state-dir>/*/update.json`);
+        /// a VM that cannot be restored is reported and the others are still restored.
         #[arg(long)]
-        vm: String,
+        all: bool,
         /// `--run-dir`: where the VM's owner listens (as at the save).
         #[command(flatten)]
         run_dir: RunDir,
@@ -453,21 +461,69 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 fn run_update(command: UpdateCommand) -> Result<(), Box<dyn std::error::Error>> {
     let mut out = std::io::stdout();
-    match command {
-        UpdateCommand::Save { vm, run_dir, state_dir } => {
-            let options =
-                update::SaveOptions { vm, run_dir: run_dir.run_dir, state_dir: state_dir.state_dir };
-            update::save(&options, &mut out)?;
-        }
-        UpdateCommand::Restore { vm, run_dir, state_dir, qemu_log } => {
-            let options = update::RestoreOptions {
-                vm,
-                run_dir: run_dir.run_dir,
-                state_dir: state_dir.state_dir,
-                qemu_log,
+    let (names, action): (
+        Vec<String>,
+        Box<dyn Fn(&str, &mut std::io::Stdout) -> Result<(), update::UpdateError>>,
+    ) = match command {
+        UpdateCommand::Save { vm, all: _, run_dir, state_dir } => {
+            let names = match vm {
+                Some(vm) => vec![vm],
+                None => update::served_vms(&run_dir.run_dir)?,
             };
-            update::restore(&options, &mut out)?;
+            let (run_dir, state_dir) = (run_dir.run_dir, state_dir.state_dir);
+            (
+                names,
+                Box::new(move |vm: &str, out: &mut std::io::Stdout| {
+                    let options = update::SaveOptions {
+                        vm: vm.into(),
+                        run_dir: run_dir.clone(),
+                        state_dir: state_dir.clone(),
+                    };
+                    update::save(&options, out).map(drop)
+                }),
+            )
         }
+        UpdateCommand::Restore { vm, all, run_dir, state_dir, qemu_log } => {
+            let names = match vm {
+                Some(vm) => vec![vm],
+                None => update::saved_vms(&state_dir.state_dir)?,
+            };
+            let (run_dir, state_dir) = (run_dir.run_dir, state_dir.state_dir);
+            if all && qemu_log.is_some() {
+                return Err("--qemu-log names one VM's log: leave it out with --all (each QEMU logs to <run-dir>/<vm>.qemu.log)".into());
+            }
+            (
+                names,
+                Box::new(move |vm: &str, out: &mut std::io::Stdout| {
+                    let options = update::RestoreOptions {
+                        vm: vm.into(),
+                        run_dir: run_dir.clone(),
+                        state_dir: state_dir.clone(),
+                        qemu_log: qemu_log.clone(),
+                    };
+                    update::restore(&options, out)
+                }),
+            )
+        }
+    };
+    if names.len() == 1 {
+        return Ok(action(&names[0], &mut out)?);
+    }
+    let mut failed = Vec::new();
+    for vm in &names {
+        if let Err(e) = action(vm, &mut out) {
+            eprintln!("pageless: error: {e}");
+            failed.push(vm.as_str());
+        }
+    }
+    if !failed.is_empty() {
+        return Err(format!(
+            "{} of {} VMs failed: {} (see above)",
+            failed.len(),
+            names.len(),
+            failed.join(", ")
+        )
+        .into());
     }
     Ok(())
 }

@@ -304,7 +304,6 @@ fn save_refuses_before_pausing_anything() {
         "{message}"
     );
     assert!(!Path::new(&state).join("anon").exists(), "nothing was written");
-    drop(memfd);
 
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let pool = format!("dir:{}", shm.path().display());
@@ -313,4 +312,11 @@ fn save_refuses_before_pausing_anything() {
     assert!(!refused.status.success());
     let message = text(&refused);
     assert!(message.contains("no live-update monitor") && message.contains("pageless qemu"), "{message}");
+
+    // --all tries every VM of the run directory and names those that failed.
+    let all = pageless(&["update", "save", "--all", "--run-dir", &run, "--state-dir", &state]);
+    assert!(!all.status.success());
+    let message = text(&all);
+    assert!(message.contains("2 of 2 VMs failed: anon, bare"), "{message}");
+    drop(memfd);
 }

@@ -252,7 +252,7 @@ fn owner_record(vm: &str, pid: u32) -> Result<OwnerRecord, UpdateError> {
 }
 
 /// Reads `<run-dir>/<vm>.qemu.json` and checks that it describes the QEMU the owner serves.
-fn qemu_record(options: &SaveOptions, status: &VmStatus) -> Result<QemuRecord, UpdateError> {
+fn qemu_record(options: &SaveOptions, status: &VmStatus) -> Result<(QemuRecord, u32), UpdateError> {
     let vm = &options.vm;
     let path = qemu_record_path(&options.run_dir, vm);
     let no_monitor = |why: String| UpdateError::NoMonitor { vm: vm.clone(), why };
@@ -268,15 +268,31 @@ fn qemu_record(options: &SaveOptions, status: &VmStatus) -> Result<QemuRecord, U
     if record.vm != *vm {
         return Err(no_monitor(format!("{} is for VM {:?}", path.display(), record.vm)));
     }
-    let served = status.clients.iter().any(|c| c.pid == record.pid && c.role == "qemu");
-    if !served || !process_alive(record.pid) {
+    let client = status.clients.iter().find(|c| c.pid == record.pid && c.role == "qemu");
+    if client.is_none() || !process_alive(record.pid) {
         return Err(no_monitor(format!(
             "{} names QEMU pid {}, which is not the QEMU the owner serves now (was the VM's QEMU started without `pageless qemu`, or has it exited?)",
             path.display(),
             record.pid
         )));
     }
-    Ok(record)
+    // Restore runs what the record says: only QEMU's own user may have written it.
+    let qemu_uid = client.map_or(u32::MAX, |c| c.uid);
+    let meta = std::fs::symlink_metadata(&path).with_context(|| format!("stat {}", path.display()))?;
+    if !meta.is_file() || meta.uid() != qemu_uid || meta.mode() & 0o022 != 0 {
+        return Err(no_monitor(format!(
+            "{} is not a file of QEMU's user (uid {qemu_uid}) that only it may write (uid {}, mode {:o}): it was not written by the VM's `pageless qemu`",
+            path.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok((record, qemu_uid))
+}
+
+/// The user a process runs as (the owner of its /proc directory: its effective uid).
+fn process_uid(pid: u32) -> Result<u32, IoError> {
+    Ok(std::fs::metadata(format!("/proc/{pid}")).with_context(|| format!("stat /proc/{pid}"))?.uid())
 }
 
 /// (dev, inode) of the file `/proc/<pid>/fd/<fd>` that a `/proc/self/fd/N` mem-path names.
@@ -334,6 +350,32 @@ fn check_ram(vm: &str, qmp: &mut Qmp, record: &QemuRecord, status: &VmStatus) ->
         )));
     }
     Ok(total)
+}
+
+/// The VMs with an owner socket under `run_dir` (`<vm>.sock`), sorted.
+pub fn served_vms(run_dir: &Path) -> Result<Vec<String>, UpdateError> {
+    names_in(run_dir, |entry| entry.file_name().to_str()?.strip_suffix(".sock").map(String::from))
+}
+
+/// The VMs with a saved state under `state_dir` (`<vm>/update.json`), sorted.
+pub fn saved_vms(state_dir: &Path) -> Result<Vec<String>, UpdateError> {
+    names_in(state_dir, |entry| {
+        let name = entry.file_name().to_str()?.to_string();
+        entry.path().join(SAVED_FILE).is_file().then_some(name)
+    })
+}
+
+fn names_in(
+    dir: &Path,
+    name: impl Fn(&std::fs::DirEntry) -> Option<String>,
+) -> Result<Vec<String>, UpdateError> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))?;
+    let mut names: Vec<String> = entries.filter_map(Result::ok).filter_map(|e| name(&e)).collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(IoError::new(format!("no VM in {}", dir.display()), std::io::ErrorKind::NotFound).into());
+    }
+    Ok(names)
 }
 
 /// `query-migrate` until it completes or fails; prints progress every second.
@@ -404,7 +446,8 @@ pub fn save(options: &SaveOptions, out: &mut dyn Write) -> Result<SaveReport, Up
         }
     }
     let owner = owner_record(vm, status.pid)?;
-    let record = qemu_record(options, &status)?;
+    let owner_uid = process_uid(status.pid)?;
+    let (record, qemu_uid) = qemu_record(options, &status)?;
     let mut qmp = Qmp::connect(&record.qmp)
         .map_err(|e| UpdateError::NoMonitor { vm: vm.clone(), why: e.to_string() })?;
     let qmp_error = |source| UpdateError::Qmp { vm: vm.clone(), source };
@@ -476,6 +519,8 @@ pub fn save(options: &SaveOptions, out: &mut dyn Write) -> Result<SaveReport, Up
             state_hash,
             was_running,
             paused_at,
+            qemu_uid,
+            owner_uid,
         };
         let json = serde_json::to_vec_pretty(&saved).expect("the saved state serializes");
         replace_file(&dir.join(SAVED_FILE), &dir.join(format!(".{SAVED_FILE}.new")), &json, 0o600)
@@ -568,6 +613,20 @@ pub fn load_saved(state_dir: &Path, vm: &str) -> Result<SavedState, UpdateError>
             return Err(UpdateError::NoState { vm: vm.into(), dir: dir.display().to_string(), why });
         }
     };
+    // Restore runs the command lines in it: only this user may have written it.
+    let euid = nix::unistd::geteuid().as_raw();
+    for file in [&dir, &path] {
+        let meta =
+            std::fs::symlink_metadata(file).map_err(|e| bad(format!("stat {}: {e}", file.display())))?;
+        if meta.uid() != euid || meta.mode() & 0o022 != 0 {
+            return Err(bad(format!(
+                "{} belongs to uid {} with mode {:o}: only this user (uid {euid}) may own and write it",
+                file.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            )));
+        }
+    }
     let saved: SavedState =
         serde_json::from_str(&text).map_err(|e| bad(format!("{} is corrupt: {e}", path.display())))?;
     if saved.format != SAVED_FORMAT {
@@ -705,6 +764,13 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
             run_dir.display(),
             options.run_dir.display(),
             run_dir.display()
+        )));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if saved.qemu_uid != euid || saved.owner_uid != euid {
+        return Err(bad(format!(
+            "QEMU ran as uid {} and its owner as uid {}: restore runs them as this user (uid {euid}) only; run it as their user",
+            saved.qemu_uid, saved.owner_uid
         )));
     }
     for cell in &saved.cells {

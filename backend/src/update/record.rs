@@ -101,6 +101,10 @@ pub struct SavedState {
     pub was_running: bool,
     /// Unix time (µs precision) QEMU paused the guest, from its STOP event.
     pub paused_at: Option<f64>,
+    /// The user QEMU ran as: restore runs it as the same user only.
+    pub qemu_uid: u32,
+    /// The user the owner ran as: restore runs it as the same user only.
+    pub owner_uid: u32,
 }
 
 /// FNV-1a 64 of everything `reader` gives, as 16 hex digits.

@@ -30,6 +30,8 @@ fn saved(vm: &str, state: &[u8]) -> SavedState {
         state_hash: fnv1a64(state).unwrap(),
         was_running: true,
         paused_at: Some(1.5),
+        qemu_uid: 0,
+        owner_uid: 0,
     }
 }
 
@@ -85,6 +87,13 @@ fn missing_corrupt_foreign_and_reused_states_are_refused() {
     future.format = 99;
     write_saved(dir.path(), "future", &future, state);
     assert!(load_saved(dir.path(), "future").unwrap_err().to_string().contains("format 99"));
+
+    // Writable by others: refused (restore would run what it says).
+    write_saved(dir.path(), "open", &saved("open", state), state);
+    let open = vm_state_dir(dir.path(), "open").join(SAVED_FILE);
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let err = load_saved(dir.path(), "open").unwrap_err().to_string();
+    assert!(err.contains("only this user"), "{err}");
 
     // Restored once: never twice.
     write_saved(dir.path(), "twice", &saved("twice", state), state);
