@@ -171,6 +171,20 @@ fn guest_continues_after_save_kill_and_restore() {
 
     let state = state_dir.display().to_string();
     let run = run_dir.display().to_string();
+
+    // A save that QEMU cannot write (its state file's name is taken by a directory) fails and
+    // leaves the guest running.
+    let blocker = state_dir.join("upd/state.partial");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let failed = pageless(&["update", "save", "--vm", "upd", "--run-dir", &run, "--state-dir", &state]);
+    assert!(!failed.status.success());
+    assert!(text(&failed).contains("saving the device state failed"), "{}", text(&failed));
+    assert!(text(&failed).contains("the guest runs on"), "{}", text(&failed));
+    let seen = counts(&vm.console()).last().unwrap().n;
+    vm.wait_for(&format!("COUNT {} ", seen + 2), STEP).expect("the guest runs on after a failed save");
+    assert!(!state_dir.join("upd/update.json").exists());
+    std::fs::remove_dir(&blocker).unwrap();
+
     let saved = pageless(&["update", "save", "--vm", "upd", "--run-dir", &run, "--state-dir", &state]);
     assert!(saved.status.success(), "save failed: {}", text(&saved));
     // Paused: nothing more is counted.

@@ -445,7 +445,12 @@ pub fn save(options: &SaveOptions, out: &mut dyn Write) -> Result<SaveReport, Up
             );
         }
     }
-    let owner = owner_record(vm, status.pid)?;
+    let mut owner = owner_record(vm, status.pid)?;
+    // Its run directory may have come from $PAGELESS_RUN_DIR: name it, as found.
+    if !owner.args.iter().any(|a| a == "--run-dir" || a.starts_with("--run-dir=")) {
+        let run_dir = std::path::absolute(&options.run_dir).unwrap_or_else(|_| options.run_dir.clone());
+        owner.args.extend(["--run-dir".to_string(), run_dir.display().to_string()]);
+    }
     let owner_uid = process_uid(status.pid)?;
     let (record, qemu_uid) = qemu_record(options, &status)?;
     let mut qmp = Qmp::connect(&record.qmp)
@@ -820,6 +825,7 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
                         ),
                     });
                 }
+                check_reattached(vm, &saved, &status)?;
                 say(out, &format!("VM {vm:?}: its owner (pid {}) runs already; using it", status.pid));
                 status.pid
             }
@@ -948,6 +954,29 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
     Ok(())
 }
 
+/// Checks that an owner serves exactly the saved memory files, re-attached (not allocated anew).
+fn check_reattached(vm: &str, saved: &SavedState, status: &VmStatus) -> Result<(), UpdateError> {
+    let served: Vec<(Option<&str>, bool)> = if status.cells.is_empty() {
+        vec![(status.path.as_deref(), status.reattached)]
+    } else {
+        status.cells.iter().map(|c| (c.path.as_deref(), c.reattached)).collect()
+    };
+    let expected: Vec<Option<String>> =
+        saved.cells.iter().map(|c| Some(c.path.display().to_string())).collect();
+    let paths: Vec<Option<String>> = served.iter().map(|(p, _)| p.map(String::from)).collect();
+    if paths != expected || !served.iter().all(|(_, reattached)| *reattached) {
+        return Err(UpdateError::RestoreFailed {
+            vm: vm.into(),
+            why: format!(
+                "its owner (pid {}) serves {paths:?}{}, not the saved memory {expected:?} re-attached: the guest's RAM is not there",
+                status.pid,
+                if served.iter().all(|(_, r)| *r) { "" } else { " allocated anew" }
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Starts the owner with its saved arguments and waits until it answers, re-attached to every
 /// memory file.
 fn start_owner(
@@ -980,16 +1009,7 @@ fn start_owner(
             if client.owner_pid() == pid {
                 let status =
                     client.status_summary().map_err(|source| UpdateError::Owner { vm: vm.into(), source })?;
-                let reattached = if status.cells.is_empty() {
-                    status.reattached
-                } else {
-                    status.cells.iter().all(|c| c.reattached)
-                };
-                if !reattached {
-                    return Err(failed(format!(
-                        "the owner (pid {pid}) did not re-attach to the saved memory file but allocated new memory: the guest's RAM is not there"
-                    )));
-                }
+                check_reattached(vm, saved, &status)?;
                 return Ok(pid);
             }
         }

@@ -141,3 +141,21 @@ fn qemu_version_from_query_version() {
     let value = json!({"qemu": {"major": 10, "minor": 0, "micro": 2}, "package": "Debian"});
     assert_eq!(version_of(&value), "10.0.2");
 }
+
+#[test]
+fn only_the_saved_files_re_attached_will_do() {
+    let saved = saved("web1", b"x");
+    let mut status = VmStatus {
+        pid: 7,
+        path: Some("/dev/shm/p/web1".into()),
+        reattached: true,
+        ..VmStatus::default()
+    };
+    assert!(check_reattached("web1", &saved, &status).is_ok());
+    status.reattached = false;
+    let err = check_reattached("web1", &saved, &status).unwrap_err().to_string();
+    assert!(err.contains("allocated anew") && err.contains("RAM is not there"), "{err}");
+    status.reattached = true;
+    status.path = Some("/dev/shm/other/web1".into());
+    assert!(check_reattached("web1", &saved, &status).is_err());
+}
