@@ -459,12 +459,12 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Saves or restores one VM, by name.
+type UpdateAction = Box<dyn Fn(&str, &mut std::io::Stdout) -> Result<(), update::UpdateError>>;
+
 fn run_update(command: UpdateCommand) -> Result<(), Box<dyn std::error::Error>> {
     let mut out = std::io::stdout();
-    let (names, action): (
-        Vec<String>,
-        Box<dyn Fn(&str, &mut std::io::Stdout) -> Result<(), update::UpdateError>>,
-    ) = match command {
+    let (names, action): (Vec<String>, UpdateAction) = match command {
         UpdateCommand::Save { vm, all: _, run_dir, state_dir } => {
             let names = match vm {
                 Some(vm) => vec![vm],

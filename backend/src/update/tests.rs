@@ -145,12 +145,8 @@ fn qemu_version_from_query_version() {
 #[test]
 fn only_the_saved_files_re_attached_will_do() {
     let saved = saved("web1", b"x");
-    let mut status = VmStatus {
-        pid: 7,
-        path: Some("/dev/shm/p/web1".into()),
-        reattached: true,
-        ..VmStatus::default()
-    };
+    let mut status =
+        VmStatus { pid: 7, path: Some("/dev/shm/p/web1".into()), reattached: true, ..VmStatus::default() };
     assert!(check_reattached("web1", &saved, &status).is_ok());
     status.reattached = false;
     let err = check_reattached("web1", &saved, &status).unwrap_err().to_string();
