@@ -16,6 +16,8 @@ use thiserror::Error;
 /// How long a command may take to answer. QMP commands used here answer at once (a migration
 /// runs in the background and is polled).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long QEMU may take to greet a new client.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest line accepted from QEMU (a `query-migrate` reply is a few hundred bytes).
 const MAX_LINE: u64 = 1 << 20;
 
@@ -81,13 +83,25 @@ impl Qmp {
         let stream = UnixStream::connect(path)
             .map_err(|source| QmpError::Connect { path: path.to_path_buf(), source })?;
         let io = |e: std::io::Error| QmpError::Io { path: path.to_path_buf(), what: e.to_string() };
-        stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
+        // QEMU's socket monitor serves one client at a time: others wait, without a greeting,
+        // until it disconnects.
+        stream.set_read_timeout(Some(GREETING_TIMEOUT)).map_err(io)?;
         let reader = BufReader::new(stream.try_clone().map_err(io)?);
         let mut qmp = Qmp { path: path.to_path_buf(), writer: stream, reader, events: Vec::new() };
-        let greeting = qmp.read_message()?;
+        let greeting = match qmp.read_message() {
+            Ok(greeting) => greeting,
+            Err(QmpError::Io { .. }) => {
+                return Err(qmp.io_error(&format!(
+                    "no greeting within {} s: another client is connected to this monitor (QEMU serves one at a time); disconnect it",
+                    GREETING_TIMEOUT.as_secs()
+                )))
+            }
+            Err(e) => return Err(e),
+        };
         if greeting.get("QMP").is_none() {
             return Err(qmp.protocol_error(&greeting.to_string()));
         }
+        qmp.writer.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
         qmp.execute("qmp_capabilities", json!({}))?;
         Ok(qmp)
     }
