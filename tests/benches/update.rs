@@ -183,6 +183,22 @@ fn wait_gone(pid: u32) {
     }
 }
 
+/// The bench's QEMU and owner processes, killed however the bench ends (a panic too): they
+/// would otherwise live on, holding the VM lock file that `flock` handed down.
+#[derive(Default)]
+struct Cleanup {
+    qemu: Option<u32>,
+    owner: Option<u32>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for pid in [self.qemu, self.owner].into_iter().flatten() {
+            kill(pid);
+        }
+    }
+}
+
 fn qemu_pid(run_dir: &Path) -> u32 {
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join(format!("{VM}.qemu.json"))).unwrap())
@@ -207,10 +223,13 @@ fn main() {
     let (run, state) = (run_dir.display().to_string(), state_dir.display().to_string());
     let qmp_path = run_dir.join(format!("{VM}.qmp"));
 
+    let mut cleanup = Cleanup::default();
     let mut owner = Some(Owner::start(&run_dir, VM, &["--size", RAM, "--pool", &pool]));
     let mut owner_pid = owner.as_ref().unwrap().pid();
+    cleanup.owner = Some(owner_pid);
     let mut log = dir.path().join("console-0.log");
     let mut child = Some(start_qemu(&config, &log));
+    cleanup.qemu = child.as_ref().map(Child::id);
     Qmp::connect(&qmp_path, Duration::from_secs(60)).execute("cont"); // dropped: disconnects
     wait_count_above(&log, 5);
 
@@ -230,6 +249,7 @@ fn main() {
         wait_gone(pid);
         log = dir.path().join(format!("console-{round}-plain.log"));
         child = Some(start_qemu(&config, &log));
+        cleanup.qemu = child.as_ref().map(Child::id);
         let mut qmp = Qmp::connect(&qmp_path, Duration::from_secs(60));
         qmp.execute("cont");
         let resumed = qmp.event("RESUME");
@@ -281,6 +301,8 @@ fn main() {
         let resumed_at = number_after(&restored, "resumed at ");
         update.push(resumed_at - paused_at);
         owner_pid = number_after(&restored, "owner pid ") as u32;
+        cleanup.owner = Some(owner_pid);
+        cleanup.qemu = Some(qemu_pid(&run_dir));
         wait_count_above(&log, before);
         assert_eq!(
             std::fs::read_to_string(&log)
@@ -297,8 +319,7 @@ fn main() {
             plain[round], update[round], save_wall[round], restore_wall[round], state_bytes[round]
         );
     }
-    kill(qemu_pid(&run_dir));
-    kill(owner_pid);
+    drop(cleanup);
 
     let state = median(state_bytes);
     let (plain, update) = (median(plain), median(update));
