@@ -334,3 +334,60 @@ fn save_refuses_before_pausing_anything() {
     assert!(message.contains("2 of 2 VMs failed: anon, bare"), "{message}");
     drop(memfd);
 }
+
+/// `pageless qemu` gives QEMU its monitor and records the command line as given; libvirt's
+/// QEMU gets neither.
+#[test]
+fn pageless_qemu_adds_the_monitor_and_records_the_command_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let _owner = Owner::start(&run_dir, "rec", &["--size", "16M", "--pool", "memfd"]);
+    let run = run_dir.display().to_string();
+    // `echo` stands in for QEMU: it prints the command line it was given.
+    let out = pageless(&[
+        "qemu",
+        "--vm",
+        "rec",
+        "--run-dir",
+        &run,
+        "--",
+        "echo",
+        "-m",
+        "16M",
+        "-name",
+        "guest=rec",
+    ]);
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let monitor = format!(
+        "-chardev socket,id=pageless-qmp,path={run}/rec.qmp,server=on,wait=off -mon chardev=pageless-qmp,mode=control"
+    );
+    assert!(printed.contains(&monitor), "{printed}");
+    assert!(!printed.contains("-incoming"), "{printed}");
+    let record_path = run_dir.join("rec.qemu.json");
+    assert_eq!(std::fs::metadata(&record_path).unwrap().permissions().mode() & 0o777, 0o600);
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    assert_eq!(record["program"], "echo");
+    assert_eq!(
+        record["args"],
+        serde_json::json!(["-m", "16M", "-name", "guest=rec"]),
+        "as given, not rewritten"
+    );
+    assert_eq!(record["qmp"], format!("{run}/rec.qmp"));
+
+    // As `pageless update restore` runs it: `-incoming defer` added, not recorded.
+    let out =
+        pageless(&["qemu", "--vm", "rec", "--run-dir", &run, "--update-incoming", "--", "echo", "-m", "16M"]);
+    assert!(String::from_utf8_lossy(&out.stdout).trim_end().ends_with("-incoming defer"));
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    assert_eq!(record["args"], serde_json::json!(["-m", "16M"]));
+
+    // libvirt's QEMU (its own monitor): left alone.
+    std::fs::remove_file(&record_path).unwrap();
+    let libvirt = "socket,id=charmonitor,fd=30,server=on,wait=off";
+    let out =
+        pageless(&["qemu", "--vm", "rec", "--run-dir", &run, "--", "echo", "-m", "16M", "-chardev", libvirt]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("pageless-qmp"));
+    assert!(!record_path.exists());
+}
