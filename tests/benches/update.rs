@@ -179,7 +179,7 @@ fn wait_gone(pid: u32) {
             return;
         }
         assert!(Instant::now() < deadline, "pid {pid} does not exit");
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -408,7 +408,8 @@ fn wait_for_migration(
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(5));
+        // The guest is paused meanwhile: poll often.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -655,22 +656,6 @@ pub fn load_saved(state_dir: &Path, vm: &str) -> Result<SavedState, UpdateError>
     Ok(saved)
 }
 
-/// The version `<program> -version` prints, `major.minor.micro`.
-fn qemu_binary_version(program: &str, cwd: &Path) -> Result<String, String> {
-    let output = Command::new(program)
-        .arg("-version")
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {program} -version: {e}"))?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "version")
-        .nth(1)
-        .map(String::from)
-        .ok_or_else(|| format!("{program} -version printed no version: {text:?}"))
-}
-
 /// A process started detached: its own session, stdin /dev/null, output appended to `log`.
 fn spawn_detached(program: &Path, args: &[String], cwd: &Path, log: &Path) -> Result<(Child, u64), IoError> {
     let mut file = OpenOptions::new()
@@ -798,13 +783,6 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
             }
         }
     }
-    let version = qemu_binary_version(&saved.qemu.program, &saved.qemu.cwd).map_err(bad)?;
-    if version != saved.qemu_version {
-        return Err(bad(format!(
-            "it was saved by QEMU {} but {} is QEMU {version}: restore with the same QEMU version",
-            saved.qemu_version, saved.qemu.program
-        )));
-    }
     let socket = control_socket_path(run_dir, vm);
     let pageless = std::env::current_exe().context("find the pageless binary")?;
     let mut started = Started::default();
@@ -872,7 +850,7 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
                     ),
                 });
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(2));
         };
         Ok((owner_pid, qemu_pid, qmp))
     })();
@@ -884,6 +862,15 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
         }
     };
     let loaded = (|| -> Result<Result<Value, String>, QmpError> {
+        // Checked here rather than by running `<qemu> -version` before: that would add a QEMU
+        // start to the guest's downtime.
+        let version = version_of(&qmp.execute("query-version", Value::Null)?);
+        if version != saved.qemu_version {
+            return Ok(Err(format!(
+                "it was saved by QEMU {} but {} is QEMU {version}: restore with the same QEMU version",
+                saved.qemu_version, saved.qemu.program
+            )));
+        }
         let status = qmp.execute("query-status", Value::Null)?;
         if status["status"] != "inmigrate" {
             return Ok(Err(format!(
@@ -1024,7 +1011,7 @@ fn start_owner(
                 log_tail(&log, log_start)
             )));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
