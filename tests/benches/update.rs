@@ -298,6 +298,13 @@ fn main() {
             &log_arg,
         ]);
         restore_wall.push(started.elapsed().as_secs_f64());
+        for line in [&saved, &restored].iter().flat_map(|o| {
+            String::from_utf8_lossy(&o.stdout).into_owned().lines().map(String::from).collect::<Vec<_>>()
+        }) {
+            if line.contains(" saved ") || line.contains("running again") {
+                eprintln!("  {line}");
+            }
+        }
         let resumed_at = number_after(&restored, "resumed at ");
         update.push(resumed_at - paused_at);
         owner_pid = number_after(&restored, "owner pid ") as u32;

@@ -786,6 +786,8 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
     let socket = control_socket_path(run_dir, vm);
     let pageless = std::env::current_exe().context("find the pageless binary")?;
     let mut started = Started::default();
+    let begun = Instant::now();
+    let mut owner_up = Duration::ZERO;
     let result = (|| -> Result<(u32, u32, Qmp), UpdateError> {
         let owner_pid = match ControlClient::connect(&socket, "update") {
             Ok(client) => {
@@ -823,6 +825,7 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
             saved.qemu.program.clone(),
         ];
         args.extend(saved.qemu.args.iter().cloned());
+        owner_up = begun.elapsed();
         say(out, &format!("VM {vm:?}: starting QEMU (output to {})", qemu_log.display()));
         let (child, log_start) = spawn_detached(&pageless, &args, &saved.qemu.cwd, &qemu_log)?;
         let qemu_pid = child.id();
@@ -854,6 +857,7 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
         };
         Ok((owner_pid, qemu_pid, qmp))
     })();
+    let monitor_up = begun.elapsed();
     let (owner_pid, qemu_pid, mut qmp) = match result {
         Ok(ok) => ok,
         Err(e) => {
@@ -888,6 +892,7 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
         qmp.execute("migrate-incoming", json!({"uri": uri}))?;
         wait_for_migration(&mut qmp, out, "loading")
     })();
+    let loaded_after = begun.elapsed();
     let failure = match loaded {
         Ok(Ok(_)) => None,
         Ok(Err(why)) => Some(why),
@@ -931,9 +936,12 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<(), Upda
     say(
         out,
         &format!(
-            "VM {vm:?}: {} (QEMU pid {qemu_pid}, owner pid {owner_pid}){}{downtime}",
+            "VM {vm:?}: {} (QEMU pid {qemu_pid}, owner pid {owner_pid}){}{downtime}; the owner answered after {:.1} ms, QEMU's monitor after {:.1} ms, the state was loaded after {:.1} ms",
             if saved.was_running { "running again where it stopped" } else { "restored, paused as it was" },
             resumed_at.map_or(String::new(), |t| format!("; resumed at {t:.6}")),
+            owner_up.as_secs_f64() * 1e3,
+            monitor_up.as_secs_f64() * 1e3,
+            loaded_after.as_secs_f64() * 1e3,
         ),
     );
     // Detached: QEMU and the owner run on without this process.
