@@ -121,7 +121,7 @@ MODULE_PARM_DESC(discard,
 		 "Discard the files recorded in the pool's metadata: scrub the whole pool and start empty");
 
 static struct {
-	struct mutex lock;
+	struct mutex lock;	/* everything below */
 	void *area;		/* kernel mapping of the area, NULL: none */
 	u64 phys;
 	u64 gen;		/* generation of the last commit */
