@@ -780,6 +780,14 @@ static bool pl_meta_place(unsigned int n, const u64 *start, const u64 *size,
 	return best;
 }
 
+static int pl_range_cmp(const void *a, const void *b)
+{
+	u64 x = le64_to_cpu(((const struct pl_meta_range *)a)->start);
+	u64 y = le64_to_cpu(((const struct pl_meta_range *)b)->start);
+
+	return x < y ? -1 : x > y;
+}
+
 /* Validated records, while the payload is parsed. */
 struct pl_meta_load {
 	struct xarray ids;		/* id -> struct pl_pnode */
@@ -1146,7 +1154,10 @@ static void pl_load_adopt(struct pl_meta_load *l)
 	pl_meta.next_id = l->max_id + 1;
 }
 
-/* Believe a slot's payload, or scrub everything: the extents to keep. */
+/*
+ * Believe a slot's payload (1, the records in @l) or not (0: the pool starts
+ * empty), or -ENOMEM.
+ */
 static int pl_meta_read(struct pl_meta_load *l)
 {
 	const char *why[2], *bad;
@@ -1195,6 +1206,7 @@ static int pl_meta_read(struct pl_meta_load *l)
 		INIT_LIST_HEAD(&l->names);
 		l->ext = NULL;
 		l->nr_ext = 0;
+		l->cap_ext = 0;
 		return 0;
 	}
 	i = 0;
@@ -1203,7 +1215,7 @@ static int pl_meta_read(struct pl_meta_load *l)
 	pr_info("metadata at %#llx: generation %llu: recovered %u files in %zu volumes, %u extents\n",
 		pl_meta.phys, gen[pick], i, list_count_nodes(&l->vols),
 		l->nr_ext);
-	return 0;
+	return 1;
 }
 
 /*
@@ -1222,11 +1234,13 @@ int pl_meta_load(unsigned int n, const u64 *start, const u64 *size)
 	int ret = 0;
 
 	xa_init(&l.ids);
+	/* The ranges= set, sorted: the order of the list does not matter. */
 	for (i = 0; i < n && i < PL_META_MAX_RANGES; i++) {
 		pl_meta.range[i].start = cpu_to_le64(start[i]);
 		pl_meta.range[i].size = cpu_to_le64(size[i]);
 	}
-	pl_meta.nr_ranges = n;
+	pl_meta.nr_ranges = i;
+	sort(pl_meta.range, i, sizeof(*pl_meta.range), pl_range_cmp, NULL);
 	if (!pl_meta_place(n, start, size, &pl_meta.phys)) {
 		pr_warn("no range larger than %lu MiB for the metadata: files do not survive a reload or kexec\n",
 			(unsigned long)(PL_META_SIZE >> 20));
@@ -1247,8 +1261,18 @@ int pl_meta_load(unsigned int n, const u64 *start, const u64 *size)
 		}
 	} else {
 		ret = pl_meta_read(&l);
-		if (ret)
+		if (ret < 0)
 			goto out;
+	}
+	if (ret <= 0) {
+		/*
+		 * Nothing believed: neither slot may be believed later either
+		 * (the memory is scrubbed and given to new files now).
+		 */
+		for (i = 0; i < 2; i++)
+			WRITE_ONCE(((struct pl_meta_hdr *)(pl_meta.area +
+				     i * PL_META_SLOT))->magic, 0);
+		wmb();	/* both invalid before the new generation */
 	}
 	mutex_lock(&pl_meta.lock);
 	pl_load_adopt(&l);
