@@ -505,12 +505,16 @@ void pl_meta_attr(struct inode *inode)
 	if (!pn)
 		return;
 	mutex_lock(&pl_meta.lock);
+	if (pn->mode == inode->i_mode && uid_eq(pn->uid, inode->i_uid) &&
+	    gid_eq(pn->gid, inode->i_gid) && pn->seals == PL_I(inode)->seals)
+		goto out;	/* times only: not recorded */
 	pn->mode = inode->i_mode;
 	pn->uid = inode->i_uid;
 	pn->gid = inode->i_gid;
 	pn->seals = PL_I(inode)->seals;
 	if (pl_pn_recorded(pn))
 		pl_meta_commit();
+out:
 	mutex_unlock(&pl_meta.lock);
 }
 
