@@ -11,7 +11,7 @@
 #   PATH           pageless-guest (tests/guest) and busybox applets
 # Output: CHECK lines (checks-lib.sh), "SNAP <tag> ..." lines of pageless-guest persist-snapshot
 # (the host compares the tags s1, s2, s2b and s3: the same files, owners, sizes, contents,
-# physical extents and pool use), and CHECKS-DONE after stage 3.
+# physical extents and pool use); /init prints CHECKS-DONE when the script returns.
 set -u
 G=pageless-guest
 M=/mnt/p
