@@ -51,7 +51,10 @@ const REQUIRED: &[&str] = &[
 /// The `SNAP <tag> …` lines of one snapshot, without the tag.
 fn snapshot(console: &str, tag: &str) -> Vec<String> {
     let prefix = format!("SNAP {tag} ");
-    console.lines().filter_map(|l| l.find(&prefix).map(|i| l[i + prefix.len()..].trim_end().to_string())).collect()
+    console
+        .lines()
+        .filter_map(|l| l.find(&prefix).map(|i| l[i + prefix.len()..].trim_end().to_string()))
+        .collect()
 }
 
 /// An initramfs with the checks, the guest tool and the module of both kernels; with `next`,
@@ -100,7 +103,10 @@ fn pagelessfs_files_survive_kexec() {
     checks::assert_all_ok(&console, REQUIRED);
 
     let s1 = snapshot(&console, "s1");
-    assert!(s1.iter().any(|l| l.contains("/vms/a/ram f 600 1234 567 nlink=2")), "first boot's files: {s1:#?}");
+    assert!(
+        s1.iter().any(|l| l.contains("/vms/a/ram f 600 1234 567 nlink=2")),
+        "first boot's files: {s1:#?}"
+    );
     for tag in ["s2", "s2b", "s3"] {
         let s = snapshot(&console, tag);
         assert_eq!(s, s1, "snapshot {tag} differs from the first boot's (s1)");

@@ -58,7 +58,12 @@ fn content_hash(path: &Path) -> io::Result<u64> {
 
 /// Every entry under `dir`, sorted, as snapshot lines; `sizes` gets each regular file's size
 /// once per inode.
-fn walk(dir: &Path, shown: &Path, lines: &mut Vec<String>, sizes: &mut BTreeSet<(u64, u64, u64)>) -> io::Result<()> {
+fn walk(
+    dir: &Path,
+    shown: &Path,
+    lines: &mut Vec<String>,
+    sizes: &mut BTreeSet<(u64, u64, u64)>,
+) -> io::Result<()> {
     let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -131,7 +136,11 @@ pub fn snapshot(r: &mut Report, tag: &str, mounts: &[PathBuf], no_quarantine: bo
         ),
     );
     if no_quarantine {
-        r.check(&format!("{tag}-quarantine-empty"), quarantined == 0, format!("{quarantined} bytes quarantined"));
+        r.check(
+            &format!("{tag}-quarantine-empty"),
+            quarantined == 0,
+            format!("{quarantined} bytes quarantined"),
+        );
     }
     Ok(())
 }
@@ -148,7 +157,8 @@ fn meta_phys(ranges: &str) -> io::Result<u64> {
     let (mut best, mut any) = (0u64, 0u64);
     for item in ranges.split(',') {
         let (size, start) = item.split_once('@').ok_or_else(|| io::Error::other("SIZE@START"))?;
-        let (size, start) = (parse_size(size).map_err(io::Error::other)?, parse_size(start).map_err(io::Error::other)?);
+        let (size, start) =
+            (parse_size(size).map_err(io::Error::other)?, parse_size(start).map_err(io::Error::other)?);
         let end = start + size;
         let gib = (end - 1) & !((1u64 << 30) - 1);
         if size <= META_SIZE {
