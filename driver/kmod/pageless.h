@@ -106,6 +106,7 @@ struct pl_sb_info {
 	struct list_head node;	/* pl_meta.vols */
 	struct pl_pnode *root;	/* root directory, NULL until created */
 	struct super_block *sb;	/* while mounted */
+	unsigned int refs;	/* mounts being set up (fs_context) */
 };
 
 struct pl_mf;
@@ -196,6 +197,7 @@ struct pl_sb_info *pl_meta_vol(const struct pl_sb_info *opts);
 struct inode *pl_meta_root(struct super_block *sb, struct pl_sb_info *vol);
 int pl_meta_attach(struct super_block *sb, struct pl_sb_info *vol);
 void pl_meta_umount(struct pl_sb_info *vol);
+void pl_meta_vol_put(struct pl_sb_info *vol);
 int pl_meta_new(struct pl_inode *pi, struct pl_sb_info *vol);
 int pl_meta_link(struct inode *dir, struct dentry *dentry, struct inode *inode);
 void pl_meta_unlink(struct dentry *dentry);

@@ -324,7 +324,8 @@ static void pl_name_add(struct pl_pname *nm)
 
 /*
  * The volume for the mount options @opts: the recorded one with the same
- * page size, node, uid, gid and mode, or a new one.
+ * page size, node, uid, gid and mode, or a new one.  The caller holds a
+ * reference until pl_meta_vol_put(): the volume is not forgotten meanwhile.
  */
 struct pl_sb_info *pl_meta_vol(const struct pl_sb_info *opts)
 {
@@ -338,12 +339,15 @@ struct pl_sb_info *pl_meta_vol(const struct pl_sb_info *opts)
 			goto out;
 	}
 	v = kmemdup(opts, sizeof(*v), GFP_KERNEL);
-	if (v) {
-		v->root = NULL;
-		v->sb = NULL;
-		list_add_tail(&v->node, &pl_meta.vols);
-	}
+	if (!v)
+		goto unlock;
+	v->root = NULL;
+	v->sb = NULL;
+	v->refs = 0;
+	list_add_tail(&v->node, &pl_meta.vols);
 out:
+	v->refs++;
+unlock:
 	mutex_unlock(&pl_meta.lock);
 	return v;
 }
@@ -726,31 +730,48 @@ struct inode *pl_meta_root(struct super_block *sb, struct pl_sb_info *vol)
 }
 
 /*
- * The superblock of @vol is gone (every inode evicted).  A volume without
- * any file or directory is forgotten.
+ * Forget @vol if it is unused (not mounted, no mount being set up) and has no
+ * file or directory.  pl_meta.lock held.
  */
-void pl_meta_umount(struct pl_sb_info *vol)
+static void pl_vol_gc(struct pl_sb_info *vol)
 {
 	struct pl_pname *nm;
 
-	mutex_lock(&pl_meta.lock);
-	vol->sb = NULL;
+	if (vol->sb || vol->refs)
+		return;
 	list_for_each_entry(nm, &pl_meta.names, node)
 		if (nm->parent == vol->root)
-			goto out;
+			return;
 	if (vol->root) {
 		if (vol->root->mappers) {
 			pl_mappers_drop(vol->root->mappers);
 			module_put(THIS_MODULE);
 		}
 		pl_pn_free(vol->root);
-		pl_meta.bytes -= pl_rec_node_len(0);
+		pl_meta.bytes -= pl_rec_node_len(0) + pl_rec_vol_len();
 	}
-	pl_meta.bytes -= pl_rec_vol_len();
 	list_del(&vol->node);
 	kfree(vol);
 	pl_meta_commit();
-out:
+}
+
+/* The superblock of @vol is gone (every inode evicted). */
+void pl_meta_umount(struct pl_sb_info *vol)
+{
+	mutex_lock(&pl_meta.lock);
+	vol->sb = NULL;
+	pl_vol_gc(vol);
+	mutex_unlock(&pl_meta.lock);
+}
+
+/* Drop the reference of pl_meta_vol(). */
+void pl_meta_vol_put(struct pl_sb_info *vol)
+{
+	if (!vol)
+		return;
+	mutex_lock(&pl_meta.lock);
+	vol->refs--;
+	pl_vol_gc(vol);
 	mutex_unlock(&pl_meta.lock);
 }
 

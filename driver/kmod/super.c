@@ -326,6 +326,7 @@ static const struct fs_parameter_spec pl_fs_parameters[] = {
 
 struct pl_fs_context {
 	struct pl_sb_info opts;
+	struct pl_sb_info *vol;	/* referenced, from get_tree */
 	bool pagesize_set;	/* given explicitly (default 2M) */
 	bool node_set;		/* node= given */
 };
@@ -416,15 +417,13 @@ static int pl_get_tree(struct fs_context *fc)
 {
 	struct pl_fs_context *ctx = fc->fs_private;
 
-	struct pl_sb_info *vol;
-
 	if (ctx->opts.psize == SZ_1G && !pl_pud_ok)
 		pr_info_once("pagesize=1G: no 1 GiB page table entries here, mapping with 2 MiB ones\n");
 	/* One superblock per volume: mounts with the same options share it. */
-	vol = pl_meta_vol(&ctx->opts);
-	if (!vol)
+	ctx->vol = pl_meta_vol(&ctx->opts);
+	if (!ctx->vol)
 		return -ENOMEM;
-	return get_tree_keyed(fc, pl_fill_super, vol);
+	return get_tree_keyed(fc, pl_fill_super, ctx->vol);
 }
 
 static int pl_reconfigure(struct fs_context *fc)
@@ -441,7 +440,11 @@ static int pl_reconfigure(struct fs_context *fc)
 
 static void pl_free_fc(struct fs_context *fc)
 {
-	kfree(fc->fs_private);
+	struct pl_fs_context *ctx = fc->fs_private;
+
+	if (ctx)
+		pl_meta_vol_put(ctx->vol);
+	kfree(ctx);
 }
 
 static const struct fs_context_operations pl_context_ops = {
