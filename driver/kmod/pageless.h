@@ -33,8 +33,9 @@
  *
  *   pl_meta.lock (mutex, persist.c)
  *	The persistent records and the metadata area.  Taken under i_rwsem,
- *	never under pl_inode->lock; under it only pl_files_lock (new inodes)
- *	and the mf.c registration are taken.
+ *	never under pl_inode->lock; under it only pl_files_lock (new inodes),
+ *	pl_inode->mappers_lock (a file's mappers kept across umount) and the
+ *	mf.c registration are taken.
  */
 #ifndef PAGELESS_H
 #define PAGELESS_H
