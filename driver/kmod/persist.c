@@ -166,8 +166,8 @@ static bool pl_meta_fits(u64 more)
 {
 	if (pl_meta.bytes + more <= PL_META_CAP)
 		return true;
-	pr_err("metadata area full (%llu of %lu bytes used): too many files, names or extents to record\n",
-	       pl_meta.bytes, (unsigned long)PL_META_CAP);
+	pr_err_ratelimited("metadata area full (%llu of %lu bytes used): too many files, names or extents to record\n",
+			   pl_meta.bytes, (unsigned long)PL_META_CAP);
 	return false;
 }
 
