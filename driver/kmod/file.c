@@ -86,6 +86,13 @@ static int pl_grow(struct inode *inode, u64 old, u64 newsize)
 		}
 		off += a->len;
 	}
+	/* Recorded before the new extents are used. */
+	ret = pl_meta_layout(pi, nl, newsize);
+	if (ret) {
+		pl_extents_free(nl);
+		pl_pool_release_clean(add);
+		return ret;
+	}
 
 	down_write(&pi->lock);
 	pi->layout = nl;
@@ -143,6 +150,8 @@ static int pl_shrink(struct inode *inode, u64 newsize)
 	}
 	up_write(&pi->lock);
 	pl_mf_sync(pi);
+	/* Recorded before the tail can go to another file. */
+	pl_meta_layout(pi, pi->layout, newsize);
 
 	/* Let read()/write() copies that looked the tail up finish. */
 	synchronize_srcu(&pl_io_srcu);
@@ -193,6 +202,7 @@ static int pl_setattr(struct mnt_idmap *idmap, struct dentry *dentry,
 			return ret;
 	}
 	setattr_copy(idmap, inode, attr);
+	pl_meta_attr(inode);
 	return 0;
 }
 
@@ -550,6 +560,7 @@ static long pl_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 			return -EPERM;
 		inode_lock(inode);
 		pi->seals |= seals;
+		pl_meta_attr(inode);
 		inode_unlock(inode);
 		return 0;
 	default:

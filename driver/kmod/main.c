@@ -425,6 +425,22 @@ static void pl_unclaim_all(void)
 	}
 }
 
+/*
+ * Every range is claimed: believe the metadata or not, then scrub everything
+ * but the recovered files.
+ */
+static int pl_load_meta(void)
+{
+	u64 start[PL_MAX_RANGES], size[PL_MAX_RANGES];
+	unsigned int i;
+
+	for (i = 0; i < pl_nr_claims; i++) {
+		start[i] = pl_claims[i].start;
+		size[i] = pl_claims[i].size;
+	}
+	return pl_meta_load(pl_nr_claims, start, size);
+}
+
 static int pl_claim_ranges(void)
 {
 	char *buf, *p, *item;
@@ -467,6 +483,8 @@ static int pl_claim_ranges(void)
 		pr_err("ranges=: no range given\n");
 		ret = -EINVAL;
 	}
+	if (!ret)
+		ret = pl_load_meta();
 out_fw:
 	pl_fw_free();
 	return ret;
@@ -505,6 +523,7 @@ err_fs:
 	pl_fs_unregister();
 err_pool:
 	pl_pool_exit(false);
+	pl_meta_exit();
 	pl_unclaim_all();
 	return ret;
 }
@@ -520,6 +539,7 @@ static void __exit pl_exit(void)
 	pl_quarantine_exit();
 	pl_mce_exit();
 	pl_pool_exit(true);
+	pl_meta_exit();
 	pl_poison_destroy();
 	pl_unclaim_all();
 	pr_info("unloaded\n");

@@ -539,12 +539,8 @@ static int pl_phys_nid(u64 phys)
 	return nid == NUMA_NO_NODE ? 0 : nid;
 }
 
-/*
- * Add [start, start + size), all on node @nid, mapped at @virt, with @ex to
- * queue it for scrubbing.
- */
-static void pl_pool_add_range_node(u64 start, u64 size, int nid, void *virt,
-				   struct pl_extents *ex)
+/* Add [start, start + size), all on node @nid, mapped at @virt. */
+static void pl_pool_add_range_node(u64 start, u64 size, int nid, void *virt)
 {
 	struct pl_range *r = &pl_pool.ranges[pl_pool.nr_ranges];
 
@@ -554,10 +550,6 @@ static void pl_pool_add_range_node(u64 start, u64 size, int nid, void *virt,
 	r->virt = virt;
 	/* Published before any extent of it can be scrubbed or allocated. */
 	smp_store_release(&pl_pool.nr_ranges, pl_pool.nr_ranges + 1);
-	ex->ext[0].phys = start;
-	ex->ext[0].len = size;
-	ex->nr = 1;
-	pl_pool_release(ex);
 	pr_info("range [%#llx-%#llx] (%llu MiB) is on node %d\n",
 		start, start + size - 1, size >> 20, nid);
 }
@@ -574,40 +566,123 @@ static u64 pl_node_end(u64 start, u64 off, u64 size)
 }
 
 /*
- * Add a claimed and mapped range, split where its NUMA node changes.  Its
- * old contents are unknown, so it enters the pool through the scrubber.
- * Called at load time only.  All or nothing: on failure no part is added.
+ * Add a claimed and mapped range, split where its NUMA node changes.  Nothing
+ * of it is allocatable until pl_pool_scrub_except().  Called at load time
+ * only.  All or nothing: on failure no part is added.
  */
 int pl_pool_add_range(u64 start, u64 size, void *virt)
 {
-	struct pl_extents *ex[PL_MAX_RANGES] = {};
-	unsigned int n = 0, i;
+	unsigned int n = 0;
 	u64 off;
 
-	for (off = 0; off < size; off = pl_node_end(start, off, size)) {
-		if (pl_pool.nr_ranges + n == PL_MAX_RANGES)
-			goto err_big;
-		ex[n] = pl_extents_alloc(1);
-		if (!ex[n])
-			goto err_nomem;
+	for (off = 0; off < size; off = pl_node_end(start, off, size))
 		n++;
-	}
-	for (off = 0, i = 0; i < n; i++) {
+	if (pl_pool.nr_ranges + n > PL_MAX_RANGES)
+		return -E2BIG;
+	for (off = 0; off < size;) {
 		u64 end = pl_node_end(start, off, size);
 
 		pl_pool_add_range_node(start + off, end - off,
-				       pl_phys_nid(start + off), virt + off,
-				       ex[i]);
+				       pl_phys_nid(start + off), virt + off);
 		off = end;
 	}
 	return 0;
+}
 
-err_big:
-	for (i = 0; i < n; i++)
-		pl_extents_free(ex[i]);
-	return -E2BIG;
-err_nomem:
-	for (i = 0; i < n; i++)
+/*
+ * Take [phys, phys + len), the top of a range part, out of the pool for good
+ * (the metadata area): the part shrinks.  At load time, before scrubbing.
+ */
+int pl_pool_carve(u64 phys, u64 len)
+{
+	unsigned int i;
+
+	for (i = 0; i < pl_pool.nr_ranges; i++) {
+		struct pl_range *r = &pl_pool.ranges[i];
+
+		if (r->start + r->size == phys + len && r->size > len) {
+			r->size -= len;
+			return 0;
+		}
+	}
+	WARN_ONCE(1, "no range part ends at %llx\n", phys + len);
+	return -EINVAL;
+}
+
+/*
+ * Whether [phys, phys + len) lies in the pool, all on one node, and that on
+ * @nid unless it is NUMA_NO_NODE.  For recovered extents.
+ */
+bool pl_pool_extent_ok(u64 phys, u64 len, int nid)
+{
+	int first = NUMA_NO_NODE;
+	unsigned int i;
+
+	while (len) {
+		struct pl_range *r = NULL;
+		u64 part;
+
+		for (i = 0; i < pl_pool.nr_ranges; i++) {
+			r = &pl_pool.ranges[i];
+			if (phys >= r->start && phys - r->start < r->size)
+				break;
+		}
+		if (i == pl_pool.nr_ranges)
+			return false;
+		if (first == NUMA_NO_NODE)
+			first = r->nid;
+		if (r->nid != first || (nid != NUMA_NO_NODE && r->nid != nid))
+			return false;
+		part = min(len, r->start + r->size - phys);
+		phys += part;
+		len -= part;
+	}
+	return true;
+}
+
+/*
+ * Hand every part of the pool but the sorted, non-overlapping extents @keep
+ * (recovered files) to the scrubber: its old contents are unknown.  At load
+ * time, once.
+ */
+int pl_pool_scrub_except(const struct pl_extent *keep, unsigned int n)
+{
+	struct pl_extents *ex[PL_MAX_RANGES] = {};
+	unsigned int i, k;
+
+	for (i = 0; i < pl_pool.nr_ranges; i++) {
+		ex[i] = pl_extents_alloc(n + 1);
+		if (!ex[i])
+			goto err;
+	}
+	for (i = 0; i < pl_pool.nr_ranges; i++) {
+		struct pl_range *r = &pl_pool.ranges[i];
+		u64 pos = r->start, end = r->start + r->size;
+
+		for (k = 0; k < n && pos < end; k++) {
+			u64 ks = keep[k].phys, ke = keep[k].phys + keep[k].len;
+
+			if (ke <= pos || ks >= end)
+				continue;
+			if (ks > pos) {
+				ex[i]->ext[ex[i]->nr].phys = pos;
+				ex[i]->ext[ex[i]->nr].len = ks - pos;
+				ex[i]->nr++;
+			}
+			pos = min(ke, end);
+		}
+		if (pos < end) {
+			ex[i]->ext[ex[i]->nr].phys = pos;
+			ex[i]->ext[ex[i]->nr].len = end - pos;
+			ex[i]->nr++;
+		}
+		pl_pool_release(ex[i]);
+		ex[i] = NULL;
+	}
+	return 0;
+
+err:
+	for (i = 0; i < pl_pool.nr_ranges; i++)
 		pl_extents_free(ex[i]);
 	return -ENOMEM;
 }

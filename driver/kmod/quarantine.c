@@ -188,6 +188,27 @@ out:
 	return copy;
 }
 
+/*
+ * The processes that mapped @pi and still live, moved out of it: its
+ * superblock is going away with the file still linked (persist.c keeps them
+ * for when it is mounted again).
+ */
+struct pl_pids *pl_mappers_take(struct pl_inode *pi)
+{
+	return pl_live_mappers(pi, true);
+}
+
+/* Give a re-created inode the processes that mapped the file before. */
+void pl_mappers_give(struct pl_inode *pi, struct pl_pids *p)
+{
+	pi->mappers = p;
+}
+
+void pl_mappers_drop(struct pl_pids *p)
+{
+	pl_pids_free(p);
+}
+
 /* Forget the mappers of an inode being evicted. */
 void pl_mappers_free(struct pl_inode *pi)
 {

@@ -32,8 +32,9 @@ static const struct super_operations pl_sops;
 static const struct inode_operations pl_dir_iops;
 static struct kmem_cache *pl_inode_cachep;
 
-static struct inode *pl_get_inode(struct super_block *sb,
-				  const struct inode *dir, umode_t mode)
+/* A new inode, without a persistent record. */
+struct inode *pl_new_inode(struct super_block *sb, const struct inode *dir,
+			   umode_t mode)
 {
 	struct inode *inode = new_inode(sb);
 
@@ -63,6 +64,19 @@ static struct inode *pl_get_inode(struct super_block *sb,
 	return inode;
 }
 
+/* A new inode with a new persistent record (named by pl_meta_link()). */
+static struct inode *pl_get_inode(struct super_block *sb,
+				  const struct inode *dir, umode_t mode)
+{
+	struct inode *inode = pl_new_inode(sb, dir, mode);
+
+	if (inode && pl_meta_new(PL_I(inode), PL_SB(sb))) {
+		iput(inode);
+		return NULL;
+	}
+	return inode;
+}
+
 /* Directory operations.  The VFS holds the parent's i_rwsem. */
 static int pl_mknod(struct inode *dir, struct dentry *dentry, umode_t mode)
 {
@@ -73,6 +87,8 @@ static int pl_mknod(struct inode *dir, struct dentry *dentry, umode_t mode)
 		return -ENOSPC;
 	ret = security_inode_init_security(inode, dir, &dentry->d_name,
 					   NULL, NULL);
+	if (!ret)
+		ret = pl_meta_link(dir, dentry, inode);
 	if (ret) {
 		iput(inode);
 		return ret;
@@ -117,17 +133,72 @@ static int pl_tmpfile(struct mnt_idmap *idmap, struct inode *dir,
 	return finish_open_simple(file, 0);
 }
 
+/* The name changes below are recorded in the metadata (persist.c). */
+static int pl_link(struct dentry *old_dentry, struct inode *dir,
+		   struct dentry *dentry)
+{
+	int ret = pl_meta_link(dir, dentry, d_inode(old_dentry));
+
+	if (ret)
+		return ret;
+	ret = simple_link(old_dentry, dir, dentry);
+	if (ret)
+		pl_meta_unlink(dentry);
+	return ret;
+}
+
+static int pl_unlink(struct inode *dir, struct dentry *dentry)
+{
+	/* Recorded gone before the extents can be freed (eviction). */
+	pl_meta_unlink(dentry);
+	return simple_unlink(dir, dentry);
+}
+
+static int pl_rmdir(struct inode *dir, struct dentry *dentry)
+{
+	int ret = simple_rmdir(dir, dentry);
+
+	if (!ret)
+		pl_meta_unlink(dentry);
+	return ret;
+}
+
+static int pl_rename(struct mnt_idmap *idmap, struct inode *old_dir,
+		     struct dentry *old_dentry, struct inode *new_dir,
+		     struct dentry *new_dentry, unsigned int flags)
+{
+	int ret = pl_meta_rename_check(old_dentry, new_dentry, flags);
+
+	if (ret)
+		return ret;
+	ret = simple_rename(idmap, old_dir, old_dentry, new_dir, new_dentry,
+			    flags);
+	if (!ret)
+		pl_meta_rename(old_dir, old_dentry, new_dir, new_dentry, flags);
+	return ret;
+}
+
+static int pl_dir_setattr(struct mnt_idmap *idmap, struct dentry *dentry,
+			  struct iattr *attr)
+{
+	int ret = simple_setattr(idmap, dentry, attr);
+
+	if (!ret)
+		pl_meta_attr(d_inode(dentry));
+	return ret;
+}
+
 static const struct inode_operations pl_dir_iops = {
 	.create		= pl_create,
 	.lookup		= simple_lookup,
-	.link		= simple_link,
-	.unlink		= simple_unlink,
+	.link		= pl_link,
+	.unlink		= pl_unlink,
 	.mkdir		= pl_mkdir,
-	.rmdir		= simple_rmdir,
-	.rename		= simple_rename,
+	.rmdir		= pl_rmdir,
+	.rename		= pl_rename,
 	.tmpfile	= pl_tmpfile,
 	.getattr	= simple_getattr,
-	.setattr	= simple_setattr,
+	.setattr	= pl_dir_setattr,
 };
 
 /* Inodes */
@@ -141,6 +212,7 @@ static struct inode *pl_alloc_inode(struct super_block *sb)
 	pi->mappers = NULL;
 	pi->seals = 0;
 	pi->mf = NULL;
+	pi->pn = NULL;
 	INIT_LIST_HEAD(&pi->files);
 	return &pi->vfs_inode;
 }
@@ -163,6 +235,8 @@ static void pl_inode_init_once(void *p)
  * The last reference is gone: no fd, no mapping, no link.  No process can
  * reach the extents any more, but a device may, by DMA: they are scrubbed and
  * freed once every process that mapped the file is gone (quarantine.c).
+ * Or the superblock is going away with the file still linked: the file
+ * persists, its extents stay its own (persist.c).
  */
 static void pl_evict_inode(struct inode *inode)
 {
@@ -173,7 +247,10 @@ static void pl_evict_inode(struct inode *inode)
 	if (!list_empty(&pi->files))
 		pl_files_del(pi);
 	pl_mf_clear(pi);
-	pl_quarantine_free(pi, pi->layout, true);
+	if (pl_meta_evict(pi))
+		pl_extents_free(pi->layout);
+	else
+		pl_quarantine_free(pi, pi->layout, true);
 	pi->layout = NULL;
 	pl_mappers_free(pi);
 }
@@ -249,6 +326,7 @@ static const struct fs_parameter_spec pl_fs_parameters[] = {
 
 struct pl_fs_context {
 	struct pl_sb_info opts;
+	struct pl_sb_info *vol;	/* referenced, from get_tree */
 	bool pagesize_set;	/* given explicitly (default 2M) */
 	bool node_set;		/* node= given */
 };
@@ -298,16 +376,15 @@ static int pl_parse_param(struct fs_context *fc, struct fs_parameter *param)
 	return 0;
 }
 
+/*
+ * A new superblock of the volume sb->s_fs_info (get_tree_keyed()): its
+ * recorded files come back (pl_meta_attach()).
+ */
 static int pl_fill_super(struct super_block *sb, struct fs_context *fc)
 {
-	struct pl_fs_context *ctx = fc->fs_private;
-	struct pl_sb_info *sbi;
+	struct pl_sb_info *sbi = PL_SB(sb);
 	struct inode *root;
 
-	sbi = kmemdup(&ctx->opts, sizeof(*sbi), GFP_KERNEL);
-	if (!sbi)
-		return -ENOMEM;
-	sb->s_fs_info = sbi;
 	sb->s_maxbytes = MAX_LFS_FILESIZE;
 	/* st_blksize: the I/O size tools use, not the mapping page size */
 	sb->s_blocksize = PAGE_SIZE;
@@ -316,15 +393,24 @@ static int pl_fill_super(struct super_block *sb, struct fs_context *fc)
 	sb->s_op = &pl_sops;
 	sb->s_time_gran = 1;
 
-	root = pl_get_inode(sb, NULL, S_IFDIR | sbi->mode);
-	if (!root)
-		return -ENOMEM;
-	root->i_uid = sbi->uid;
-	root->i_gid = sbi->gid;
+	root = pl_meta_root(sb, sbi);
+	if (IS_ERR(root))
+		return PTR_ERR(root);
+	if (!root) {
+		root = pl_new_inode(sb, NULL, S_IFDIR | sbi->mode);
+		if (!root)
+			return -ENOMEM;
+		root->i_uid = sbi->uid;
+		root->i_gid = sbi->gid;
+		if (pl_meta_new(PL_I(root), sbi)) {
+			iput(root);
+			return -ENOSPC;
+		}
+	}
 	sb->s_root = d_make_root(root);
 	if (!sb->s_root)
 		return -ENOMEM;
-	return 0;
+	return pl_meta_attach(sb, sbi);
 }
 
 static int pl_get_tree(struct fs_context *fc)
@@ -333,7 +419,11 @@ static int pl_get_tree(struct fs_context *fc)
 
 	if (ctx->opts.psize == SZ_1G && !pl_pud_ok)
 		pr_info_once("pagesize=1G: no 1 GiB page table entries here, mapping with 2 MiB ones\n");
-	return get_tree_nodev(fc, pl_fill_super);
+	/* One superblock per volume: mounts with the same options share it. */
+	ctx->vol = pl_meta_vol(&ctx->opts);
+	if (!ctx->vol)
+		return -ENOMEM;
+	return get_tree_keyed(fc, pl_fill_super, ctx->vol);
 }
 
 static int pl_reconfigure(struct fs_context *fc)
@@ -350,7 +440,11 @@ static int pl_reconfigure(struct fs_context *fc)
 
 static void pl_free_fc(struct fs_context *fc)
 {
-	kfree(fc->fs_private);
+	struct pl_fs_context *ctx = fc->fs_private;
+
+	if (ctx)
+		pl_meta_vol_put(ctx->vol);
+	kfree(ctx);
 }
 
 static const struct fs_context_operations pl_context_ops = {
@@ -379,8 +473,11 @@ static int pl_init_fs_context(struct fs_context *fc)
 
 static void pl_kill_sb(struct super_block *sb)
 {
-	pl_kill_super(sb);	/* evicts every inode: extents are scrubbed */
-	kfree(sb->s_fs_info);
+	struct pl_sb_info *vol = PL_SB(sb);
+
+	/* Evicts every inode: linked files persist, the rest is scrubbed. */
+	pl_kill_super(sb);
+	pl_meta_umount(vol);
 	/* Release at once what only waited for processes that are gone. */
 	pl_quarantine_reap();
 }

@@ -34,8 +34,10 @@ if insmod "$KO" ranges="$RANGES"; then
 else
 	check numa-load FAIL "insmod ranges=$RANGES: $(dmesg_new | tail -n 3 | tr '\n' ' ')"
 fi
+# The top 2 MiB of 256M@0x40000000 hold the module's metadata (persist.c): node 1's part is
+# 2 MiB short.
 want="0x40000000 134217728 0
-0x48000000 134217728 1
+0x48000000 132120576 1
 0x100000000 1073741824 1"
 got=$(cat /sys/fs/pagelessfs/ranges 2>&1)
 if [ "$got" = "$want" ]; then check numa-ranges ok "$(echo "$got" | tr '\n' ';')"; else
@@ -43,7 +45,7 @@ if [ "$got" = "$want" ]; then check numa-ranges ok "$(echo "$got" | tr '\n' ';')
 wait_scrubbed
 got=$(cat /sys/fs/pagelessfs/node0/capacity_bytes /sys/fs/pagelessfs/node0/free_bytes \
 	/sys/fs/pagelessfs/node1/capacity_bytes /sys/fs/pagelessfs/node1/free_bytes 2>&1 | tr '\n' ' ')
-if [ "$got" = "134217728 134217728 1207959552 1207959552 " ] && [ ! -e /sys/fs/pagelessfs/node2 ]; then
+if [ "$got" = "134217728 134217728 1205862400 1205862400 " ] && [ ! -e /sys/fs/pagelessfs/node2 ]; then
 	check numa-sysfs-nodes ok "node0 and node1 capacity/free: $got"
 else
 	check numa-sysfs-nodes FAIL "node0/node1 capacity free: $got"
@@ -73,10 +75,10 @@ else
 	fi
 fi
 got="$(total_kib $M/n0) $(total_kib $M/n1) $(total_kib $M/g1) $(total_kib $M/any)"
-if [ "$got" = "131072 1179648 1048576 1310720" ]; then
+if [ "$got" = "131072 1177600 1048576 1308672" ]; then
 	check numa-statfs ok "df total KiB: node=0 2M, node=1 2M, node=1 1G, any 4K: $got"
 else
-	check numa-statfs FAIL "df total KiB node=0 2M, node=1 2M, node=1 1G, any 4K: $got (want 131072 1179648 1048576 1310720)"
+	check numa-statfs FAIL "df total KiB node=0 2M, node=1 2M, node=1 1G, any 4K: $got (want 131072 1177600 1048576 1308672)"
 fi
 
 # Placement (issue #9): a live 4 MiB file of 2M pages must not take node 1's only free aligned
@@ -91,14 +93,14 @@ truncate -s 64M $M/n1/a && truncate -s 64M $M/n0/a
 $G extents-within numa-extents-node0 $N0 $M/n0/a
 $G extents-within numa-extents-node1 $N1 $M/n1/small $M/n1/a $M/g1/big
 got="$(free_kib $M/n0) $(free_kib $M/n1)"
-# node 0: 128M - 64M = 64M; node 1: 1152M - 4M - 1G - 64M = 60M
-if [ "$got" = "65536 61440" ]; then
+# node 0: 128M - 64M = 64M; node 1: 1150M - 4M - 1G - 64M = 58M
+if [ "$got" = "65536 59392" ]; then
 	check numa-statfs-free ok "df free KiB node=0, node=1: $got"
 else
-	check numa-statfs-free FAIL "df free KiB node=0, node=1: $got (want 65536 61440)"
+	check numa-statfs-free FAIL "df free KiB node=0, node=1: $got (want 65536 59392)"
 fi
 # node 1 full: ENOSPC there although node 0 has room.
-truncate -s 124M $M/n1/a
+truncate -s 122M $M/n1/a
 if truncate -s 2M $M/n1/c 2>/tmp/enospc; then
 	check numa-enospc-node FAIL "a 2M file on the full node=1 mount was created"
 elif ! grep -q 'No space left' /tmp/enospc || [ "$(free_kib $M/n1)" != 0 ]; then

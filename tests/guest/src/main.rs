@@ -11,6 +11,7 @@ mod checks;
 mod extents;
 mod isolation;
 mod numa;
+mod persist;
 mod scrub_bench;
 mod struct_page;
 mod util;
@@ -119,6 +120,23 @@ enum Cmd {
     Fiemap { files: Vec<PathBuf> },
     /// Check NAME: every FIEMAP extent of FILES lies in one of RANGES (SIZE@START,...).
     ExtentsWithin { name: String, ranges: String, files: Vec<PathBuf> },
+    /// kexec_file_load KERNEL and INITRD with CMDLINE, then reboot into them at once.
+    Kexec { kernel: PathBuf, initrd: PathBuf, cmdline: String },
+    /// Print `SNAP TAG` lines of every file under MOUNTS (mode, owner, size, content hash,
+    /// physical extents) and the pool's use; check TAG-free-exact.
+    PersistSnapshot {
+        tag: String,
+        mounts: Vec<PathBuf>,
+        /// Also check TAG-quarantine-empty.
+        #[arg(long)]
+        no_quarantine: bool,
+    },
+    /// Damage the module's metadata area of RANGES through /dev/mem (module unloaded).
+    MetaScribble {
+        ranges: String,
+        #[arg(value_enum)]
+        what: persist::Scribble,
+    },
     /// Allocate and map the whole pool via DIR, compare struct page counters with BASE.
     HoldPool { dir: PathBuf, base: PathBuf },
     /// delete_module(MODULE) must fail while a pagelessfs is mounted.
@@ -273,6 +291,11 @@ fn main() {
         Cmd::VfioReuse { bdf, dir, give_back } => vfio_reuse::vfio_reuse(&mut r, &bdf, &dir, give_back),
         Cmd::Fiemap { files } => checks::fiemap_cmd(&mut r, &files),
         Cmd::ExtentsWithin { name, ranges, files } => extents::extents_within(&mut r, &name, &ranges, &files),
+        Cmd::Kexec { kernel, initrd, cmdline } => persist::kexec(&kernel, &initrd, &cmdline),
+        Cmd::PersistSnapshot { tag, mounts, no_quarantine } => {
+            persist::snapshot(&mut r, &tag, &mounts, no_quarantine)
+        }
+        Cmd::MetaScribble { ranges, what } => persist::meta_scribble(&mut r, &ranges, what),
         Cmd::HoldPool { dir, base } => checks::hold_pool(&mut r, &dir, &base),
         Cmd::RmmodBusy { module } => checks::rmmod_busy(&mut r, &module),
         Cmd::Stress { secs, workers, dirs } => checks::stress(&mut r, &dirs, secs, workers),
