@@ -72,9 +72,7 @@ impl Qmp {
             let info = self.execute("query-migrate", json!({}))?;
             match info.get("status").and_then(Value::as_str) {
                 Some("completed") => return Ok(info),
-                Some(status @ ("failed" | "cancelled")) => {
-                    return Err(format!("migration {status}: {info}"))
-                }
+                Some(status @ ("failed" | "cancelled")) => return Err(format!("migration {status}: {info}")),
                 _ if Instant::now() >= deadline => {
                     return Err(format!("migration not done after {timeout:?}: {info}"))
                 }

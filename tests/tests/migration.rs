@@ -101,7 +101,12 @@ impl Side {
     fn assert_serves(&self, vm: &Vm) {
         let status = self.owner.status();
         let consumer = status.consumers.iter().find(|c| c.device == "disk0").expect("disk0 is a consumer");
-        assert_eq!(consumer.frontend_pid, Some(vm.pid()), "{}: the relay's frontend is the guest's QEMU", self.name);
+        assert_eq!(
+            consumer.frontend_pid,
+            Some(vm.pid()),
+            "{}: the relay's frontend is the guest's QEMU",
+            self.name
+        );
         assert!(maps_inode(self.qsd.pid(), status.inode), "{}: the backend maps the owner's file", self.name);
     }
 }
@@ -114,11 +119,18 @@ fn migrate(vm: &mut Vm, from: &Side, to: &Side, initrd: &Path) -> Vm {
     let mut to_qmp = Qmp::connect(&to.qmp, STEP).expect("the destination QEMU answers QMP");
     let mut from_qmp = Qmp::connect(&from.qmp, STEP).expect("the source QEMU answers QMP");
     let started = std::time::Instant::now();
-    from_qmp.execute("migrate", json!({ "uri": format!("tcp:127.0.0.1:{port}") })).expect("start the migration");
+    from_qmp
+        .execute("migrate", json!({ "uri": format!("tcp:127.0.0.1:{port}") }))
+        .expect("start the migration");
     let info = from_qmp.wait_migration(MIGRATION).unwrap_or_else(|e| {
         panic!("{} → {}: {e}\nsource owner log:\n{}", from.name, to.name, from.owner.log())
     });
     eprintln!("migration {} → {}: {:?}, {info}", from.name, to.name, started.elapsed());
+    assert!(
+        from.owner.log_shows("forwarding SET_LOG_BASE"),
+        "the source's relay forwarded QEMU's dirty log to the backend:\n{}",
+        from.owner.log()
+    );
     let status = to_qmp.execute("query-status", json!({})).unwrap();
     assert_eq!(status["status"], "running", "the destination runs the guest after the migration: {status}");
     from_qmp.execute("quit", json!({})).expect("quit the source QEMU");
@@ -134,7 +146,12 @@ fn new_token(vm: &mut Vm, n: usize, here: &Side, not_in: &[&Side]) -> String {
     assert_eq!(image_sector_line(&here.image, 8 + n), token, "token {n} is in {}'s image", here.name);
     assert!(!here.owner.find(&token).is_empty(), "token {n} is in {}'s memory", here.name);
     for other in not_in {
-        assert_ne!(image_sector_line(&other.image, 8 + n), token, "token {n} is not in {}'s image", other.name);
+        assert_ne!(
+            image_sector_line(&other.image, 8 + n),
+            token,
+            "token {n} is not in {}'s image",
+            other.name
+        );
         assert!(other.owner.find(&token).is_empty(), "token {n} is not in {}'s memory", other.name);
     }
     token
@@ -193,7 +210,12 @@ fn live_migration_between_owners_with_relayed_disks() {
 
     // The sources' owners stop: nothing holds their memory once their QEMU has gone.
     for mut side in [a, b] {
-        assert!(side.owner.terminate().success(), "{}'s owner stops cleanly:\n{}", side.name, side.owner.log());
+        assert!(
+            side.owner.terminate().success(),
+            "{}'s owner stops cleanly:\n{}",
+            side.name,
+            side.owner.log()
+        );
     }
     vm.send_line("quit");
     vm.wait_exit(STEP).unwrap();
