@@ -73,8 +73,11 @@ migrate() {
     done
     echo "RESULT ${label}_migration_secs=$(since "$start")"
     check "$label-migrates" grep -Eo '"status": *"completed"' /tmp/qmp-$from.log
-    qmp "$to" '{"execute":"query-status"}'
-    check "$label-destination-runs" wait_line /tmp/qmp-$to.log '"status": *"running"' 30
+    i=0
+    while [ $i -lt 60 ] && ! grep -q '"status": *"running"' /tmp/qmp-$to.log; do
+        qmp "$to" '{"execute":"query-status"}'; sleep 0.5; i=$((i + 1))
+    done
+    check "$label-destination-runs" grep -o '"status": *"running"' /tmp/qmp-$to.log
 
     # The guest ticks on the destination: a token written after the migration (the second
     # tick: the first one's token may have been made before the switch-over).
@@ -95,7 +98,7 @@ migrate() {
     pageless stop --vm mig --run-dir /run/pl-$from
     sleep 1
     alive "$owner_from" && owner_alive=yes || owner_alive=no
-    check "$label-source-owner-waits-for-qemu" sh -c "[ $owner_alive = yes ] && pageless status --vm mig --run-dir /run/pl-$from --json | tr -d ' \n' | grep -o '\"pid\":$qemu_from,[^}]*'"
+    check "$label-source-owner-waits-for-qemu" sh -c "[ $owner_alive = yes ] && pageless status --vm mig --run-dir /run/pl-$from --json | tr -d ' \n' | grep -o '\"waiting_for\":\[[^]]*' | grep '\"pid\":$qemu_from,'"
     qmp "$from" '{"execute":"quit"}'
     wait "$qemu_from" 2>/dev/null
     i=0; while [ $i -lt 300 ] && alive "$owner_from"; do sleep 0.1; i=$((i + 1)); done
