@@ -94,6 +94,37 @@ fn migrate_begin_starts_the_owner_and_prepare_takes_it_over() {
     assert!(out.status.success(), "{}", stderr(&out));
     wait_gone(pid);
     assert!(!marker.exists(), "release removes the record");
+
+    // An incoming owner whose relay already serves a frontend (something connected before
+    // libvirt's QEMU) is not taken over either.
+    let backend = dir.path().join("backend.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&backend).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "pool = \"memfd\"\nrun_dir = \"{}\"\n[[vhost_user]]\nname = \"disk0\"\nbackend = \"{}\"\n",
+            run_dir.display(),
+            backend.display()
+        ),
+    )
+    .unwrap();
+    let out = hook(&config_dir, "mig", "migrate", "begin", XML);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid = owner_pid(&socket).unwrap();
+    let frontend = std::os::unix::net::UnixStream::connect(run_dir.join("mig/disk0.sock")).unwrap();
+    let (backend_side, _) = listener.accept().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ControlClient::connect(&socket, "test").unwrap().status().unwrap().consumers.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the relay never registered the connection");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = hook(&config_dir, "mig", "prepare", "begin", XML);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("device disk0 is already connected"), "{}", stderr(&out));
+    drop((frontend, backend_side));
+    let out = hook(&config_dir, "mig", "release", "end", XML);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_gone(pid);
 }
 
 /// Hostile incoming domain XML (a metadata-configured VM: no config file): the hook fails with
