@@ -106,14 +106,15 @@ impl Mapping {
         while offset < self.len() && found.len() < limit {
             let len = (CHUNK + overlap).min(self.len() - offset);
             self.read(offset, &mut buf[..len])?;
-            for (i, window) in buf[..len].windows(pattern.len()).enumerate() {
-                // Matches starting in the overlap are found again by the next chunk.
-                if i < CHUNK && window == pattern {
-                    found.push((offset + i) as u64);
-                    if found.len() == limit {
-                        break;
-                    }
+            let mut start = 0;
+            // Matches starting in the overlap are found again by the next chunk.
+            while let Some(i) = memmem(&buf[start..len], pattern).map(|at| start + at).filter(|&i| i < CHUNK)
+            {
+                found.push((offset + i) as u64);
+                if found.len() == limit {
+                    break;
                 }
+                start = i + 1;
             }
             offset += CHUNK;
         }
@@ -134,4 +135,16 @@ impl Mapping {
             )
         })
     }
+}
+
+/// The offset of the first occurrence of `needle` in `haystack`: glibc's memmem, which is fast
+/// (vectorised) in every build profile — a byte-by-byte search in a debug build takes seconds
+/// per GiB, which slows tests that search guest memory under TCG.
+fn memmem(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    // SAFETY: both pointers and lengths describe live slices, which memmem only reads; the
+    // result is null or points into `haystack`.
+    let hit = unsafe {
+        libc::memmem(haystack.as_ptr().cast(), haystack.len(), needle.as_ptr().cast(), needle.len())
+    };
+    (!hit.is_null()).then(|| hit as usize - haystack.as_ptr() as usize)
 }

@@ -54,6 +54,9 @@ fn find_sees_patterns_across_chunk_boundaries() {
     }
     assert_eq!(mapping.find(b"TOKEN!", 100).unwrap(), offsets);
     assert_eq!(mapping.find(b"TOKEN!", 2).unwrap(), offsets[..2]);
+    // Overlapping occurrences are each found, also across a chunk boundary.
+    mapping.write((2 << 20) - 2, b"abababa").unwrap();
+    assert_eq!(mapping.find(b"aba", 100).unwrap(), [0, 2, 4].map(|i| (2 << 20) - 2 + i));
 }
 
 /// A page the owner cannot read (here: past the end of a file that shrank under the mapping,

@@ -8,6 +8,8 @@
 //! * [`vm`]: QEMU guests (TCG) whose serial console is read line by line.
 //! * [`owner`]: `pageless serve` processes.
 //! * [`procfs`]: a process's CPU time, threads, files and memory.
+//! * [`qmp`]: a QMP client for tests that migrate guests.
+//! * [`migration`]: live migration between owners on this host (test and benchmark).
 //! * [`checks`]: the `CHECK <name> ok|FAIL <detail>` lines guests print.
 //! * [`env`]: [`env::require_env`], which skips (or, with `PAGELESS_TEST_ENV=require`, fails)
 //!   a test whose environment (root, QEMU, the test kernel, libvirt) is missing.
@@ -21,9 +23,11 @@ pub mod guests;
 pub mod initramfs;
 pub mod kernel;
 pub mod kmod;
+pub mod migration;
 pub mod nested;
 pub mod owner;
 pub mod procfs;
+pub mod qmp;
 pub mod vm;
 
 use std::path::PathBuf;

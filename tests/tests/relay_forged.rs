@@ -336,3 +336,71 @@ fn each_region_is_checked_against_its_own_cell() {
     assert!(owner.log_shows("lies outside the 0x800000 bytes of cell 1's memory"), "{}", owner.log());
     drop(sock);
 }
+
+fn set_log_base(size: u64, offset: u64, fds: Vec<OwnedFd>) -> Message {
+    let code = u32::from(FrontendReq::SET_LOG_BASE);
+    let payload = [size.to_le_bytes(), offset.to_le_bytes()].concat();
+    Message::new(code, FLAG_VERSION_1 | FLAG_NEED_REPLY, payload, fds)
+}
+
+fn set_vring_call(index: u64, fds: Vec<OwnedFd>) -> Message {
+    let code = u32::from(FrontendReq::SET_VRING_CALL);
+    Message::new(code, FLAG_VERSION_1 | FLAG_NEED_REPLY, index.to_le_bytes().to_vec(), fds)
+}
+
+/// A memfd of `size` bytes sealed as QEMU seals its dirty log (`seals` empty: unsealed).
+fn log_memfd(size: u64, seals: nix::fcntl::SealFlag) -> OwnedFd {
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let fd = memfd_create(c"vhost-log", MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING)
+        .unwrap();
+    nix::unistd::ftruncate(&fd, size as i64).unwrap();
+    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_ADD_SEALS(seals)).unwrap();
+    fd
+}
+
+fn eventfd() -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: eventfd takes no pointers; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` was just created and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Live migration's dirty log: a forged SET_LOG_BASE naming the VM's own memory, an
+/// unsealed or too small memfd, or a vring call fd that is the VM's memory (the backend
+/// would write into it) is refused and never reaches the backend; QEMU's kind of log (a
+/// sealed memfd holding the range) and an eventfd reach it with the frontend's own fds.
+#[test]
+fn forged_dirty_logs_and_vring_fds_never_reach_the_backend() {
+    use nix::fcntl::SealFlag;
+    let Relayed { dir: _dir, received, owner, relay, memory, memory_id: _ } = relayed();
+    let sealed = SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+
+    refused(&relay, set_log_base(4096, 0, vec![reopen(&memory)]));
+    refused(&relay, set_log_base(4096, 0, vec![log_memfd(8192, SealFlag::empty())]));
+    refused(&relay, set_log_base(8192, 4096, vec![log_memfd(8192, sealed)]));
+    refused(&relay, set_log_base(4096, 0, vec![]));
+    refused(&relay, set_vring_call(0, vec![reopen(&memory)]));
+    assert!(received.lock().unwrap().is_empty(), "nothing forged reached the backend");
+    assert!(owner.log_shows("the log's fd is the VM's own memory"), "{}", owner.log());
+    assert!(owner.log_shows("less than mmap_offset 0x1000 + mmap_size 0x2000"), "{}", owner.log());
+
+    let sock = UnixStream::connect(&relay).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let log = log_memfd(8192, sealed);
+    let log_id = FileId::of(&log).unwrap();
+    send_message(&sock, &set_log_base(8192, 0, vec![log])).unwrap();
+    assert_eq!(recv_message(&sock, Limits::VHOST_USER).unwrap().unwrap().payload, 0u64.to_ne_bytes());
+    send_message(&sock, &set_vring_call(0, vec![eventfd()])).unwrap();
+    assert_eq!(recv_message(&sock, Limits::VHOST_USER).unwrap().unwrap().payload, 0u64.to_ne_bytes());
+    let got = wait_received(&received, 2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].0, u32::from(FrontendReq::SET_LOG_BASE));
+    assert_eq!(got[0].1.len(), 1);
+    assert_eq!(got[0].1[0].0, log_id, "the backend got QEMU's log, not other memory");
+    assert_eq!(got[0].1[0].2, Err(nix::errno::Errno::EPERM), "the log is sealed against shrinking");
+    assert_eq!(got[1].0, u32::from(FrontendReq::SET_VRING_CALL));
+    assert_eq!(got[1].1.len(), 1);
+    drop(sock);
+}

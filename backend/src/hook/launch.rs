@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -79,12 +79,70 @@ impl Started {
     }
 }
 
-pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookError> {
+/// `migrate begin` on the destination: starts the owner of the incoming domain before libvirt
+/// starts QEMU (`-incoming`), and records it in `<run-dir>/<vm>.incoming` for `prepare`. An
+/// owner a failed incoming migration left unused (recorded, no QEMU bound, no device
+/// connection, the same size) is kept.
+pub(super) fn start_incoming(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookError> {
+    let pid = match incoming_owner(plan, false)? {
+        Some(pid) => pid,
+        None => start(options, plan)?,
+    };
+    let marker = incoming_marker(plan);
+    let staging = plan.run_dir.join(format!(".{}.incoming.new", plan.vm));
+    crate::replace_file::replace_file(&marker, &staging, format!("{pid}\n").as_bytes(), 0o600)
+        .with_context(|| format!("record the incoming migration's owner in {}", marker.display()))?;
+    info!("VM {:?}: incoming migration: its memory owner (pid {pid}) is ready for QEMU", plan.vm);
+    Ok(())
+}
+
+/// `<run-dir>/<vm>.incoming`: the pid of the owner `migrate begin` started.
+fn incoming_marker(plan: &OwnerPlan) -> PathBuf {
+    plan.run_dir.join(format!("{}.incoming", plan.vm))
+}
+
+/// The owner answering on the VM's socket, if `migrate begin` started it for an incoming
+/// migration (its pid is in the marker) and nothing uses it yet: no QEMU bound, no device
+/// connection, the plan's size. `take` removes the marker (`prepare` takes the owner over).
+/// An owner that is recorded but used is an error: something else got the memory first.
+fn incoming_owner(plan: &OwnerPlan, take: bool) -> Result<Option<u32>, HookError> {
+    let marker = incoming_marker(plan);
+    let Ok(text) = std::fs::read_to_string(&marker) else { return Ok(None) };
+    let Ok(client) = ControlClient::connect(&plan.socket(), "hook") else { return Ok(None) };
+    let pid = client.owner_pid();
+    if text.trim().parse::<u32>().ok() != Some(pid) {
+        debug!("VM {:?}: {} names another owner than pid {pid}: stale", plan.vm, marker.display());
+        return Ok(None);
+    }
+    let unused = |why: String| HookError::IncomingOwnerUsed { vm: plan.vm.clone(), pid, why };
+    let status = client.status_summary().map_err(|e| unused(format!("it does not answer STATUS: {e}")))?;
+    if let Some(qemu) = status.qemu {
+        return Err(unused(format!("process {} is already bound to it as the VM's QEMU", qemu.pid)));
+    }
+    if let Some(consumer) = status.consumers.first() {
+        return Err(unused(format!("device {} is already connected through its relay", consumer.device)));
+    }
+    if status.size != plan.size {
+        return Err(unused(format!("it serves {} bytes, the domain has {}", status.size, plan.size)));
+    }
+    if take {
+        let _ = std::fs::remove_file(&marker);
+    }
+    Ok(Some(pid))
+}
+
+/// `prepare begin`: starts the owner, or takes over the one `migrate begin` started for this
+/// incoming migration. Returns the owner's pid.
+pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<u32, HookError> {
     let vm = &plan.vm;
     std::fs::create_dir_all(&plan.run_dir)
         .with_context(|| format!("create the run directory {}", plan.run_dir.display()))?;
     let socket = plan.socket();
     if let Ok(client) = ControlClient::connect(&socket, "hook") {
+        if let Some(pid) = incoming_owner(plan, true)? {
+            info!("VM {vm:?}: its memory owner (pid {pid}) was started for the incoming migration");
+            return Ok(pid);
+        }
         return Err(HookError::AlreadyRunning {
             vm: vm.clone(),
             pid: client.owner_pid(),
@@ -123,7 +181,7 @@ pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookE
                     plan.pool,
                     socket.display()
                 );
-                return Ok(());
+                return Ok(pid);
             }
         }
         let failure = match started.exited() {
@@ -317,6 +375,7 @@ fn owner_pid(plan: &OwnerPlan) -> Option<u32> {
 
 pub(super) fn stop(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookError> {
     let vm = &plan.vm;
+    let _ = std::fs::remove_file(incoming_marker(plan));
     let pid = owner_pid(plan);
     match ControlClient::connect(&plan.socket(), "hook").and_then(|c| c.stop()) {
         Ok(()) => debug!("VM {vm:?}: asked its owner to stop"),

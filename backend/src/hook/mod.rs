@@ -9,11 +9,19 @@
 //!   hook's stdout and stderr to close). Then waits until the owner answers on its socket. An
 //!   owner that exits or does not answer in time fails the hook, with the end of its log on
 //!   stderr, which libvirt shows as `virsh start`'s error.
+//! * `migrate begin` (the destination of a migration, before `prepare`; the incoming domain
+//!   XML on stdin): starts the owner as `prepare` does, so that a destination that cannot
+//!   serve the VM fails the migration before anything moves, and records it in
+//!   `<run-dir>/<vm>.incoming`; `prepare begin` then takes over that owner (if no QEMU is bound
+//!   to it and no device connected yet) instead of refusing a running one. Prints nothing:
+//!   libvirt keeps the domain XML unchanged when the hook's output is empty.
 //! * `start begin` (libvirt has labelled the domain, QEMU is not running yet): under AppArmor
 //!   or SELinux, lets the domain's confined QEMU reach this VM's owner socket, relay sockets and
 //!   memory file, and nothing of other VMs' (see [`svirt`]).
 //! * `release end`: asks the owner to stop and waits for its process to go; removes the VM's
-//!   AppArmor rules. Idempotent.
+//!   AppArmor rules. Idempotent. libvirt calls it once QEMU has been killed, also on the source
+//!   of a migration once the domain has left (and the owner still waits for every process it
+//!   handed the memory to).
 //! * Anything else: nothing.
 //!
 //! Which VMs: those with a config file `<config-dir>/<vm>.toml` (default `/etc/pageless/vms`)
@@ -35,7 +43,7 @@ use crate::context::IoError;
 use config::{find_config, plan};
 pub use config::{OwnerPlan, VhostUser, MAX_TIMEOUT};
 pub use launch::unit_name;
-use launch::{start, stop};
+use launch::{start, start_incoming, stop};
 
 /// Where per-VM config files live: `<dir>/<vm>.toml`.
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/pageless/vms";
@@ -49,7 +57,7 @@ pub const QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
 pub struct HookOptions {
     /// The domain's name (the hook's first argument).
     pub vm: String,
-    /// libvirt's operation: only `prepare` and `release` do anything.
+    /// libvirt's operation: only `migrate`, `prepare`, `start` and `release` do anything.
     pub operation: String,
     /// libvirt's sub-operation: `begin` for `prepare`, `end` for `release`.
     pub subop: String,
@@ -163,6 +171,19 @@ pub enum HookError {
         /// What failed, and what to check.
         why: String,
     },
+    /// `prepare` or `migrate`: the owner `migrate begin` started for an incoming migration is
+    /// already in use (or no longer fits the domain).
+    #[error(
+        "VM {vm:?}: the memory owner started for the incoming migration (pid {pid}) cannot be used: {why}; stop it with `pageless stop --vm {vm}` and migrate again"
+    )]
+    IncomingOwnerUsed {
+        /// The VM.
+        vm: String,
+        /// The owner's pid.
+        pid: u32,
+        /// What uses it, or how it differs.
+        why: String,
+    },
     /// Another I/O failure: reading the config file, creating the run directory, opening
     /// the owner's log.
     #[error(transparent)]
@@ -177,6 +198,7 @@ pub fn run(options: &HookOptions, stdin: &mut dyn Read) -> Result<(), HookError>
     let mut xml = String::new();
     stdin.read_to_string(&mut xml).map_err(HookError::Stdin)?;
     let action = match (options.operation.as_str(), options.subop.as_str()) {
+        ("migrate", "begin") => Action::Incoming,
         ("prepare", "begin") => Action::Start,
         ("start", "begin") => Action::Confine,
         ("release", "end") => Action::Stop,
@@ -191,7 +213,8 @@ pub fn run(options: &HookOptions, stdin: &mut dyn Read) -> Result<(), HookError>
         return Ok(());
     };
     match action {
-        Action::Start => start(options, &plan),
+        Action::Incoming => start_incoming(options, &plan),
+        Action::Start => start(options, &plan).map(drop),
         Action::Confine => svirt::confine(options, &plan, &xml),
         Action::Stop => {
             let stopped = stop(options, &plan);
@@ -235,6 +258,7 @@ pub fn owner_plan_with(
 }
 
 enum Action {
+    Incoming,
     Start,
     Confine,
     Stop,

@@ -6,7 +6,10 @@
 //! it. REM_MEM_REG must name a region this
 //! connection added (by guest address, user address and size, as the vhost-user spec
 //! identifies it); an fd QEMU may send with it is closed, as the spec asks of a backend, and
-//! the message is forwarded without one. Anything else is refused, logged, answered with a
+//! the message is forwarded without one. The fds of other messages stay QEMU's but are vetted
+//! too ([`fds`]): the dirty log of live migration (SET_LOG_BASE) must be a sealed memfd that
+//! holds what the message claims and is no VM's memory, and kick, call, error and log
+//! notification fds must be eventfds. Anything else is refused, logged, answered with a
 //! failure where REPLY_ACK allows, and the connection is closed — never forwarded.
 
 use std::net::Shutdown;
@@ -28,6 +31,9 @@ use thiserror::Error;
 use crate::clock::unix_now;
 use crate::owner::{Cell, Owner};
 use crate::peer::Peer;
+
+mod fds;
+pub use fds::FdError;
 
 /// `--vhost-user NAME=BACKEND_SOCKET`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +104,9 @@ pub enum RelayError {
         /// QEMU's user address of it.
         uaddr: u64,
     },
+    /// The fds of a dirty-log or virtqueue message are not what the message needs.
+    #[error(transparent)]
+    Fd(#[from] FdError),
     /// The owner could not duplicate its own fd of the memory for the backend.
     #[error("duplicate the memory fd: {0}")]
     Dup(#[source] std::io::Error),
@@ -312,6 +321,19 @@ fn check(
             mapped.remove(index);
             owner.remove_consumer_region(consumer, region.guest_phys_addr, region.memory_size);
             Ok(Message { header, payload: encode_single_region(&region), fds: Vec::new() })
+        }
+        Ok(FrontendReq::SET_LOG_BASE) => {
+            let size = fds::check_log_base(&payload, &fds, |fd| owner.cell_of(fd).is_some())?;
+            info!("forwarding SET_LOG_BASE: QEMU's dirty log for live migration, a sealed memfd of {size} bytes");
+            Ok(Message { header, payload, fds })
+        }
+        Ok(FrontendReq::SET_LOG_FD) => {
+            fds::check_log_fd(&fds)?;
+            Ok(Message { header, payload, fds })
+        }
+        Ok(FrontendReq::SET_VRING_KICK | FrontendReq::SET_VRING_CALL | FrontendReq::SET_VRING_ERR) => {
+            fds::check_vring_fd(&payload, &fds)?;
+            Ok(Message { header, payload, fds })
         }
         _ => Ok(Message { header, payload, fds }),
     }
