@@ -135,26 +135,45 @@ impl Qmp {
         self.events.iter().rev().find(|e| e.name == name).map(|e| e.time)
     }
 
+    /// Waits until QEMU has sent an event called `name` (now or before); its time.
+    pub fn wait_event(&mut self, name: &str) -> Result<f64, QmpError> {
+        loop {
+            if let Some(time) = self.last_event_time(name) {
+                return Ok(time);
+            }
+            let value = self.read_value()?;
+            match value.get("event").and_then(Value::as_str) {
+                Some(event) => self.events.push(parse_event(event, &value)),
+                None => return Err(self.protocol_error(&value.to_string())),
+            }
+        }
+    }
+
     /// The next message that is not an event (events are stored).
     fn read_message(&mut self) -> Result<Value, QmpError> {
         loop {
-            let mut line = String::new();
-            let read = std::io::Read::take(&mut self.reader, MAX_LINE)
-                .read_line(&mut line)
-                .map_err(|e| self.io_error(&format!("read: {e}")))?;
-            if read == 0 {
-                return Err(self.io_error("QEMU closed the connection"));
-            }
-            if !line.ends_with('\n') && read as u64 >= MAX_LINE {
-                return Err(self.protocol_error(&line));
-            }
-            let value: Value = serde_json::from_str(line.trim()).map_err(|_| self.protocol_error(&line))?;
+            let value = self.read_value()?;
             if let Some(name) = value.get("event").and_then(Value::as_str) {
                 self.events.push(parse_event(name, &value));
                 continue;
             }
             return Ok(value);
         }
+    }
+
+    /// The next message, event or not.
+    fn read_value(&mut self) -> Result<Value, QmpError> {
+        let mut line = String::new();
+        let read = std::io::Read::take(&mut self.reader, MAX_LINE)
+            .read_line(&mut line)
+            .map_err(|e| self.io_error(&format!("read: {e}")))?;
+        if read == 0 {
+            return Err(self.io_error("QEMU closed the connection"));
+        }
+        if !line.ends_with('\n') && read as u64 >= MAX_LINE {
+            return Err(self.protocol_error(&line));
+        }
+        serde_json::from_str(line.trim()).map_err(|_| self.protocol_error(&line))
     }
 
     fn io_error(&self, what: &str) -> QmpError {
@@ -233,6 +252,19 @@ mod tests {
         assert_eq!(err.to_string(), "QEMU refused `thing`: no such thing");
         assert!(matches!(qmp.execute("x", Value::Null), Err(QmpError::Protocol { .. })));
         assert_eq!(qmp.events().len(), 3);
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn waits_for_an_event() {
+        let (_dir, path, handle) = fake_qemu(vec![
+            "{\"timestamp\": {\"seconds\": 101, \"microseconds\": 0}, \"event\": \"RESUME\"}\n",
+        ]);
+        let mut qmp = Qmp::connect(&path).unwrap();
+        // The fake answers the next request with STOP and then only a RESUME event.
+        qmp.writer.write_all(b"{\"execute\": \"cont\"}\n").unwrap();
+        assert_eq!(qmp.wait_event("RESUME").unwrap(), 101.0);
+        assert_eq!(qmp.wait_event("STOP").unwrap(), 100.25);
         handle.join().unwrap();
     }
 

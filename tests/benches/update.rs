@@ -12,8 +12,6 @@
 //! Prints the state file's bytes against the guest's RAM and both downtimes (median of
 //! [`RUNS`]). The kexec is not part of either: add the host's own `systemctl kexec` time.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,6 +19,7 @@ use std::time::{Duration, Instant};
 use pageless_tests::bins;
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::owner::Owner;
+use pageless_tests::qmp::{self, Qmp};
 use pageless_tests::vm::VmConfig;
 
 const RUNS: usize = 3;
@@ -32,76 +31,15 @@ n=0
 while true; do n=$((n + 1)); echo "COUNT $n"; sleep 0.2; done
 "#;
 
-/// A QMP session: greeting, capabilities, then commands; events are kept.
-struct Qmp {
-    writer: UnixStream,
-    reader: BufReader<UnixStream>,
-    events: Vec<(String, f64)>,
+/// QEMU's monitor, connected while QEMU starts.
+fn monitor(path: &Path, timeout: Duration) -> Qmp {
+    qmp::connect(path, timeout).unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl Qmp {
-    fn connect(path: &Path, timeout: Duration) -> Qmp {
-        let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(stream) => break stream,
-                Err(e) if Instant::now() > deadline => panic!("QMP {}: {e}", path.display()),
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        };
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        let mut qmp = Qmp { writer: stream, reader, events: Vec::new() };
-        qmp.read();
-        qmp.execute("qmp_capabilities");
-        qmp
-    }
-
-    fn read(&mut self) -> serde_json::Value {
-        loop {
-            let mut line = String::new();
-            assert!(self.reader.read_line(&mut line).unwrap() > 0, "QMP closed");
-            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if let Some(name) = value["event"].as_str() {
-                let t = &value["timestamp"];
-                let time = t["seconds"].as_f64().unwrap() + t["microseconds"].as_f64().unwrap() / 1e6;
-                self.events.push((name.to_string(), time));
-                continue;
-            }
-            return value;
-        }
-    }
-
-    fn execute(&mut self, command: &str) -> serde_json::Value {
-        writeln!(self.writer, "{{\"execute\": \"{command}\"}}").unwrap();
-        let reply = self.read();
-        assert!(reply.get("return").is_some(), "{command}: {reply}");
-        reply
-    }
-
-    /// Waits for event `name`; returns its time.
-    fn event(&mut self, name: &str) -> f64 {
-        loop {
-            if let Some((_, time)) = self.events.iter().find(|(n, _)| n == name) {
-                return *time;
-            }
-            self.read_event();
-        }
-    }
-
-    fn read_event(&mut self) {
-        let value = self.read_any();
-        let name = value["event"].as_str().map(String::from);
-        if let Some(name) = name {
-            let t = &value["timestamp"];
-            self.events
-                .push((name, t["seconds"].as_f64().unwrap() + t["microseconds"].as_f64().unwrap() / 1e6));
-        }
-    }
-
-    fn read_any(&mut self) -> serde_json::Value {
-        let mut line = String::new();
-        assert!(self.reader.read_line(&mut line).unwrap() > 0, "QMP closed");
-        serde_json::from_str(&line).unwrap()
+/// Runs `command` (no arguments) on `qmp`, which must accept it.
+fn qmp_run(qmp: &mut Qmp, command: &str) {
+    if let Err(e) = qmp.execute(command, serde_json::Value::Null) {
+        panic!("{command}: {e}");
     }
 }
 
@@ -230,7 +168,7 @@ fn main() {
     let mut log = dir.path().join("console-0.log");
     let mut child = Some(start_qemu(&config, &log));
     cleanup.qemu = child.as_ref().map(Child::id);
-    Qmp::connect(&qmp_path, Duration::from_secs(60)).execute("cont"); // dropped: disconnects
+    qmp_run(&mut monitor(&qmp_path, Duration::from_secs(60)), "cont"); // dropped: disconnects
     wait_count_above(&log, 5);
 
     let (mut plain, mut update, mut save_wall, mut restore_wall, mut state_bytes) =
@@ -239,10 +177,10 @@ fn main() {
     for round in 0..RUNS {
         // 1. Plain stop + start of the same VM.
         let pid = qemu_pid(&run_dir);
-        let mut qmp = Qmp::connect(&qmp_path, Duration::from_secs(5));
-        qmp.execute("stop");
-        let stopped = qmp.event("STOP");
-        let _ = writeln!(qmp.writer, "{{\"execute\": \"quit\"}}");
+        let mut qmp = monitor(&qmp_path, Duration::from_secs(5));
+        qmp_run(&mut qmp, "stop");
+        let stopped = qmp.wait_event("STOP").expect("QEMU reports the pause");
+        let _ = qmp.execute("quit", serde_json::Value::Null);
         if let Some(mut c) = child.take() {
             let _ = c.wait();
         }
@@ -250,9 +188,9 @@ fn main() {
         log = dir.path().join(format!("console-{round}-plain.log"));
         child = Some(start_qemu(&config, &log));
         cleanup.qemu = child.as_ref().map(Child::id);
-        let mut qmp = Qmp::connect(&qmp_path, Duration::from_secs(60));
-        qmp.execute("cont");
-        let resumed = qmp.event("RESUME");
+        let mut qmp = monitor(&qmp_path, Duration::from_secs(60));
+        qmp_run(&mut qmp, "cont");
+        let resumed = qmp.wait_event("RESUME").expect("QEMU reports the resume");
         plain.push(resumed - stopped);
         // QEMU's monitor serves one client at a time: leave it to `pageless update`.
         drop(qmp);

@@ -11,7 +11,7 @@ use crate::backends::{maps_inode, Backend};
 use crate::initramfs::Initramfs;
 use crate::kernel::Kernel;
 use crate::owner::Owner;
-use crate::qmp::{free_port, Qmp};
+use crate::qmp::{self, free_port};
 use crate::vm::{Vm, VmConfig};
 
 /// The VM's name on every side.
@@ -165,8 +165,8 @@ impl Migrated {
 pub fn migrate(vm: &mut Vm, from: &Side, to: &Side, initrd: &Path) -> (Vm, Migrated) {
     let port = free_port();
     let target = Vm::start(&to.config(initrd, Some(port)));
-    let mut to_qmp = Qmp::connect(&to.qmp, STEP).expect("the destination QEMU answers QMP");
-    let mut from_qmp = Qmp::connect(&from.qmp, STEP).expect("the source QEMU answers QMP");
+    let mut to_qmp = qmp::connect(&to.qmp, STEP).expect("the destination QEMU answers QMP");
+    let mut from_qmp = qmp::connect(&from.qmp, STEP).expect("the source QEMU answers QMP");
     // Not QEMU's default 128 MiB/s cap: the benchmark measures how fast memory can be sent.
     from_qmp
         .execute("migrate-set-parameters", json!({ "max-bandwidth": 16u64 << 30 }))
@@ -175,7 +175,7 @@ pub fn migrate(vm: &mut Vm, from: &Side, to: &Side, initrd: &Path) -> (Vm, Migra
     from_qmp
         .execute("migrate", json!({ "uri": format!("tcp:127.0.0.1:{port}") }))
         .expect("start the migration");
-    let info = from_qmp.wait_migration(MIGRATION).unwrap_or_else(|e| {
+    let info = qmp::wait_migration(&mut from_qmp, MIGRATION).unwrap_or_else(|e| {
         panic!("{} → {}: {e}\nsource owner log:\n{}", from.name, to.name, from.owner.log())
     });
     eprintln!("migration {} → {}: {:?}, {info}", from.name, to.name, started.elapsed());
