@@ -31,6 +31,7 @@ mod accept;
 mod binding;
 mod clock;
 mod control_server;
+mod detach;
 mod owner;
 mod peer;
 mod replace_file;

@@ -3,7 +3,6 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -226,23 +225,7 @@ fn start_detached(
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(spawn_error("dup the log fd"))?)
         .stderr(log);
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, close_range); it touches no memory of the parent
-    // that another thread could have left inconsistent.
-    unsafe {
-        command.pre_exec(|| {
-            // Its own session: no terminal, not killed with libvirtd's process group.
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Whatever libvirtd let the hook inherit (pipes it waits on) must not live on in
-            // the owner: mark every fd above stderr close-on-exec.
-            if libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::detach::in_own_session(&mut command);
     let child = command.spawn().map_err(spawn_error(&format!("run {}", options.pageless.display())))?;
     debug!("VM {:?}: started its owner detached, pid {}", plan.vm, child.id());
     Ok(Started::Child(child))

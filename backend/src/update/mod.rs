@@ -17,7 +17,6 @@ pub mod record;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -672,19 +671,7 @@ fn spawn_detached(program: &Path, args: &[String], cwd: &Path, log: &Path) -> Re
         .stdin(Stdio::null())
         .stdout(file.try_clone().with_context(|| format!("dup the log {}", log.display()))?)
         .stderr(file);
-    // SAFETY: the closure runs in the forked child before exec and only calls setsid and
-    // close_range, which are async-signal-safe and touch no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::detach::in_own_session(&mut command);
     let child = command.spawn().with_context(|| format!("run {}", program.display()))?;
     Ok((child, start))
 }
