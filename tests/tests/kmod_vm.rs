@@ -79,6 +79,9 @@ case "$status" in
 esac
 # An uncorrected memory error in the VM's memory (mce-inject, through the decode chain): FIND
 # over the poisoned page fails that request (the owner reads with pread: EIO), the owner lives.
+# The kernel's asynchronous memory-error messages stay off the console (see kmod-checks.sh).
+console_loglevel=$(cut -f1 /proc/sys/kernel/printk)
+echo 1 >/proc/sys/kernel/printk
 insmod /mce-inject.ko
 pageless-guest inject-error $((phys + 4096))
 for i in $(seq 50); do
@@ -92,6 +95,7 @@ else
 fi
 check serve-owner-alive-after-memory-error pageless status --vm g --run-dir /run/pageless
 rmmod mce_inject
+echo "$console_loglevel" >/proc/sys/kernel/printk
 pageless stop --vm g --run-dir /run/pageless
 wait
 check serve-stopped sh -c "[ ! -e /run/pageless/g.sock ] && [ -e /mnt/serve/g ]"
