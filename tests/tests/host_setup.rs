@@ -19,7 +19,7 @@ use pageless_tests::env::{require_env, Need, QEMU};
 use pageless_tests::initramfs::Initramfs;
 use pageless_tests::kernel::Kernel;
 use pageless_tests::vm::{Vm, VmConfig};
-use pageless_tests::{bins, checks, kmod, repo_root};
+use pageless_tests::{bins, checks, kmod};
 
 const PLAN: &str = r#"
 pageless host plan --reserve 2G --per-node --module /pageless.ko --write-config /tmp/pageless.toml >/tmp/plan.out 2>&1
@@ -228,7 +228,7 @@ fn host_plan_up_check_down_in_a_vm() {
         .find_map(|l| l.trim_end_matches('\r').split_once("PLAN-CMDLINE: ").map(|(_, c)| c.to_string()))
         .expect("the plan's command line on the console");
     assert_eq!(cmdline, "memmap=1G$4G memmap=1G$6G", "the plan for 4G+2G nodes");
-    let mut config = between(&console, "CONFIG-BEGIN", "CONFIG-END");
+    let config = between(&console, "CONFIG-BEGIN", "CONFIG-END");
     for expected in [
         "module = \"/pageless.ko\"\nranges = [\"1G@4G\", \"1G@6G\"]\n",
         "path = \"/mnt/pageless/node0\"\npagesize = \"1G\"\nnode = 0\n",
@@ -237,16 +237,8 @@ fn host_plan_up_check_down_in_a_vm() {
     ] {
         assert!(config.contains(expected), "the written config lacks {expected:?}:\n{config}");
     }
-    // Until the module has the `node=` mount option, mount without it (the planner writes it).
-    // With it, node 0's pool must allocate from node 0's range (4G-5G).
-    let super_c = std::fs::read_to_string(repo_root().join("driver/kmod/super.c")).unwrap();
-    let node0_range = if super_c.contains("\"node\"") {
-        "1G@4G"
-    } else {
-        eprintln!("[host-up] driver/kmod has no node= mount option yet: dropping `node = N` from the config");
-        config = config.lines().filter(|l| !l.starts_with("node = ")).map(|l| format!("{l}\n")).collect();
-        ""
-    };
+    // Mounts take node=: node 0's pool must allocate from node 0's range (4G-5G).
+    let node0_range = "1G@4G";
     eprintln!("[host-up] config:\n{config}");
 
     run(
