@@ -125,6 +125,16 @@ impl Qmp {
         Err(self.protocol_error(&message.to_string()))
     }
 
+    /// Asks QEMU to exit (`quit`). QEMU documents that it may exit before its reply reaches
+    /// the client ("a premature EOF would not be unexpected"), so a monitor that closes
+    /// instead of answering counts as done; the caller waits for the process itself.
+    pub fn quit(&mut self) -> Result<(), QmpError> {
+        match self.execute("quit", Value::Null) {
+            Ok(_) | Err(QmpError::Io { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The events received so far, oldest first.
     pub fn events(&self) -> &[Event] {
         &self.events
