@@ -11,7 +11,8 @@
 #                  newc cpio archive with QEMU, its libraries and firmware, pageless, and the
 #                  nested guest's /inner/vmlinuz and /inner/initrd, unpacked into / on every
 #                  boot: one copy for the three kernels instead of one per initramfs)
-# Output: CHECK update-* lines; RESULT update_<stage>_state_bytes / _ram_bytes; the nested
+# Output: CHECK update-* lines; RESULT update_s<stage>_state_bytes / _ram_bytes at each save and
+# update_s<stage>_paused_secs (from the save's pause to the resume, the kexec included); the nested
 # guest's console is $ULOG on the state disk, appended to by every QEMU of it (a line cut by the
 # pause is whole again in the file), so the counting goes on in one file across the kexecs.
 U=/var/lib/pageless
@@ -95,6 +96,8 @@ update_save() {
 	if [ -n "$last" ] && [ "$now" = "$last" ]; then check "update-s$1-paused" ok "last tick $last"; else
 		check "update-s$1-paused" FAIL "tick $last at the save, $now 3 s later"; fi
 	echo "$last" >$UT/last
+	# The whole of the paused guest's RAM, to compare after the kexec.
+	md5sum $UPOOL/$UVM | cut -d' ' -f1 >$UT/ram.md5
 	size=$(stat -c %s $U/update/$UVM/state 2>/dev/null || echo 0)
 	echo "RESULT update_s$1_state_bytes=$size"
 	echo "RESULT update_s$1_ram_bytes=$URAM"
@@ -106,13 +109,16 @@ update_save() {
 	sync
 }
 
-# update_restore STAGE: after a kexec: the token is in the VM's pagelessfs file before anything
-# runs; `pageless update restore`; the guest counts on from its last tick, without a reboot,
+# update_restore STAGE: after a kexec: the VM's pagelessfs file is byte for byte what it was at
+# the save and holds the token, before anything runs; `pageless update restore`; the guest counts on from its last tick, without a reboot,
 # with the same token in its RAM.
 update_restore() {
 	tok=$(cat $UT/token) last=$(cat $UT/last)
 	if [ -n "$tok" ] && grep -q -F "$tok" $UPOOL/$UVM; then check "update-s$1-token-in-file" ok "$tok in $UPOOL/$UVM"; else
 		check "update-s$1-token-in-file" FAIL "token '$tok' not in $UPOOL/$UVM"; fi
+	ram=$(md5sum $UPOOL/$UVM | cut -d' ' -f1)
+	if [ "$ram" = "$(cat $UT/ram.md5)" ]; then check "update-s$1-ram-unchanged" ok "md5 $ram, as at the save"; else
+		check "update-s$1-ram-unchanged" FAIL "md5 $ram, $(cat $UT/ram.md5) at the save"; fi
 	t0=$(cut -d' ' -f1 /proc/uptime)
 	if pageless update restore --vm $UVM --run-dir $URUN >/tmp/restore.out 2>&1; then
 		check "update-s$1-restore" ok "$(tail -n 1 /tmp/restore.out)"
@@ -120,6 +126,7 @@ update_restore() {
 		check "update-s$1-restore" FAIL "$(tr '\n' ' ' </tmp/restore.out | tail -c 600)"
 	fi
 	sed 's/^/# restore: /' /tmp/restore.out
+	sed -n "s/.*paused for \([0-9.]*\) s.*/RESULT update_s$1_paused_secs=\1/p" /tmp/restore.out | tail -n 1
 	if uwait_tick $((last + 3)) 120; then
 		check "update-s$1-ticks-again" ok "tick $((last + 3)) $(awk -v a="$t0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { print b - a }') s after the restore began"
 	else

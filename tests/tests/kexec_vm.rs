@@ -68,8 +68,16 @@ const REQUIRED: &[&str] = &[
 ];
 
 /// The checks of each restore (stages 2 and 3) and save (stage 2), as `update-s<stage>-<name>`.
-const RESTORE_CHECKS: &[&str] =
-    &["state-disk", "token-in-file", "restore", "ticks-again", "counts-on", "no-reboot", "token"];
+const RESTORE_CHECKS: &[&str] = &[
+    "state-disk",
+    "ram-unchanged",
+    "token-in-file",
+    "restore",
+    "ticks-again",
+    "counts-on",
+    "no-reboot",
+    "token",
+];
 const SAVE_CHECKS: &[&str] = &["save", "paused", "state-small"];
 
 /// The nested VM's memory file, as snapshot lines name it.
@@ -141,7 +149,14 @@ fn tools_disk(dir: &Path) -> std::path::PathBuf {
 fn pagelessfs_files_survive_kexec() {
     if !require_env(
         "pagelessfs_files_survive_kexec",
-        &[QEMU, Need::Kernel, Need::NewestKernel, Need::Busybox, Need::Program("make"), Need::Program("cpio")],
+        &[
+            QEMU,
+            Need::Kernel,
+            Need::NewestKernel,
+            Need::Busybox,
+            Need::Program("make"),
+            Need::Program("cpio"),
+        ],
     ) {
         return;
     }
