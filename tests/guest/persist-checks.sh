@@ -117,8 +117,10 @@ case $stage in
 3)
 	load persist-upgrade 'recovered 7 files'
 	$G persist-snapshot s3 $MOUNTS --no-quarantine
-	# The nested VM, restored on 7.3; stopped before the module is unloaded.
+	# The nested VM, restored on 7.3, saved again and stopped (as a reboot would) before the
+	# module is unloaded; with the files gone below, its restore is refused.
 	update_restore 3
+	update_save 3
 	update_stop
 	unload
 	# Another ranges= set: not believed, everything scrubbed, and gone for good.
@@ -129,6 +131,7 @@ case $stage in
 		check persist-other-ranges FAIL "$msg"; fi
 	rmmod pageless
 	load persist-other-ranges-reload 'not believed: .*recorded for another ranges= set'
+	update_refused
 	empty persist-other-ranges-empty
 	# An attacker's metadata with valid checksums: an extent outside the pool, two files
 	# sharing memory.  Either one means nothing is believed.

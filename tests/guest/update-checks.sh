@@ -156,3 +156,15 @@ update_stop() {
 	for i in $(seq 300); do pageless status --vm $UVM --run-dir $URUN >/dev/null 2>&1 || break; sleep 0.1; done
 	for i in $(seq 100); do [ -n "$qpid" ] && [ -d /proc/$qpid ] || break; sleep 0.1; done
 }
+
+# update_refused: with the pool's files gone (the module loaded with another ranges= set), a
+# restore of the saved VM refuses before it starts anything: its RAM did not survive.
+update_refused() {
+	if pageless update restore --vm $UVM --run-dir $URUN >/tmp/restore.out 2>&1; then
+		check update-refused-without-ram FAIL "restored: $(tr '\n' ' ' </tmp/restore.out | tail -c 300)"
+	elif grep -q 'did not survive the reboot' /tmp/restore.out && ! pageless status --vm $UVM --run-dir $URUN >/dev/null 2>&1; then
+		check update-refused-without-ram ok "$(tail -n 1 /tmp/restore.out)"
+	else
+		check update-refused-without-ram FAIL "$(tr '\n' ' ' </tmp/restore.out | tail -c 300)"
+	fi
+}
