@@ -150,14 +150,7 @@ fn tools_disk(dir: &Path) -> std::path::PathBuf {
 fn pagelessfs_files_survive_kexec() {
     if !require_env(
         "pagelessfs_files_survive_kexec",
-        &[
-            QEMU,
-            Need::Kernel,
-            Need::NewestKernel,
-            Need::Busybox,
-            Need::Program("make"),
-            Need::Program("cpio"),
-        ],
+        &[QEMU, Need::Kernel, Need::NewestKernel, Need::Busybox, Need::Program("make")],
     ) {
         return;
     }
