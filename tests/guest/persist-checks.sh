@@ -9,9 +9,11 @@
 #   /ko/$(uname -r).ko  the module built for each kernel
 #   /kexec/vmlinuz, /kexec/initrd  the next stage's kernel and initramfs (stages 1 and 2)
 #   PATH           pageless-guest (tests/guest) and busybox applets
+#   /update-checks.sh  the nested VM that rides along the kexecs (its own contract there)
 # Output: CHECK lines (checks-lib.sh), "SNAP <tag> ..." lines of pageless-guest persist-snapshot
 # (the host compares the tags s1, s2, s2b and s3: the same files, owners, sizes, contents,
-# physical extents and pool use); /init prints CHECKS-DONE when the script returns.
+# physical extents and pool use; the nested VM's file in every one, and its RAM unchanged from
+# a save to the restore after the kexec); /init prints CHECKS-DONE when the script returns.
 set -u
 G=pageless-guest
 M=/mnt/p
@@ -20,10 +22,12 @@ KO=/ko/$(uname -r).ko
 MOUNTS="$M/1g $M/2m $M/4k"
 
 . /checks-lib.sh
+. /update-checks.sh
 
 stage=$(sed -n 's/.*pageless\.stage=\([0-9]*\).*/\1/p' /proc/cmdline)
 stage=${stage:-1}
 echo "# persist-checks: stage $stage, kernel $(uname -r)"
+update_disks "$stage"
 
 mount_all() {
 	mkdir -p $M/1g $M/2m $M/4k &&
@@ -86,13 +90,16 @@ case $stage in
 	# Memory quarantined when the kernel goes: free after the kexec (no process survives).
 	$G quarantine-holder $M/2m/held >/tmp/holder.out 2>&1 &
 	for i in $(seq 100); do grep -q HOLDER-READY /tmp/holder.out && break; sleep 0.1; done
+	# The nested VM on the 2M volume, paused and saved before the kexec.
+	update_start
+	update_save 1
 	$G persist-snapshot s1 $MOUNTS
 	# A volume that is not mounted keeps its files too.
 	umount $M/4k
 	next 2
 	;;
 2)
-	load persist-recover 'recovered 6 files'
+	load persist-recover 'recovered 7 files'
 	$G persist-snapshot s2 $MOUNTS --no-quarantine
 	# A torn update: the newest generation (shrunk grown back to 8M, one commit) fails its
 	# checksum, so the generation before it is believed and the grown part is free again.
@@ -101,11 +108,20 @@ case $stage in
 	$G meta-scribble $RANGES torn
 	load persist-torn 'believing slot'
 	$G persist-snapshot s2b $MOUNTS --no-quarantine
+	# The nested VM, restored on the same kernel, then saved again for the next kexec.
+	update_restore 2
+	update_save 2
+	$G persist-snapshot u2 $MOUNTS --no-quarantine
 	next 3
 	;;
 3)
-	load persist-upgrade 'recovered 6 files'
+	load persist-upgrade 'recovered 7 files'
 	$G persist-snapshot s3 $MOUNTS --no-quarantine
+	# The nested VM, restored on 7.3, saved again and stopped (as a reboot would) before the
+	# module is unloaded; with the files gone below, its restore is refused.
+	update_restore 3
+	update_save 3
+	update_stop
 	unload
 	# Another ranges= set: not believed, everything scrubbed, and gone for good.
 	dmesg_mark
@@ -115,6 +131,7 @@ case $stage in
 		check persist-other-ranges FAIL "$msg"; fi
 	rmmod pageless
 	load persist-other-ranges-reload 'not believed: .*recorded for another ranges= set'
+	update_refused
 	empty persist-other-ranges-empty
 	# An attacker's metadata with valid checksums: an extent outside the pool, two files
 	# sharing memory.  Either one means nothing is believed.

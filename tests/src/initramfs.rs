@@ -131,6 +131,12 @@ impl Initramfs {
     /// Packs the image (uncompressed newc cpio, owned by root) into `out`.
     pub fn build(&self, out: &Path) -> io::Result<()> {
         assert!(self.staged_exists("/init"), "call init() before build()");
+        self.archive(out)
+    }
+
+    /// Packs what is staged, with or without /init, the way [`Initramfs::build`] does: an
+    /// archive for a guest to unpack (busybox `cpio -i -d`), e.g. from a disk.
+    pub fn archive(&self, out: &Path) -> io::Result<()> {
         let output = fs::File::create(out)?;
         let status = Command::new("sh")
             .arg("-c")
