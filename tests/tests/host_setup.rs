@@ -89,7 +89,7 @@ case "$out" in
 esac
 pageless host check --config $C
 check host-check pageless host check --config $C
-dmesg | grep 'pageless: metadata at'
+dmesg | grep -E 'pageless: (range|metadata at)'
 check metadata-in-the-added-2m sh -c "dmesg | grep -q 'pageless: metadata at $METADATA: '"
 for n in 0 1; do
     cap=$(cat /sys/fs/pagelessfs/node$n/capacity_bytes)
@@ -213,11 +213,6 @@ fn run(config: &VmConfig, checks: &[&str]) -> String {
     vm.wait_for("CHECKS-DONE", Duration::from_secs(300)).expect("the guest's checks finish");
     let _ = vm.wait_exit(Duration::from_secs(60));
     let console = vm.console();
-    // The guest's output (the plan, the commands' output, the checks), for the test's log
-    // (--nocapture).
-    for line in console.lines() {
-        eprintln!("[{}] {}", config.name, line.trim_end_matches('\r'));
-    }
     checks::assert_all_ok(&console, checks);
     console
 }
