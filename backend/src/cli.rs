@@ -298,7 +298,8 @@ pub enum HostCommand {
     /// possible, when the request does not fit. Needs root (/proc/iomem hides addresses
     /// otherwise); changes nothing unless --write-config.
     Plan {
-        /// How much to reserve in all: 1G, 64G, … (a multiple of 2M).
+        /// How much to reserve in all for VM memory: 1G, 64G, … (a multiple of 2M). The plan adds
+        /// 2M (rarely 4M) for the module's file metadata, so each share stays whole.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         reserve: u64,
         /// Split the reservation evenly across the NUMA nodes that have memory, one range (or

@@ -7,11 +7,11 @@
 //! proposed command line and config from the console.
 //!
 //! Boot 2 (the same machine, the proposed `memmap=` on `-append`, the config in the initramfs):
-//! `pageless host up` (twice: idempotent), `pageless host check` passes, an owner serves a VM's
-//! memory from the pool of node 0, `host down` refuses while the pool holds the VM's file, then
-//! unmounts and unloads; `host check` then fails, naming the fix. (Node 0, not node 1: the
-//! module keeps its file metadata in the top 2 MiB of the highest range, node 1's 1G@6G here,
-//! so node 1's pool has 1022 MiB and no whole GiB; see driver/kmod/README.md.)
+//! `pageless host up` (twice: idempotent), `pageless host check` passes, the module keeps its
+//! file metadata in the 2 MiB the plan added on top of node 1's range (1026M@5G: the metadata at
+//! 6G) and each node's pool holds its whole GiB; owners serve a VM's memory as one 1 GiB page from
+//! the pool of node 0 and from that of node 1 (the highest range's), `host down` refuses while the
+//! pool holds the VM's file, then unmounts and unloads; `host check` then fails, naming the fix.
 
 use std::time::Duration;
 
@@ -62,7 +62,10 @@ finish
 
 const UP: &str = r##"
 C=/etc/pageless/pageless.toml
-NODE0_RANGE=@NODE0_RANGE@
+# Where each node's 1 GiB page must lie (START END, bytes): the whole GiB of its range.
+NODE0_GIB="@NODE0_GIB@"
+NODE1_GIB="@NODE1_GIB@"
+METADATA=@METADATA@
 echo "# cmdline: $(cat /proc/cmdline)"
 pageless host check --config $C
 check host-check-before-up sh -c "! pageless host check --config $C"
@@ -86,7 +89,31 @@ case "$out" in
 esac
 pageless host check --config $C
 check host-check pageless host check --config $C
-pool=$(sed -n 's/^0 = "\(.*\)"$/\1/p' $C)
+dmesg | grep -E 'pageless: (range|metadata at)'
+check metadata-in-the-added-2m sh -c "dmesg | grep -q 'pageless: metadata at $METADATA: '"
+for n in 0 1; do
+    cap=$(cat /sys/fs/pagelessfs/node$n/capacity_bytes)
+    case "$cap" in
+        1073741824) ok pool-node$n-whole-gib "node $n: capacity_bytes $cap" ;;
+        *) fail pool-node$n-whole-gib "node $n: capacity_bytes $cap, 1073741824 expected" ;;
+    esac
+done
+# phys_in START END: whether the VM's first extent ($phys) lies in [START, END).
+phys_in() { [ -n "$phys" ] && [ "$phys" -ge "$1" ] && [ "$phys" -lt "$2" ]; }
+pool0=$(sed -n 's/^0 = "\(.*\)"$/\1/p' $C)
+pageless serve --vm t0 --size 1G --pool "$pool0" --run-dir /run/pageless 2>/tmp/owner0.log &
+for i in $(seq 100); do pageless status --vm t0 --run-dir /run/pageless >/dev/null 2>&1 && break; sleep 0.1; done
+status=$(pageless status --vm t0 --run-dir /run/pageless --json | tr -d ' \n')
+phys=$(echo "$status" | sed -n 's/.*"physical":\([0-9]*\).*/\1/p')
+if phys_in $NODE0_GIB; then inside=yes; else inside=no; fi
+case "$inside:$status" in
+    yes:*'"memory":"pagelessfs"'*'"page_size":1073741824'*) ok serve-from-pool-node0 "$pool0: extent at $phys" ;;
+    *) fail serve-from-pool-node0 "inside=$inside $status $(cat /tmp/owner0.log)" ;;
+esac
+pageless stop --vm t0 --run-dir /run/pageless
+wait
+rm -f "${pool0#pagelessfs:}/t0"
+pool=$(sed -n 's/^1 = "\(.*\)"$/\1/p' $C)
 pageless serve --vm t --size 1G --pool "$pool" --run-dir /run/pageless 2>/tmp/owner.log &
 for i in $(seq 100); do pageless status --vm t --run-dir /run/pageless >/dev/null 2>&1 && break; sleep 0.1; done
 mkfifo /tmp/hold.in
@@ -97,14 +124,7 @@ for i in $(seq 100); do grep -q HOLDING /tmp/hold.out && break; sleep 0.1; done
 pageless status --vm t --run-dir /run/pageless
 status=$(pageless status --vm t --run-dir /run/pageless --json | tr -d ' \n')
 phys=$(echo "$status" | sed -n 's/.*"physical":\([0-9]*\).*/\1/p')
-inside=no
-# Where the memory must come from: node 0's range when mounts take node= (the test sets
-# NODE0_RANGE then), else any configured range.
-for r in ${NODE0_RANGE:-$(sed -n 's/^ranges = \[\(.*\)\]$/\1/p' $C | tr -d '",')}; do
-    size=${r%@*}; start=${r#*@}
-    size=$(( ${size%G} << 30 )); start=$(( ${start%G} << 30 ))
-    [ -n "$phys" ] && [ "$phys" -ge "$start" ] && [ "$phys" -lt $((start + size)) ] && inside=yes
-done
+if phys_in $NODE1_GIB; then inside=yes; else inside=no; fi
 case "$inside:$status:$(cat /tmp/hold.out)" in
     yes:*'"memory":"pagelessfs"'*'"page_size":1073741824'*:"HOLDING 1073741824") ok serve-from-pool "$pool: extent at $phys, held by a client" ;;
     *) fail serve-from-pool "inside=$inside $status $(cat /tmp/hold.out) $(cat /tmp/owner.log)" ;;
@@ -146,6 +166,10 @@ const UP_CHECKS: &[&str] = &[
     "host-up-idempotent",
     "host-up-other-ranges",
     "host-check",
+    "metadata-in-the-added-2m",
+    "pool-node0-whole-gib",
+    "pool-node1-whole-gib",
+    "serve-from-pool-node0",
     "serve-from-pool",
     "host-down-refuses-files",
     "host-down-refuses-busy",
@@ -227,26 +251,25 @@ fn host_plan_up_check_down_in_a_vm() {
         .lines()
         .find_map(|l| l.trim_end_matches('\r').split_once("PLAN-CMDLINE: ").map(|(_, c)| c.to_string()))
         .expect("the plan's command line on the console");
-    assert_eq!(cmdline, "memmap=1G$4G memmap=1G$6G", "the plan for 4G+2G nodes");
+    // Node 1's range is 2M larger for the module's metadata, on top of its GiB (RAM ends at 7G).
+    assert_eq!(cmdline, "memmap=1G$4G memmap=1026M$5G", "the plan for 4G+2G nodes");
     let config = between(&console, "CONFIG-BEGIN", "CONFIG-END");
     for expected in [
-        "module = \"/pageless.ko\"\nranges = [\"1G@4G\", \"1G@6G\"]\n",
+        "module = \"/pageless.ko\"\nranges = [\"1G@4G\", \"1026M@5G\"]\n",
         "path = \"/mnt/pageless/node0\"\npagesize = \"1G\"\nnode = 0\n",
         "path = \"/mnt/pageless/node1\"\npagesize = \"1G\"\nnode = 1\n",
         "[pools]\n0 = \"pagelessfs:/mnt/pageless/node0\"\n1 = \"pagelessfs:/mnt/pageless/node1\"\n",
     ] {
         assert!(config.contains(expected), "the written config lacks {expected:?}:\n{config}");
     }
-    // Mounts take node=: node 0's pool must allocate from node 0's range (4G-5G).
-    let node0_range = "1G@4G";
     eprintln!("[host-up] config:\n{config}");
 
-    run(
-        &machine(
-            "host-up",
-            image(&UP.replace("@NODE0_RANGE@", node0_range), Some(&config), "up.img"),
-            &cmdline,
-        ),
-        UP_CHECKS,
-    );
+    // Mounts take node=: each node's pool allocates its GiB from its own range (4G-5G, 5G-6G);
+    // the metadata area is node 1's added 2M at 6G.
+    const G: u64 = 1 << 30;
+    let up = UP
+        .replace("@NODE0_GIB@", &format!("{} {}", 4 * G, 5 * G))
+        .replace("@NODE1_GIB@", &format!("{} {}", 5 * G, 6 * G))
+        .replace("@METADATA@", &format!("{:#x}", 6 * G));
+    run(&machine("host-up", image(&up, Some(&config), "up.img"), &cmdline), UP_CHECKS);
 }
