@@ -10,6 +10,7 @@
 //! * [`procfs`]: a process's CPU time, threads, files and memory.
 //! * [`qmp`]: a QMP client for tests that migrate guests.
 //! * [`migration`]: live migration between owners on this host (test and benchmark).
+//! * [`svirt`]: the sVirt test guests (libvirt with AppArmor or SELinux in a Debian root).
 //! * [`checks`]: the `CHECK <name> ok|FAIL <detail>` lines guests print.
 //! * [`env`]: [`env::require_env`], which skips (or, with `PAGELESS_TEST_ENV=require`, fails)
 //!   a test whose environment (root, QEMU, the test kernel, libvirt) is missing.
@@ -28,6 +29,7 @@ pub mod nested;
 pub mod owner;
 pub mod procfs;
 pub mod qmp;
+pub mod svirt;
 pub mod vm;
 
 use std::path::PathBuf;

@@ -2,6 +2,9 @@
 //! own profile (as an unconfined root process may), then uses an owner's control socket
 //! (HELLO), a relayed vhost-user socket (GET_FEATURES) and opens files read-write; the report
 //! says whether each worked, was refused by the kernel (EACCES), or refused by the owner.
+//!
+//! `probe`: one such access by a process that already runs under the label to test (SELinux:
+//! exec'd into its domain, which may not write to the terminal): the exit code is the outcome.
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
@@ -152,6 +155,36 @@ pub fn aa_probe(
         r.check(name, ok, format!("{what} {} under {profile}: {detail}", path.display()));
     }
     Ok(())
+}
+
+/// `probe`'s exit code for each outcome.
+pub mod exit {
+    /// The access worked.
+    pub const ALLOWED: i32 = 0;
+    /// Anything else: the probe proves nothing.
+    pub const ERROR: i32 = 1;
+    /// Connected, but the owner refused or closed the connection.
+    pub const REFUSED: i32 = 3;
+    /// The kernel said EACCES.
+    pub const DENIED: i32 = 13;
+}
+
+/// One access (exactly one of the targets is set) by this process as it runs: the exit code
+/// says what happened ([`exit`]); the detail goes to stderr, which may lead nowhere.
+pub fn probe(targets: Targets) -> i32 {
+    let outcome = match (targets.control.first(), targets.vhost.first(), targets.open.first()) {
+        (Some(path), None, None) => control(path),
+        (None, Some(path), None) => vhost(path),
+        (None, None, Some(path)) => open_rw(path),
+        _ => Outcome::Error("give exactly one of --control, --vhost, --open".into()),
+    };
+    eprintln!("probe: {outcome:?}");
+    match outcome {
+        Outcome::Allowed => exit::ALLOWED,
+        Outcome::Denied => exit::DENIED,
+        Outcome::Refused(_) => exit::REFUSED,
+        Outcome::Error(_) => exit::ERROR,
+    }
 }
 
 /// What the prober goes for.

@@ -58,6 +58,17 @@ enum Cmd {
         #[arg(long)]
         open: Vec<PathBuf>,
     },
+    /// One access of --control (HELLO), --vhost (GET_FEATURES) or --open (read-write) by this
+    /// process as it runs (e.g. exec'd into another VM's SELinux domain): exit code 0 allowed,
+    /// 13 denied by the kernel (EACCES), 3 refused by the owner, 1 anything else.
+    Probe {
+        #[arg(long)]
+        control: Vec<PathBuf>,
+        #[arg(long)]
+        vhost: Vec<PathBuf>,
+        #[arg(long)]
+        open: Vec<PathBuf>,
+    },
     /// Save struct page counters (/proc/vmstat nr_memmap*, MemTotal) to FILE.
     MemmapSave { file: PathBuf },
     /// Compare struct page counters with those saved in FILE.
@@ -272,6 +283,9 @@ fn main() {
         Cmd::NumaPages { file, node, name } => numa::numa_pages(&mut r, &file, node, &name),
         Cmd::AaProbe { profile, expect, name, control, vhost, open } => {
             apparmor::aa_probe(&mut r, &name, &profile, expect, apparmor::Targets { control, vhost, open })
+        }
+        Cmd::Probe { control, vhost, open } => {
+            std::process::exit(apparmor::probe(apparmor::Targets { control, vhost, open }))
         }
         Cmd::MemmapSave { file } => checks::memmap_save(&mut r, &file),
         Cmd::MemmapCheck { file, name } => checks::memmap_check(&mut r, &file, &name),

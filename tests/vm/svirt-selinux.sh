@@ -1,0 +1,154 @@
+#!/bin/bash
+# The SELinux sVirt test guest (tests/tests/svirt_selinux.rs), run as PID 1 of the Debian 12 root
+# filesystem (scripts/svirt-rootfs.sh: libvirt 11, QEMU 10, Debian's reference policy with the
+# virt module and MCS, files labelled at build) booted with security=selinux. /pl holds what the
+# test brings: pageless, pageless-guest, the libvirt wrapper and hook from contrib/libvirt, the
+# policy module from contrib/selinux, and the nested guests' kernel and initrd.
+#
+# PID 1 loads the policy, goes enforcing and becomes init_t (as systemd does), so libvirtd runs
+# in virtd_t. Two pageless domains, web1 (a directory pool, a vhost-user disk through the owner's
+# relay to qemu-storage-daemon) and web2 (memfd), start under libvirt's SELinux driver with the
+# hook: each QEMU runs as svirt_t with its own MCS category pair, and the hook gave that VM's
+# owner socket, relay directory and sockets and memory file the domain's image label. A process
+# running as web2's QEMU (svirt_t and web2's categories) cannot connect to web1's sockets nor open
+# web1's memory file (EACCES, AVC denials), and web1's not web2's; as its own VM each can.
+# `virsh destroy` stops the owners and removes the labelled files. Reports CHECK lines, then
+# powers off.
+echo '# svirt: Debian root'
+. /pl/svirt-common.sh
+# Every AVC denial on the console: no rate limit on the kernel's audit messages.
+echo 0 > /proc/sys/kernel/printk_ratelimit
+permissive=$(sed -n 's/.*svirt_permissive=\([01]\).*/\1/p' /proc/cmdline)
+
+# SELinux is the active LSM; PID 1 loads the policy, enforcing, and moves to init_t.
+case "$(cat /sys/kernel/security/lsm)" in
+    *selinux*) ok selinux-lsm "$(cat /sys/kernel/security/lsm)" ;;
+    *) fail selinux-lsm "SELinux is not active: $(cat /sys/kernel/security/lsm)"; exit ;;
+esac
+t0=$(date +%s)
+check selinux-load-policy load_policy -i
+setenforce 1
+[ "$permissive" = 1 ] && setenforce 0
+echo "RESULT load_policy_secs=$(since "$t0")"
+# What systemd does after loading the policy: leave kernel_t for init_t (kernel_t may
+# dyntransition there), so that the daemons it runs get their own domains.
+echo -n system_u:system_r:init_t:s0-s0:c0.c1023 > /proc/self/attr/current
+echo "# PID 1 runs as $(cat /proc/self/attr/current | tr -d '\0'), $(getenforce)"
+case "$(getenforce)" in
+    Enforcing) ok selinux-enforcing "$(sestatus 2>/dev/null | tr -s ' \n' ' ')" ;;
+    *) fail selinux-enforcing "$(getenforce)" ;;
+esac
+
+install_pageless
+# The README's SELinux steps: libvirt's security driver, the policy module, the files' labels.
+sed -i 's/^security_driver = .*/security_driver = "selinux"/' /etc/libvirt/qemu.conf
+t0=$(date +%s)
+if [ -f /pl/pageless.te ]; then
+    cd /tmp && cp /pl/pageless.te /pl/pageless.fc . &&
+        check selinux-module sh -c 'checkmodule -M -m -o pageless.mod pageless.te && semodule_package -o pageless.pp -m pageless.mod -f pageless.fc && semodule -i pageless.pp && semodule -l | grep -x pageless'
+    cd /
+fi
+echo "RESULT semodule_secs=$(since "$t0")"
+restorecon -R /usr/local/bin /etc/libvirt /etc/pageless /var/lib/pageless /srv/pageless
+echo "# labels: $(ls -Z /usr/local/bin/pageless /usr/local/bin/pageless-qemu /etc/libvirt/hooks/qemu | tr -s ' \n' ' ')"
+
+start_libvirtd
+lvpid=$(cat /run/libvirtd.pid)
+lvcon=$(tr -d '\0' < "/proc/$lvpid/attr/current")
+case "$lvcon" in
+    *:virtd_t:*) ok libvirtd-confined "libvirtd pid $lvpid runs as $lvcon" ;;
+    *) fail libvirtd-confined "libvirtd runs as $lvcon" ;;
+esac
+secmodel=$(security_models)
+case "$secmodel" in
+    *selinux*) ok libvirt-security-driver "security models: $secmodel" ;;
+    *) fail libvirt-security-driver "libvirt does not use SELinux: models $secmodel" ;;
+esac
+
+prepare_vms
+start_vms
+
+declare -A qemu label level
+for vm in web1 web2; do
+    qemu[$vm]=$(cat /run/libvirt/qemu/$vm.pid 2>/dev/null)
+    label[$vm]=$(tr -d '\0' < /proc/${qemu[$vm]}/attr/current 2>&1)
+    level[$vm]=${label[$vm]#*:*:*:}
+    case "${label[$vm]}" in
+        *:svirt_t:s0:c*,c*) ok "$vm-qemu-confined" "QEMU pid ${qemu[$vm]} runs as ${label[$vm]}" ;;
+        *) fail "$vm-qemu-confined" "QEMU pid ${qemu[$vm]:-?} runs as ${label[$vm]}" ;;
+    esac
+    files="/run/pageless/$vm.sock /run/pageless/$vm $(ls -d /run/pageless/$vm/*.sock 2>/dev/null)"
+    [ $vm = web1 ] && files="$files /srv/pageless/web1"
+    wrong=""
+    for f in $files; do
+        case "$(stat -c %C "$f" 2>&1)" in
+            *:svirt_image_t:"${level[$vm]}") ;;
+            *) wrong="$wrong $f=$(stat -c %C "$f" 2>&1)" ;;
+        esac
+    done
+    if [ -z "$wrong" ] && [ -n "${level[$vm]}" ]; then
+        ok "$vm-files-labelled" "svirt_image_t:${level[$vm]} on $(echo $files)"
+    else
+        fail "$vm-files-labelled" "not svirt_image_t:${level[$vm]}:$wrong"
+    fi
+done
+echo "# owners: $(for p in $(pgrep -f 'pageless serve'); do tr -d '\0' < /proc/$p/attr/current; echo -n ' '; done)"
+
+check_guests
+
+# The attack: a process running as web2's QEMU (svirt_t with web2's categories: a compromised
+# QEMU, root here, so the owner's user checks let it in) goes for web1's owner socket, relay
+# socket and memory file; then the reverse; each VM's own label reaches its own. As libvirtd
+# starts QEMU: a process in virtd_t (runcon, labelled libvirtd's executable) execs the prober
+# (labelled like QEMU's executable) into the domain's label.
+mkdir -p /usr/local/libexec/pageless-test
+cp /usr/bin/runcon /usr/local/libexec/pageless-test/virtd-runcon
+cp /pl/pageless-guest /usr/local/libexec/pageless-test/probe
+chcon -t virtd_exec_t /usr/local/libexec/pageless-test/virtd-runcon
+chcon -t qemu_exec_t /usr/local/libexec/pageless-test/probe
+probe() { # name label expect args…
+    local name=$1 con=$2 expect=$3 rc what
+    shift 3
+    what="$*"
+    timeout 60 /usr/local/libexec/pageless-test/virtd-runcon "$con" /usr/local/libexec/pageless-test/probe probe "$@" </dev/null >/dev/null 2>&1
+    rc=$?
+    case "$expect:$rc" in
+        allowed:0) ok "$name" "$what as $con: allowed" ;;
+        denied:13) ok "$name" "$what as $con: denied by the kernel (EACCES)" ;;
+        denied:3) ok "$name" "$what as $con: connected, refused by the owner" ;;
+        *) fail "$name" "$what as $con: exit code $rc (0 allowed, 13 EACCES, 3 refused by the owner), expected $expect" ;;
+    esac
+}
+web1_file=/srv/pageless/web1
+dmesg | grep -a 'avc:  denied' | sed 's/^/# before the attack: /' | tail -n 60
+dmesg -C
+probe web2-cannot-reach-web1-control "${label[web2]}" denied --control /run/pageless/web1.sock
+probe web2-cannot-reach-web1-relay "${label[web2]}" denied --vhost /run/pageless/web1/disk0.sock
+probe web2-cannot-reach-web1-memory "${label[web2]}" denied --open "$web1_file"
+probe web1-cannot-reach-web2-control "${label[web1]}" denied --control /run/pageless/web2.sock
+dmesg | grep -a 'avc:  denied' | sed 's/^/# denial: /' | tail -n 20
+if dmesg | grep -a 'avc:  denied' | grep -q "scontext=${label[web2]} tcontext=system_u:object_r:svirt_image_t:${level[web1]}"; then
+    ok web1-denials-logged "$(dmesg | grep -a 'avc:  denied' | grep -c "scontext=${label[web2]}") AVC denials for ${label[web2]}"
+else
+    fail web1-denials-logged "no AVC denial of ${label[web2]} on svirt_image_t:${level[web1]}"
+fi
+probe web1-reaches-its-own-control "${label[web1]}" allowed --control /run/pageless/web1.sock
+probe web1-reaches-its-own-relay "${label[web1]}" allowed --vhost /run/pageless/web1/disk0.sock
+probe web1-reaches-its-own-memory "${label[web1]}" allowed --open "$web1_file"
+probe web2-reaches-its-own-control "${label[web2]}" allowed --control /run/pageless/web2.sock
+check_still_running
+dmesg | grep -a 'avc:  denied' | sed 's/^/# after own: /' | tail -n 20
+
+# virsh destroy: the owners stop and their labelled sockets and memory file go with them.
+for vm in web1 web2; do
+    virsh -c qemu:///system destroy $vm >/dev/null 2>&1
+    for _ in $(seq 60); do [ -e /run/pageless/$vm.sock ] || break; sleep 0.5; done
+    left=$(ls -d /run/pageless/$vm.sock /run/pageless/$vm /srv/pageless/$vm 2>/dev/null | tr '\n' ' ')
+    if [ -z "$left" ]; then
+        ok "$vm-labelled-files-gone-after-destroy" "owner stopped, its sockets and memory file removed"
+    else
+        fail "$vm-labelled-files-gone-after-destroy" "left: $left"
+    fi
+done
+echo "# all AVC denials of the run:"
+dmesg | grep -a 'avc:  denied' | sed 's/^/# /' | tail -n 40
