@@ -35,6 +35,7 @@ mod detach;
 mod owner;
 mod peer;
 mod replace_file;
+mod selinux;
 mod stopping;
 
 use std::path::{Path, PathBuf};

@@ -319,7 +319,9 @@ fn listen(path: &std::path::Path, allow_uids: &[u32]) -> Result<UnixListener, Se
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(IoError::new(format!("remove the stale socket {}", path.display()), e).into()),
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
+    // SELinux: at the owner's low level, so that a confined QEMU may connect (see selinux.rs).
+    let listener = crate::selinux::at_low_level(|| UnixListener::bind(path))
+        .with_context(|| format!("listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", path.display()))?;
     if let Some(&uid) = allow_uids.first() {

@@ -18,7 +18,6 @@ echo '# svirt: Debian root'
 . /pl/svirt-common.sh
 # Every AVC denial on the console: no rate limit on the kernel's audit messages.
 echo 0 > /proc/sys/kernel/printk_ratelimit
-permissive=$(sed -n 's/.*svirt_permissive=\([01]\).*/\1/p' /proc/cmdline)
 
 # SELinux is the active LSM; PID 1 loads the policy, enforcing, and moves to init_t.
 case "$(cat /sys/kernel/security/lsm)" in
@@ -28,12 +27,11 @@ esac
 t0=$(date +%s)
 check selinux-load-policy load_policy -i
 setenforce 1
-[ "$permissive" = 1 ] && setenforce 0
 echo "RESULT load_policy_secs=$(since "$t0")"
 # What systemd does after loading the policy: leave kernel_t for init_t (kernel_t may
 # dyntransition there), so that the daemons it runs get their own domains.
 echo -n system_u:system_r:init_t:s0-s0:c0.c1023 > /proc/self/attr/current
-echo "# PID 1 runs as $(cat /proc/self/attr/current | tr -d '\0'), $(getenforce)"
+echo "# PID 1 runs as $(tr -d '\0' < /proc/$$/attr/current), $(getenforce)"
 case "$(getenforce)" in
     Enforcing) ok selinux-enforcing "$(sestatus 2>/dev/null | tr -s ' \n' ' ')" ;;
     *) fail selinux-enforcing "$(getenforce)" ;;
@@ -42,14 +40,35 @@ esac
 install_pageless
 # The README's SELinux steps: libvirt's security driver, the policy module, the files' labels.
 sed -i 's/^security_driver = .*/security_driver = "selinux"/' /etc/libvirt/qemu.conf
+# What systemd and udev do after loading the policy: label what was mounted before.
+restorecon -R /dev /run /tmp
+# This test's environment, not pageless: the nested QEMUs run TCG (no KVM in a TCG guest), which
+# needs execmem; Debian 12's policy lets svirt_t read but not map the kernel and initrd of a
+# direct kernel boot (virt_content_t) and its own memfd (QEMU probes memfd support); the disk's
+# qemu-storage-daemon runs from this script (initrc_t), and the owner's relay connects to it.
+setsebool virt_use_execmem 1
+cat > /tmp/pageless_test_env.te <<'EOT'
+module pageless_test_env 1.0;
+require {
+	type svirt_t; type virt_content_t; type svirt_tmpfs_t; type virtd_t; type initrc_t;
+	class file map;
+	class unix_stream_socket { connectto getattr };
+}
+allow svirt_t virt_content_t:file map;
+allow svirt_t svirt_tmpfs_t:file map;
+allow virtd_t initrc_t:unix_stream_socket { connectto getattr };
+EOT
 t0=$(date +%s)
-if [ -f /pl/pageless.te ]; then
-    cd /tmp && cp /pl/pageless.te /pl/pageless.fc . &&
-        check selinux-module sh -c 'checkmodule -M -m -o pageless.mod pageless.te && semodule_package -o pageless.pp -m pageless.mod -f pageless.fc && semodule -i pageless.pp && semodule -l | grep -x pageless'
-    cd /
-fi
+cp /pl/pageless.te /pl/pageless.fc /tmp/
+check selinux-module sh -c 'cd /tmp && checkmodule -M -m -o pageless.mod pageless.te &&
+    semodule_package -o pageless.pp -m pageless.mod -f pageless.fc &&
+    checkmodule -M -m -o pageless_test_env.mod pageless_test_env.te &&
+    semodule_package -o pageless_test_env.pp -m pageless_test_env.mod &&
+    semodule -i pageless.pp pageless_test_env.pp && semodule -l | grep -x pageless'
 echo "RESULT semodule_secs=$(since "$t0")"
 restorecon -R /usr/local/bin /etc/libvirt /etc/pageless /var/lib/pageless /srv/pageless
+# The nested guests' kernel and initrd, as if in /var/lib/libvirt/boot.
+chcon -t virt_content_t /var/lib/pageless/vmlinuz /var/lib/pageless/initrd
 echo "# labels: $(ls -Z /usr/local/bin/pageless /usr/local/bin/pageless-qemu /etc/libvirt/hooks/qemu | tr -s ' \n' ' ')"
 
 start_libvirtd
@@ -77,8 +96,8 @@ for vm in web1 web2; do
         *:svirt_t:s0:c*,c*) ok "$vm-qemu-confined" "QEMU pid ${qemu[$vm]} runs as ${label[$vm]}" ;;
         *) fail "$vm-qemu-confined" "QEMU pid ${qemu[$vm]:-?} runs as ${label[$vm]}" ;;
     esac
-    files="/run/pageless/$vm.sock /run/pageless/$vm $(ls -d /run/pageless/$vm/*.sock 2>/dev/null)"
-    [ $vm = web1 ] && files="$files /srv/pageless/web1"
+    files="/run/pageless/$vm.sock"
+    [ $vm = web1 ] && files="$files /run/pageless/web1 /run/pageless/web1/disk0.sock /srv/pageless/web1"
     wrong=""
     for f in $files; do
         case "$(stat -c %C "$f" 2>&1)" in
@@ -92,7 +111,11 @@ for vm in web1 web2; do
         fail "$vm-files-labelled" "not svirt_image_t:${level[$vm]}:$wrong"
     fi
 done
-echo "# owners: $(for p in $(pgrep -f 'pageless serve'); do tr -d '\0' < /proc/$p/attr/current; echo -n ' '; done)"
+for p in /proc/[0-9]*; do
+    case "$(tr '\0' ' ' < $p/cmdline 2>/dev/null)" in
+        *pageless\ serve*) echo "# owner ${p#/proc/} runs as $(tr -d '\0' < $p/attr/current)" ;;
+    esac
+done
 
 check_guests
 
@@ -120,7 +143,7 @@ probe() { # name label expect args…
     esac
 }
 web1_file=/srv/pageless/web1
-dmesg | grep -a 'avc:  denied' | sed 's/^/# before the attack: /' | tail -n 60
+dmesg | grep -a 'avc:  denied' | sed 's/^/# before the attack: /'
 dmesg -C
 probe web2-cannot-reach-web1-control "${label[web2]}" denied --control /run/pageless/web1.sock
 probe web2-cannot-reach-web1-relay "${label[web2]}" denied --vhost /run/pageless/web1/disk0.sock
@@ -133,7 +156,6 @@ else
     fail web1-denials-logged "no AVC denial of ${label[web2]} on svirt_image_t:${level[web1]}"
 fi
 probe web1-reaches-its-own-control "${label[web1]}" allowed --control /run/pageless/web1.sock
-probe web1-reaches-its-own-relay "${label[web1]}" allowed --vhost /run/pageless/web1/disk0.sock
 probe web1-reaches-its-own-memory "${label[web1]}" allowed --open "$web1_file"
 probe web2-reaches-its-own-control "${label[web2]}" allowed --control /run/pageless/web2.sock
 check_still_running
