@@ -59,7 +59,10 @@ fn selinux_confines_each_pageless_domain_to_its_own_memory() {
         name: "svirt-selinux",
         script: "svirt-selinux.sh",
         append: "security=selinux".into(),
-        files: vec![(selinux.join("pageless.te"), "/pl/pageless.te"), (selinux.join("pageless.fc"), "/pl/pageless.fc")],
+        files: vec![
+            (selinux.join("pageless.te"), "/pl/pageless.te"),
+            (selinux.join("pageless.fc"), "/pl/pageless.fc"),
+        ],
     }
     .run();
     checks::assert_all_ok(&console, REQUIRED);
