@@ -36,6 +36,7 @@ const REQUIRED: &[&str] = &[
     "web2-cannot-reach-web1-relay",
     "web2-cannot-reach-web1-memory",
     "web1-cannot-reach-web2-control",
+    "web1-cannot-open-web2-memfd",
     "web1-denials-logged",
     "web1-reaches-its-own-control",
     "web1-reaches-its-own-memory",

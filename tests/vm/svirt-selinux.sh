@@ -67,8 +67,11 @@ check selinux-module sh -c 'cd /tmp && checkmodule -M -m -o pageless.mod pageles
     semodule -i pageless.pp pageless_test_env.pp && semodule -l | grep -x pageless'
 echo "RESULT semodule_secs=$(since "$t0")"
 restorecon -R /usr/local/bin /etc/libvirt /etc/pageless /var/lib/pageless /srv/pageless
-# The nested guests' kernel and initrd, as if in /var/lib/libvirt/boot.
+# The nested guests' kernel and initrd, as if in /var/lib/libvirt/boot; the directory pool's
+# directory as the README says (files created there are then virt_image_t, which the hook may
+# relabel).
 chcon -t virt_content_t /var/lib/pageless/vmlinuz /var/lib/pageless/initrd
+chcon -t virt_image_t /srv/pageless
 echo "# labels: $(ls -Z /usr/local/bin/pageless /usr/local/bin/pageless-qemu /etc/libvirt/hooks/qemu | tr -s ' \n' ' ')"
 
 start_libvirtd
@@ -87,7 +90,7 @@ esac
 prepare_vms
 start_vms
 
-declare -A qemu label level
+declare -A qemu label level files_of
 for vm in web1 web2; do
     qemu[$vm]=$(cat /run/libvirt/qemu/$vm.pid 2>/dev/null)
     label[$vm]=$(tr -d '\0' < /proc/${qemu[$vm]}/attr/current 2>&1)
@@ -98,13 +101,24 @@ for vm in web1 web2; do
     esac
     files="/run/pageless/$vm.sock"
     [ $vm = web1 ] && files="$files /run/pageless/web1 /run/pageless/web1/disk0.sock /srv/pageless/web1"
-    wrong=""
-    for f in $files; do
-        case "$(stat -c %C "$f" 2>&1)" in
-            *:svirt_image_t:"${level[$vm]}") ;;
-            *) wrong="$wrong $f=$(stat -c %C "$f" 2>&1)" ;;
+    # web2's memory is the owner's memfd: its inode, through the owner's fd.
+    for p in /proc/[0-9]*; do
+        case "$(tr '\0' ' ' < $p/cmdline 2>/dev/null)" in
+            *pageless\ serve*--vm\ $vm\ *)
+                for fd in $p/fd/*; do
+                    case "$(readlink $fd)" in /memfd:pageless:*) files="$files $fd" ;; esac
+                done ;;
         esac
     done
+    wrong=""
+    case "$vm:$files" in web2:*/fd/*) ;; web2:*) wrong=" (no memfd of web2's owner found)" ;; esac
+    for f in $files; do
+        case "$(stat -L -c %C "$f" 2>&1)" in
+            *:svirt_image_t:"${level[$vm]}") ;;
+            *) wrong="$wrong $f=$(stat -L -c %C "$f" 2>&1)" ;;
+        esac
+    done
+    files_of[$vm]=$files
     if [ -z "$wrong" ] && [ -n "${level[$vm]}" ]; then
         ok "$vm-files-labelled" "svirt_image_t:${level[$vm]} on $(echo $files)"
     else
@@ -149,6 +163,9 @@ probe web2-cannot-reach-web1-control "${label[web2]}" denied --control /run/page
 probe web2-cannot-reach-web1-relay "${label[web2]}" denied --vhost /run/pageless/web1/disk0.sock
 probe web2-cannot-reach-web1-memory "${label[web2]}" denied --open "$web1_file"
 probe web1-cannot-reach-web2-control "${label[web1]}" denied --control /run/pageless/web2.sock
+# web2's memfd has no path but its owner's /proc/<pid>/fd/<n>.
+web2_memfd=$(echo ${files_of[web2]} | tr ' ' '\n' | grep /fd/ | head -n 1)
+probe web1-cannot-open-web2-memfd "${label[web1]}" denied --open "${web2_memfd:-/nonexistent}"
 dmesg | grep -a 'avc:  denied' | sed 's/^/# denial: /' | tail -n 20
 if dmesg | grep -a 'avc:  denied' | grep -q "scontext=${label[web2]} tcontext=system_u:object_r:svirt_image_t:${level[web1]}"; then
     ok web1-denials-logged "$(dmesg | grep -a 'avc:  denied' | grep -c "scontext=${label[web2]}") AVC denials for ${label[web2]}"

@@ -111,6 +111,8 @@ pub struct VmPaths {
     /// The memory's files (directory pools): one, or one per NUMA cell (`--cell`); none for
     /// memfd.
     pub memory_files: Vec<PathBuf>,
+    /// The owner's process (from its HELLO reply), whose memfds SELinux labels too.
+    pub owner_pid: Option<u32>,
 }
 
 /// The AppArmor rules file for the VM (`libvirt-<uuid>.pageless`).
@@ -222,13 +224,17 @@ fn vm_paths(options: &HookOptions, plan: &OwnerPlan, xml: &str) -> Result<VmPath
     programs.push(std::fs::canonicalize(&options.pageless).unwrap_or_else(|_| options.pageless.clone()));
     // The memory's file, as the running owner reports it (started on `prepare`).
     let status = ControlClient::connect(&plan.socket(), "pageless-hook")
-        .and_then(|client| client.status())
+        .and_then(|client| Ok((client.owner_pid(), client.status()?)))
         .map_err(|e| HookError::OwnerFailed {
-        vm: plan.vm.clone(),
-        why: format!("it does not answer on {} when the domain is labelled ({e})", plan.socket().display()),
-        log: String::new(),
-        source_desc: plan.source_desc.clone(),
-    })?;
+            vm: plan.vm.clone(),
+            why: format!(
+                "it does not answer on {} when the domain is labelled ({e})",
+                plan.socket().display()
+            ),
+            log: String::new(),
+            source_desc: plan.source_desc.clone(),
+        })?;
+    let (owner_pid, status) = status;
     Ok(VmPaths {
         programs,
         control_socket: plan.socket(),
@@ -239,6 +245,7 @@ fn vm_paths(options: &HookOptions, plan: &OwnerPlan, xml: &str) -> Result<VmPath
         } else {
             status.cells.iter().filter_map(|c| c.path.as_ref()).map(PathBuf::from).collect()
         },
+        owner_pid: (owner_pid != 0).then_some(owner_pid),
     })
 }
 
@@ -334,13 +341,46 @@ fn selinux_targets(paths: &VmPaths) -> Vec<PathBuf> {
     targets
 }
 
+/// The owner's memfds (memfd pools: the memory has no path), as `/proc/<pid>/fd/<n>`, whose
+/// magic link reaches the memfd's inode: its `security.selinux` is the memory's label.
+fn owner_memfds(pid: u32) -> Vec<PathBuf> {
+    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    let mut fds: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|fd| {
+            std::fs::read_link(fd)
+                .is_ok_and(|target| target.as_os_str().as_bytes().starts_with(MEMFD_LINK_PREFIX.as_bytes()))
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// How `/proc/<pid>/fd/<n>` of an owner's memfd reads (`pageless_pool` names them
+/// `pageless:<vm>`).
+const MEMFD_LINK_PREFIX: &str = "/memfd:pageless:";
+
 fn selinux_label(plan: &OwnerPlan, imagelabel: &str, paths: &VmPaths) -> Result<(), HookError> {
+    let fail = |target: &Path, e: std::io::Error| HookError::Confine {
+        vm: plan.vm.clone(),
+        mac: "SELinux",
+        why: format!("cannot label {} {imagelabel}: {e}", target.display()),
+    };
     for target in selinux_targets(paths) {
-        set_selinux_label(&target, imagelabel).map_err(|e| HookError::Confine {
-            vm: plan.vm.clone(),
-            mac: "SELinux",
-            why: format!("cannot label {} {imagelabel}: {e}", target.display()),
-        })?;
+        set_selinux_label(&target, imagelabel).map_err(|e| fail(&target, e))?;
+    }
+    // A memfd: its inode, through the owner's fd (setxattr follows the magic link).
+    for memfd in paths.owner_pid.map(owner_memfds).unwrap_or_default() {
+        match set_selinux_label_of(&memfd, imagelabel, true) {
+            Ok(()) => {}
+            // hugetlbfs (memfd:2M, memfd:1G) keeps no labels: the policy's hugetlbfs_t rules apply.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                info!("VM {:?}: its memfd {} keeps the file system's label ({e})", plan.vm, memfd.display())
+            }
+            Err(e) => return Err(fail(&memfd, e)),
+        }
     }
     info!("VM {:?}: its sockets and memory file carry {imagelabel}", plan.vm);
     Ok(())
@@ -348,12 +388,17 @@ fn selinux_label(plan: &OwnerPlan, imagelabel: &str, paths: &VmPaths) -> Result<
 
 /// Sets `security.selinux` of `path` (not following a symlink), as `chcon -h` does.
 pub fn set_selinux_label(path: &Path, label: &str) -> std::io::Result<()> {
+    set_selinux_label_of(path, label, false)
+}
+
+/// Sets `security.selinux` of `path`, or of what it links to with `follow`.
+fn set_selinux_label_of(path: &Path, label: &str, follow: bool) -> std::io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes())?;
     let name = c"security.selinux";
+    let set = if follow { libc::setxattr } else { libc::lsetxattr };
     // SAFETY: both strings are NUL-terminated and live across the call; the value pointer and
     // length describe `label`'s bytes, which the kernel only reads.
-    let rc =
-        unsafe { libc::lsetxattr(c_path.as_ptr(), name.as_ptr(), label.as_ptr().cast(), label.len(), 0) };
+    let rc = unsafe { set(c_path.as_ptr(), name.as_ptr(), label.as_ptr().cast(), label.len(), 0) };
     if rc == 0 {
         Ok(())
     } else {
@@ -411,6 +456,7 @@ mod tests {
             control_socket: format!("/run/pageless/{vm}.sock").into(),
             relay_dir: format!("/run/pageless/{vm}").into(),
             memory_files: vec![format!("/srv/pageless/{vm}").into()],
+            owner_pid: None,
         }
     }
 
@@ -507,10 +553,24 @@ mod tests {
             control_socket: socket.clone(),
             relay_dir: relay.clone(),
             memory_files: vec![memory.clone()],
+            owner_pid: None,
         };
         assert_eq!(
             selinux_targets(&paths),
             [socket, relay.clone(), relay.join("disk0.sock"), relay.join("net0.sock"), memory]
         );
+    }
+
+    #[test]
+    fn an_owners_memfds_are_found_by_their_name() {
+        use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+        let ours = memfd_create(c"pageless:svirt-test", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        let other = memfd_create(c"not-pageless", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        let found = owner_memfds(std::process::id());
+        let fd_path = |fd: &std::os::fd::OwnedFd| {
+            PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), std::os::fd::AsRawFd::as_raw_fd(fd)))
+        };
+        assert!(found.contains(&fd_path(&ours)), "{found:?}");
+        assert!(!found.contains(&fd_path(&other)), "{found:?}");
     }
 }
