@@ -13,7 +13,7 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
 packages="libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-log libvirt-clients qemu-system-x86 qemu-utils apparmor
-    selinux-policy-default policycoreutils selinux-utils checkpolicy"
+    selinux-policy-default policycoreutils selinux-utils checkpolicy semodule-utils"
 stamp="v2 $packages"
 img="$cache/rootfs/bookworm-svirt.img"
 if [ -f "$img.ready" ] && [ "$(cat "$img.ready")" = "$stamp" ]; then

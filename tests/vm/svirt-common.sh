@@ -105,10 +105,14 @@ EOT
 # start_vms: defines and starts web1 and web2 (CHECK web1-starts, web2-starts); sets boot0.
 start_vms() {
     local disk="<disk type='vhostuser' device='disk'><driver name='qemu' type='raw'/><source type='unix' path='/run/pageless/web1/disk0.sock'><reconnect enabled='yes' timeout='1'/></source><target dev='vda' bus='virtio'/></disk>"
-    domain web1 "$disk" "" > /tmp/web1.xml
-    domain web2 "" nodisk > /tmp/web2.xml
+    # Under /etc, where SELinux's virsh_t may read them (not /tmp).
+    mkdir -p /etc/pageless/domains
+    domain web1 "$disk" "" > /etc/pageless/domains/web1.xml
+    domain web2 "" nodisk > /etc/pageless/domains/web2.xml
     for vm in web1 web2; do
-        virsh -c qemu:///system define /tmp/$vm.xml >/dev/null
+        if ! out=$(virsh -c qemu:///system define /etc/pageless/domains/$vm.xml 2>&1); then
+            echo "# virsh define $vm: $out"
+        fi
         t0=$(date +%s)
         if out=$(virsh -c qemu:///system start $vm 2>&1); then
             ok "$vm-starts" "in $(since "$t0") s"
