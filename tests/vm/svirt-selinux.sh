@@ -133,11 +133,12 @@ done
 
 check_guests
 
-# The attack: a process running as web2's QEMU (svirt_t with web2's categories: a compromised
-# QEMU, root here, so the owner's user checks let it in) goes for web1's owner socket, relay
-# socket and memory file; then the reverse; each VM's own label reaches its own. As libvirtd
-# starts QEMU: a process in virtd_t (runcon, labelled libvirtd's executable) execs the prober
-# (labelled like QEMU's executable) into the domain's label.
+# The attack: a process running as web2's QEMU (svirt_t with web2's categories, and QEMU's user
+# libvirt-qemu, whom every owner's sockets and files belong to: a compromised QEMU, which DAC
+# would let in) goes for web1's owner socket, relay socket and memory file; then the reverse;
+# each VM's own label reaches its own. As libvirtd starts QEMU: a process in virtd_t (runcon,
+# labelled libvirtd's executable) execs the prober (labelled like QEMU's executable) into the
+# domain's label.
 mkdir -p /usr/local/libexec/pageless-test
 cp /usr/bin/runcon /usr/local/libexec/pageless-test/virtd-runcon
 cp /pl/pageless-guest /usr/local/libexec/pageless-test/probe
@@ -147,7 +148,9 @@ probe() { # name label expect args…
     local name=$1 con=$2 expect=$3 rc what
     shift 3
     what="$*"
-    timeout 60 /usr/local/libexec/pageless-test/virtd-runcon "$con" /usr/local/libexec/pageless-test/probe probe "$@" </dev/null >/dev/null 2>&1
+    timeout 60 setpriv --reuid=64055 --regid="$(getent group kvm | cut -d: -f3)" --clear-groups \
+        /usr/local/libexec/pageless-test/virtd-runcon "$con" /usr/local/libexec/pageless-test/probe probe "$@" \
+        </dev/null >/dev/null 2>&1
     rc=$?
     case "$expect:$rc" in
         allowed:0) ok "$name" "$what as $con: allowed" ;;
