@@ -7,8 +7,8 @@
 #  - a Debian 13 build root (debootstrap) with the headers of the newest 7.3 cloud kernel, and
 #    that kernel's image and modules unpacked under .cache/kernel/ (.cache/kernel/newest); in
 #    it also dkms and Debian 13's 6.12 cloud kernel (image, headers) for the package test
-#  - a Debian 12 root filesystem image with libvirt, QEMU and AppArmor for the sVirt test
-#    (scripts/svirt-rootfs.sh, .cache/rootfs/)
+#  - a Debian 12 root filesystem image with libvirt, QEMU, AppArmor and SELinux for the sVirt
+#    tests (scripts/svirt-rootfs.sh, .cache/rootfs/)
 #  - nightly Rust (minimal profile) and cargo-fuzz under .cache/tools, for scripts/fuzz.sh
 #  - cargo build of the workspace, and a release build of pageless (scripts/package.sh)
 #  - then runs the demo (scripts/demo.sh), unless given --no-demo
@@ -145,7 +145,7 @@ if [ ! -f "$ndir/.unpacked" ]; then
 fi
 ln -sfn "$nver" "$cache/kernel/newest"
 
-# The sVirt test's guest root filesystem (tests/tests/svirt_apparmor.rs), cached.
+# The sVirt tests' guest root filesystem (tests/tests/svirt_apparmor.rs, svirt_selinux.rs), cached.
 "$here/scripts/svirt-rootfs.sh"
 
 # checkpatch.pl (kernel style of driver/kmod, run by .ci/run): only three files of Debian's

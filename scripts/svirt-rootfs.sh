@@ -3,8 +3,9 @@
 # svirt_selinux.rs), cached: Debian 12 (debootstrap minbase) with libvirt 11 and QEMU 10 from
 # bookworm-backports, AppArmor, and SELinux (Debian's reference policy, which has the virt module
 # and MCS), as an ext4 image .cache/rootfs/bookworm-svirt.img. Its files carry the SELinux
-# policy's labels (setfiles at build; mke2fs -d copies extended attributes), which AppArmor ignores. The test boots it read-write on a
-# throw-away snapshot (QEMU snapshot=on), so the image never changes. Called by scripts/setup.sh;
+# policy's labels (setfiles at build; mke2fs -d copies extended attributes), which AppArmor
+# ignores. The tests boot it read-write on a throw-away snapshot (QEMU snapshot=on), so the image
+# never changes. Called by scripts/setup.sh;
 # idempotent (rebuilds only when the package list below changes).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,7 +20,7 @@ img="$cache/rootfs/bookworm-svirt.img"
 if [ -f "$img.ready" ] && [ "$(cat "$img.ready")" = "$stamp" ]; then
     exit 0
 fi
-printf '\n==> %s\n' "sVirt test root filesystem (Debian 12, libvirt, QEMU, AppArmor) in .cache/rootfs"
+printf '\n==> %s\n' "sVirt test root filesystem (Debian 12, libvirt, QEMU, AppArmor, SELinux) in .cache/rootfs"
 command -v debootstrap >/dev/null ||
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
 root="$cache/rootfs/bookworm-svirt"
