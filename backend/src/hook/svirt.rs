@@ -12,8 +12,10 @@
 //!   generated it from `TEMPLATE.qemu`; it deletes it when the domain stops) and reloads it with
 //!   `apparmor_parser -r`. `release end` removes the `.pageless` file.
 //! * SELinux: labels the owner's socket, the VM's relay directory and sockets and its memory
-//!   file with the domain's `<imagelabel>` (its MCS category pair), as libvirt labels the
-//!   domain's disks.
+//!   (a pool's file, or the owner's memfd through `/proc/<owner>/fd/<n>`) with the domain's
+//!   `<imagelabel>` (its MCS category pair), as libvirt labels the domain's disks. The owner
+//!   creates its listening sockets at its low level (`crate::selinux`), so that the socket
+//!   file's label decides which domain connects.
 //!
 //! Domains without a dynamic `apparmor` or `selinux` `<seclabel>` in their live XML (no MAC, or
 //! `type='none'`) get nothing here: DAC binding (the owner hands the memory to one QEMU process)
