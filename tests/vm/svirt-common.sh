@@ -128,6 +128,10 @@ start_vms() {
 check_guests() {
     for vm in web1 web2; do
         console=/var/log/libvirt/qemu/$vm.console
+        if ! virsh -c qemu:///system domstate $vm 2>&1 | grep -qx running; then
+            fail "$vm-guest-runs" "the domain does not run"
+            continue
+        fi
         if wait_line "$console" GUEST-READY 600; then
             ok "$vm-guest-runs" "ready $(since "$boot0") s after both started"
         else

@@ -125,6 +125,7 @@ for vm in web1 web2; do
         fail "$vm-files-labelled" "not svirt_image_t:${level[$vm]}:$wrong"
     fi
 done
+dmesg | grep -a 'avc:  denied' | sed 's/^/# after the start: /'
 for p in /proc/[0-9]*; do
     case "$(tr '\0' ' ' < $p/cmdline 2>/dev/null)" in
         *pageless\ serve*) echo "# owner ${p#/proc/} runs as $(tr -d '\0' < $p/attr/current)" ;;
