@@ -74,6 +74,8 @@ chcon -t virt_content_t /var/lib/pageless/vmlinuz /var/lib/pageless/initrd
 chcon -t virt_image_t /srv/pageless
 echo "# labels: $(ls -Z /usr/local/bin/pageless /usr/local/bin/pageless-qemu /etc/libvirt/hooks/qemu | tr -s ' \n' ' ')"
 
+# What systemd's virtlogd.socket does: /run/libvirt, labelled (virtlogd_t may not create it).
+mkdir -p /run/libvirt && restorecon -R /run/libvirt
 start_libvirtd
 lvpid=$(cat /run/libvirtd.pid)
 lvcon=$(tr -d '\0' < "/proc/$lvpid/attr/current")
