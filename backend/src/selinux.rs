@@ -43,7 +43,7 @@ pub fn at_low_level<T>(create: impl FnOnce() -> T) -> T {
     let Some(low) = low else {
         return create();
     };
-    let set = std::fs::write(attr("sockcreate"), low.as_bytes());
+    let set = write_attr(&attr("sockcreate"), low.as_bytes());
     match &set {
         Ok(()) => debug!("creating listening sockets as {low}"),
         Err(e) => warn!(
@@ -53,11 +53,18 @@ pub fn at_low_level<T>(create: impl FnOnce() -> T) -> T {
     let result = create();
     if set.is_ok() {
         // An empty write restores the default: sockets labelled like their creator.
-        if let Err(e) = std::fs::write(attr("sockcreate"), b"") {
+        if let Err(e) = write_attr(&attr("sockcreate"), b"") {
             warn!("SELinux: cannot reset the socket-creation context ({e})");
         }
     }
     result
+}
+
+/// Writes a /proc attribute file, opened without O_CREAT (which SELinux would check as a write
+/// to the attr directory, denied and logged though the file exists).
+fn write_attr(path: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new().write(true).open(path)?.write_all(value)
 }
 
 #[cfg(test)]
