@@ -60,11 +60,17 @@ pub fn at_low_level<T>(create: impl FnOnce() -> T) -> T {
     result
 }
 
-/// Writes a /proc attribute file, opened without O_CREAT (which SELinux would check as a write
-/// to the attr directory, denied and logged though the file exists).
+/// Writes a /proc attribute file in one write(2) (an empty one resets it), opened without
+/// O_CREAT (which SELinux would check as a write to the attr directory, denied and logged
+/// though the file exists).
 fn write_attr(path: &str, value: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    std::fs::OpenOptions::new().write(true).open(path)?.write_all(value)
+    let written = std::fs::OpenOptions::new().write(true).open(path)?.write(value)?;
+    if written == value.len() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("wrote {written} of {} bytes", value.len())))
+    }
 }
 
 #[cfg(test)]
