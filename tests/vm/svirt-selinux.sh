@@ -44,9 +44,10 @@ sed -i 's/^security_driver = .*/security_driver = "selinux"/' /etc/libvirt/qemu.
 # devpts_t, device_t), so libvirt's per-domain mount namespace fails ("Cannot delete directory
 # /run/libvirt/qemu/1-web1.shm: Device or resource busy"): without it.
 echo 'namespaces = []' >> /etc/libvirt/qemu.conf
-# Likewise the devices controller on cgroup v2, a BPF program: Debian 12's policy denies virtd_t
+# Likewise cgroups (v2 devices control is a BPF program, which libvirt sets up even without
+# "devices" listed): Debian 12's policy denies virtd_t
 # bpf map_create and prog_run ("failed to initialize device BPF map: Permission denied").
-echo 'cgroup_controllers = [ "cpu", "memory", "cpuset", "cpuacct", "blkio" ]' >> /etc/libvirt/qemu.conf
+echo "cgroup_controllers = [ ]" >> /etc/libvirt/qemu.conf
 # What systemd and udev do after loading the policy: label what was mounted before.
 restorecon -R /dev /run /tmp
 # This test's environment, not pageless: the nested QEMUs run TCG (no KVM in a TCG guest), which
