@@ -59,12 +59,19 @@ cat > /tmp/pageless_test_env.te <<'EOT'
 module pageless_test_env 1.0;
 require {
 	type svirt_t; type virt_content_t; type svirt_tmpfs_t; type virtd_t; type initrc_t;
-	class file map;
+	type initrc_runtime_t; type sysfs_t; type sysctl_vm_t;
+	class file { map read open getattr };
+	class dir search;
+	class sock_file write;
 	class unix_stream_socket { connectto getattr };
 }
 allow svirt_t virt_content_t:file map;
 allow svirt_t svirt_tmpfs_t:file map;
+allow svirt_t sysfs_t:file { read open getattr };
+allow svirt_t sysctl_vm_t:dir search;
+allow svirt_t sysctl_vm_t:file { read open getattr };
 allow virtd_t initrc_t:unix_stream_socket { connectto getattr };
+allow virtd_t initrc_runtime_t:sock_file write;
 EOT
 t0=$(date +%s)
 cp /pl/pageless.te /pl/pageless.fc /tmp/
@@ -73,6 +80,8 @@ check selinux-module sh -c 'cd /tmp && checkmodule -M -m -o pageless.mod pageles
     checkmodule -M -m -o pageless_test_env.mod pageless_test_env.te &&
     semodule_package -o pageless_test_env.pp -m pageless_test_env.mod &&
     semodule -i pageless.pp pageless_test_env.pp && semodule -l | grep -x pageless'
+# Every denial logged, dontaudit rules too: a failure's cause is on the console.
+semodule -DB
 echo "RESULT semodule_secs=$(since "$t0")"
 restorecon -R /usr/local/bin /etc/libvirt /etc/pageless /var/lib/pageless /srv/pageless
 # The nested guests' kernel and initrd, as if in /var/lib/libvirt/boot; the directory pool's
