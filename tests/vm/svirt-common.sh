@@ -31,6 +31,9 @@ wait_line() {
     return 1
 }
 trap finish EXIT
+# Where the nested guests' serial consoles go (a script may choose another directory before
+# sourcing this file).
+console_dir=${console_dir:-/var/log/libvirt/qemu}
 
 # install_pageless: what libvirt-daemon-system's postinst does (the root filesystem has only
 # the daemons), and pageless as the README's libvirt section installs it.
@@ -95,7 +98,7 @@ domain() { # name devices append
   <devices>
     <emulator>/usr/local/bin/pageless-qemu</emulator>
     $2
-    <serial type='file'><source path='/var/log/libvirt/qemu/$1.console'/><target port='0'/></serial>
+    <serial type='file'><source path='$console_dir/$1.console'/><target port='0'/></serial>
     <memballoon model='none'/>
   </devices>
 </domain>
@@ -118,6 +121,9 @@ start_vms() {
             ok "$vm-starts" "in $(since "$t0") s"
         else
             fail "$vm-starts" "$out $(tail -n 5 /run/pageless/$vm.log 2>/dev/null) $(tail -n 5 /var/log/libvirt/qemu/$vm.log)"
+            # The whole story: the owner's log and libvirt's domain log (QEMU's stderr).
+            sed "s/^/# $vm owner: /" /run/pageless/$vm.log 2>/dev/null | tail -n 20
+            grep -v '^[-/A-Z_]' /var/log/libvirt/qemu/$vm.log 2>/dev/null | sed "s/^/# $vm qemu: /" | tail -n 30
         fi
     done
     boot0=$(date +%s)
@@ -127,7 +133,7 @@ start_vms() {
 # owner's memory); web1 uses its disk through the relay.
 check_guests() {
     for vm in web1 web2; do
-        console=/var/log/libvirt/qemu/$vm.console
+        console=$console_dir/$vm.console
         if ! virsh -c qemu:///system domstate $vm 2>&1 | grep -qx running; then
             fail "$vm-guest-runs" "the domain does not run"
             continue
@@ -145,10 +151,10 @@ check_guests() {
             *) fail "$vm-token-in-owner-memory" "$token: $offsets" ;;
         esac
     done
-    if grep -q "DISK-WROTE" /var/log/libvirt/qemu/web1.console; then
-        ok web1-disk-through-relay "$(grep -a DISK- /var/log/libvirt/qemu/web1.console | tr -d '\r' | tr '\n' ' ')"
+    if grep -q "DISK-WROTE" $console_dir/web1.console; then
+        ok web1-disk-through-relay "$(grep -a DISK- $console_dir/web1.console | tr -d '\r' | tr '\n' ' ')"
     else
-        fail web1-disk-through-relay "$(grep -a 'DISK-\|IO-FAILED' /var/log/libvirt/qemu/web1.console | tr '\n' ' ')"
+        fail web1-disk-through-relay "$(grep -a 'DISK-\|IO-FAILED' $console_dir/web1.console | tr '\n' ' ')"
     fi
 }
 

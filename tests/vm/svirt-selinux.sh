@@ -15,6 +15,9 @@
 # `virsh destroy` stops the owners and removes the labelled files. Reports CHECK lines, then
 # powers off.
 echo '# svirt: Debian root'
+# The nested guests' serial consoles: libvirtd writes them itself (stdio_handler "file" below),
+# and virtd_t may not write virt_log_t (/var/log/libvirt), only virtlogd_t may.
+console_dir=/var/lib/libvirt/qemu
 . /pl/svirt-common.sh
 # Every AVC denial on the console: no rate limit on the kernel's audit messages.
 echo 0 > /proc/sys/kernel/printk_ratelimit
@@ -48,6 +51,10 @@ echo 'namespaces = []' >> /etc/libvirt/qemu.conf
 # "devices" listed): Debian 12's policy denies virtd_t
 # bpf map_create and prog_run ("failed to initialize device BPF map: Permission denied").
 echo "cgroup_controllers = [ ]" >> /etc/libvirt/qemu.conf
+# QEMU's stderr into /var/log/libvirt/qemu/<domain>.log by libvirtd itself: under Debian 12's
+# MCS constraints svirt_t (one category pair) may not write to virtlogd's pipe (s0-s0:c0.c1023),
+# so with virtlogd a failing QEMU's message is lost.
+echo 'stdio_handler = "file"' >> /etc/libvirt/qemu.conf
 # What systemd and udev do after loading the policy: label what was mounted before.
 restorecon -R /dev /run /tmp
 # This test's environment, not pageless: the nested QEMUs run TCG (no KVM in a TCG guest), which
