@@ -5,7 +5,8 @@
 //! (tests/vm/svirt-selinux.sh). Two pageless domains start, each QEMU in `svirt_t` with its own
 //! MCS category pair; the hook gave each VM's owner socket, relay sockets and memory file the
 //! domain's image label; both guests work. A process running as one VM's QEMU cannot connect
-//! to the other's sockets or open its memory file (EACCES, AVC denials), it can its own, and
+//! to the other's sockets or open its memory file (EACCES, AVC denials), nor keep the other's
+//! memory (memfd or file) handed to it across its exec into the domain; it can its own, and
 //! `virsh destroy` takes the owners and their labelled files away.
 
 use pageless_tests::checks;
@@ -36,11 +37,15 @@ const REQUIRED: &[&str] = &[
     "web2-cannot-reach-web1-relay",
     "web2-cannot-reach-web1-memory",
     "web1-cannot-reach-web2-control",
-    "web1-cannot-open-web2-memfd",
+    "web1-cannot-use-web2-memfd",
+    "web2-cannot-use-web1-memory-fd",
     "web1-denials-logged",
+    "web2-memfd-denial-logged",
     "web1-reaches-its-own-control",
     "web1-reaches-its-own-memory",
     "web2-reaches-its-own-control",
+    "web2-uses-its-own-memfd",
+    "web1-uses-its-own-memory-fd",
     "web1-still-runs",
     "web2-still-runs",
     "web1-labelled-files-gone-after-destroy",

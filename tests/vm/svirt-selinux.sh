@@ -9,9 +9,11 @@
 # in virtd_t. Two pageless domains, web1 (a directory pool, a vhost-user disk through the owner's
 # relay to qemu-storage-daemon) and web2 (memfd), start under libvirt's SELinux driver with the
 # hook: each QEMU runs as svirt_t with its own MCS category pair, and the hook gave that VM's
-# owner socket, relay directory and sockets and memory file the domain's image label. A process
-# running as web2's QEMU (svirt_t and web2's categories) cannot connect to web1's sockets nor open
-# web1's memory file (EACCES, AVC denials), and web1's not web2's; as its own VM each can.
+# owner socket, relay directory and sockets and memory (file or memfd) the domain's image label.
+# A process running as web2's QEMU (svirt_t and web2's categories) cannot connect to web1's
+# sockets nor open web1's memory file (EACCES, AVC denials), and web1's not web2's; handed the
+# other VM's memory fd across its exec into the domain (as libvirtd hands QEMU files), the kernel
+# takes it away; as its own VM each can.
 # `virsh destroy` stops the owners and removes the labelled files. Reports CHECK lines, then
 # powers off.
 echo '# svirt: Debian root'
@@ -82,13 +84,13 @@ allow virtd_t initrc_runtime_t:sock_file write;
 EOT
 t0=$(date +%s)
 cp /pl/pageless.te /pl/pageless.fc /tmp/
+# One policy rebuild (-D: every denial logged, dontaudit rules too, so that a failure's cause is
+# on the console).
 check selinux-module sh -c 'cd /tmp && checkmodule -M -m -o pageless.mod pageless.te &&
     semodule_package -o pageless.pp -m pageless.mod -f pageless.fc &&
     checkmodule -M -m -o pageless_test_env.mod pageless_test_env.te &&
     semodule_package -o pageless_test_env.pp -m pageless_test_env.mod &&
-    semodule -i pageless.pp pageless_test_env.pp && semodule -l | grep -x pageless'
-# Every denial logged, dontaudit rules too: a failure's cause is on the console.
-semodule -DB
+    semodule -D -i pageless.pp pageless_test_env.pp && semodule -l | grep -x pageless'
 echo "RESULT semodule_secs=$(since "$t0")"
 restorecon -R /usr/local/bin /etc/libvirt /etc/pageless /var/lib/pageless /srv/pageless
 # The nested guests' kernel and initrd, as if in /var/lib/libvirt/boot; the directory pool's
@@ -171,6 +173,8 @@ cp /usr/bin/runcon /usr/local/libexec/pageless-test/virtd-runcon
 cp /pl/pageless-guest /usr/local/libexec/pageless-test/probe
 chcon -t virtd_exec_t /usr/local/libexec/pageless-test/virtd-runcon
 chcon -t qemu_exec_t /usr/local/libexec/pageless-test/probe
+cp /pl/pageless-guest /usr/local/libexec/pageless-test/virtd-exec-into
+chcon -t virtd_exec_t /usr/local/libexec/pageless-test/virtd-exec-into
 probe() { # name label expect args…
     local name=$1 con=$2 expect=$3 rc what
     shift 3
@@ -186,6 +190,22 @@ probe() { # name label expect args…
         *) fail "$name" "$what as $con: exit code $rc (0 allowed, 13 EACCES, 3 refused by the owner), expected $expect" ;;
     esac
 }
+# A VM's memory handed over as libvirtd hands QEMU its files: a process in virtd_t opens it and
+# execs the prober into a domain's label with it on fd 3; SELinux revalidates the inherited file
+# at the transition and takes it away (its null file in its place) from a domain whose categories
+# do not cover the file's. Neither QEMU nor the prober can reach a memfd by path: /proc of the
+# owner (virtd_t) is closed to svirt_t.
+probe_fd() { # name label expect file
+    local name=$1 con=$2 expect=$3 file=$4 rc
+    timeout 60 /usr/local/libexec/pageless-test/virtd-exec-into exec-into --label "$con" --file "$file" --fd 3 -- \
+        /usr/local/libexec/pageless-test/probe probe --inherited 3 </dev/null >/dev/null 2>/tmp/probe-fd.err
+    rc=$?
+    case "$expect:$rc" in
+        allowed:0) ok "$name" "$file handed to $con: maps read-write" ;;
+        denied:13) ok "$name" "$file handed to $con: taken away by the kernel at the exec" ;;
+        *) fail "$name" "$file handed to $con: exit code $rc (0 allowed, 13 taken away), expected $expect: $(tail -n 2 /tmp/probe-fd.err | tr '\n' ' ')" ;;
+    esac
+}
 web1_file=/srv/pageless/web1
 dmesg | grep -a 'avc:  denied' | sed 's/^/# before the attack: /'
 dmesg -C
@@ -195,16 +215,24 @@ probe web2-cannot-reach-web1-memory "${label[web2]}" denied --open "$web1_file"
 probe web1-cannot-reach-web2-control "${label[web1]}" denied --control /run/pageless/web2.sock
 # web2's memfd has no path but its owner's /proc/<pid>/fd/<n>.
 web2_memfd=$(echo ${files_of[web2]} | tr ' ' '\n' | grep /fd/ | head -n 1)
-probe web1-cannot-open-web2-memfd "${label[web1]}" denied --open "${web2_memfd:-/nonexistent}"
+probe_fd web1-cannot-use-web2-memfd "${label[web1]}" denied "${web2_memfd:-/nonexistent}"
+probe_fd web2-cannot-use-web1-memory-fd "${label[web2]}" denied "$web1_file"
 dmesg | grep -a 'avc:  denied' | sed 's/^/# denial: /' | tail -n 20
 if dmesg | grep -a 'avc:  denied' | grep -q "scontext=${label[web2]} tcontext=system_u:object_r:svirt_image_t:${level[web1]}"; then
     ok web1-denials-logged "$(dmesg | grep -a 'avc:  denied' | grep -c "scontext=${label[web2]}") AVC denials for ${label[web2]}"
 else
     fail web1-denials-logged "no AVC denial of ${label[web2]} on svirt_image_t:${level[web1]}"
 fi
+if dmesg | grep -a 'avc:  denied' | grep -q "scontext=${label[web1]} tcontext=system_u:object_r:svirt_image_t:${level[web2]} tclass=file"; then
+    ok web2-memfd-denial-logged "$(dmesg | grep -a 'avc:  denied' | grep "scontext=${label[web1]}" | grep -m 1 "tclass=file" | sed 's/.*avc:  //')"
+else
+    fail web2-memfd-denial-logged "no AVC denial of ${label[web1]} on svirt_image_t:${level[web2]} (file)"
+fi
 probe web1-reaches-its-own-control "${label[web1]}" allowed --control /run/pageless/web1.sock
 probe web1-reaches-its-own-memory "${label[web1]}" allowed --open "$web1_file"
 probe web2-reaches-its-own-control "${label[web2]}" allowed --control /run/pageless/web2.sock
+probe_fd web2-uses-its-own-memfd "${label[web2]}" allowed "${web2_memfd:-/nonexistent}"
+probe_fd web1-uses-its-own-memory-fd "${label[web1]}" allowed "$web1_file"
 check_still_running
 dmesg | grep -a 'avc:  denied' | sed 's/^/# after own: /' | tail -n 20
 

@@ -5,6 +5,7 @@
 //!
 //! `probe`: one such access by a process that already runs under the label to test (SELinux:
 //! exec'd into its domain, which may not write to the terminal): the exit code is the outcome.
+//! It can also check a file it inherited across that exec ([`crate::selinux`]).
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
@@ -35,7 +36,7 @@ fn change_profile(profile: &str) -> io::Result<()> {
 
 /// What happened to one access.
 #[derive(Debug)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// It worked.
     Allowed,
     /// The kernel said EACCES (AppArmor).
@@ -46,7 +47,7 @@ enum Outcome {
     Error(String),
 }
 
-fn kernel(e: io::Error) -> Outcome {
+pub(crate) fn kernel(e: io::Error) -> Outcome {
     if e.kind() == io::ErrorKind::PermissionDenied {
         Outcome::Denied
     } else {
@@ -172,11 +173,12 @@ pub mod exit {
 /// One access (exactly one of the targets is set) by this process as it runs: the exit code
 /// says what happened ([`exit`]); the detail goes to stderr, which may lead nowhere.
 pub fn probe(targets: Targets) -> i32 {
-    let outcome = match (targets.control.first(), targets.vhost.first(), targets.open.first()) {
-        (Some(path), None, None) => control(path),
-        (None, Some(path), None) => vhost(path),
-        (None, None, Some(path)) => open_rw(path),
-        _ => Outcome::Error("give exactly one of --control, --vhost, --open".into()),
+    let outcome = match (targets.control.first(), targets.vhost.first(), targets.open.first(), targets.inherited) {
+        (Some(path), None, None, None) => control(path),
+        (None, Some(path), None, None) => vhost(path),
+        (None, None, Some(path), None) => open_rw(path),
+        (None, None, None, Some(fd)) => crate::selinux::inherited(fd),
+        _ => Outcome::Error("give exactly one of --control, --vhost, --open, --inherited".into()),
     };
     eprintln!("probe: {outcome:?}");
     match outcome {
@@ -195,4 +197,6 @@ pub struct Targets {
     pub vhost: Vec<PathBuf>,
     /// Files: opened read-write.
     pub open: Vec<PathBuf>,
+    /// A file descriptor inherited across the exec into the label under test (`probe` only).
+    pub inherited: Option<i32>,
 }

@@ -13,6 +13,7 @@ mod isolation;
 mod numa;
 mod persist;
 mod scrub_bench;
+mod selinux;
 mod struct_page;
 mod util;
 mod vfio;
@@ -58,9 +59,11 @@ enum Cmd {
         #[arg(long)]
         open: Vec<PathBuf>,
     },
-    /// One access of --control (HELLO), --vhost (GET_FEATURES) or --open (read-write) by this
-    /// process as it runs (e.g. exec'd into another VM's SELinux domain): exit code 0 allowed,
-    /// 13 denied by the kernel (EACCES), 3 refused by the owner, 1 anything else.
+    /// One access of --control (HELLO), --vhost (GET_FEATURES), --open (read-write) or
+    /// --inherited (map the file on this inherited fd read-write) by this process as it runs
+    /// (e.g. exec'd into another VM's SELinux domain): exit code 0 allowed, 13 denied by the
+    /// kernel (EACCES, or SELinux took the inherited file away), 3 refused by the owner, 1
+    /// anything else.
     Probe {
         #[arg(long)]
         control: Vec<PathBuf>,
@@ -68,6 +71,22 @@ enum Cmd {
         vhost: Vec<PathBuf>,
         #[arg(long)]
         open: Vec<PathBuf>,
+        #[arg(long)]
+        inherited: Option<i32>,
+    },
+    /// What libvirtd does for QEMU, with a file handed over: open FILE read-write as fd --fd,
+    /// set the SELinux exec context to LABEL and exec PROGRAM ARGS…, which inherits the file
+    /// (SELinux revalidates it at the domain transition).
+    ExecInto {
+        #[arg(long)]
+        label: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        fd: i32,
+        program: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
     /// Save struct page counters (/proc/vmstat nr_memmap*, MemTotal) to FILE.
     MemmapSave { file: PathBuf },
@@ -282,10 +301,16 @@ fn main() {
     let res = match cli.cmd {
         Cmd::NumaPages { file, node, name } => numa::numa_pages(&mut r, &file, node, &name),
         Cmd::AaProbe { profile, expect, name, control, vhost, open } => {
-            apparmor::aa_probe(&mut r, &name, &profile, expect, apparmor::Targets { control, vhost, open })
+            let targets = apparmor::Targets { control, vhost, open, inherited: None };
+            apparmor::aa_probe(&mut r, &name, &profile, expect, targets)
         }
-        Cmd::Probe { control, vhost, open } => {
-            std::process::exit(apparmor::probe(apparmor::Targets { control, vhost, open }))
+        Cmd::Probe { control, vhost, open, inherited } => {
+            std::process::exit(apparmor::probe(apparmor::Targets { control, vhost, open, inherited }))
+        }
+        Cmd::ExecInto { label, file, fd, program, args } => {
+            let e = selinux::exec_into(&label, &file, fd, &program, &args);
+            eprintln!("exec-into {label}: {e}");
+            std::process::exit(1)
         }
         Cmd::MemmapSave { file } => checks::memmap_save(&mut r, &file),
         Cmd::MemmapCheck { file, name } => checks::memmap_check(&mut r, &file, &name),
