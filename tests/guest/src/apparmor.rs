@@ -173,13 +173,14 @@ pub mod exit {
 /// One access (exactly one of the targets is set) by this process as it runs: the exit code
 /// says what happened ([`exit`]); the detail goes to stderr, which may lead nowhere.
 pub fn probe(targets: Targets) -> i32 {
-    let outcome = match (targets.control.first(), targets.vhost.first(), targets.open.first(), targets.inherited) {
-        (Some(path), None, None, None) => control(path),
-        (None, Some(path), None, None) => vhost(path),
-        (None, None, Some(path), None) => open_rw(path),
-        (None, None, None, Some(fd)) => crate::selinux::inherited(fd),
-        _ => Outcome::Error("give exactly one of --control, --vhost, --open, --inherited".into()),
-    };
+    let outcome =
+        match (targets.control.first(), targets.vhost.first(), targets.open.first(), targets.inherited) {
+            (Some(path), None, None, None) => control(path),
+            (None, Some(path), None, None) => vhost(path),
+            (None, None, Some(path), None) => open_rw(path),
+            (None, None, None, Some(fd)) => crate::selinux::inherited(fd),
+            _ => Outcome::Error("give exactly one of --control, --vhost, --open, --inherited".into()),
+        };
     eprintln!("probe: {outcome:?}");
     match outcome {
         Outcome::Allowed => exit::ALLOWED,
