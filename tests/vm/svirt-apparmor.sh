@@ -28,16 +28,7 @@ check apparmor-load-libvirt-profiles apparmor_parser -r /etc/apparmor.d/usr.sbin
 echo "RESULT apparmor_load_secs=$(since "$t0")"
 
 start_libvirtd
-lvpid=$(cat /run/libvirtd.pid)
-case "$(cat "/proc/$lvpid/attr/current")" in
-    "libvirtd (enforce)") ok libvirtd-confined "libvirtd pid $lvpid runs as $(cat "/proc/$lvpid/attr/current")" ;;
-    *) fail libvirtd-confined "libvirtd runs as $(cat "/proc/$lvpid/attr/current")" ;;
-esac
-secmodel=$(security_models)
-case "$secmodel" in
-    *apparmor*) ok libvirt-security-driver "security models: $secmodel" ;;
-    *) fail libvirt-security-driver "libvirt does not use AppArmor: models $secmodel" ;;
-esac
+check_libvirtd_confined 'libvirtd (enforce)' apparmor
 
 prepare_vms
 start_vms

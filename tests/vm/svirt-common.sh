@@ -62,6 +62,24 @@ security_models() {
     virsh -c qemu:///system capabilities | grep -A1 '<secmodel>' | sed -n 's/.*<model>\(.*\)<\/model>.*/\1/p' | tr '\n' ' '
 }
 
+# Checks that libvirtd runs confined (its /proc attr/current matches the case pattern $1) and
+# that libvirt uses the security driver $2 (selinux, apparmor).
+check_libvirtd_confined() {
+    local pattern=$1 model=$2 lvpid lvcon secmodel
+    lvpid=$(cat /run/libvirtd.pid)
+    lvcon=$(tr -d '\0' < "/proc/$lvpid/attr/current")
+    # shellcheck disable=SC2254 # the pattern is meant to match
+    case "$lvcon" in
+        $pattern) ok libvirtd-confined "libvirtd pid $lvpid runs as $lvcon" ;;
+        *) fail libvirtd-confined "libvirtd runs as $lvcon" ;;
+    esac
+    secmodel=$(security_models)
+    case "$secmodel" in
+        *"$model"*) ok libvirt-security-driver "security models: $secmodel" ;;
+        *) fail libvirt-security-driver "libvirt does not use $model: models $secmodel" ;;
+    esac
+}
+
 # web1's disk: qemu-storage-daemon (root) behind the owner's relay, and both VMs' configs.
 prepare_vms() {
     qemu-img create -f raw /var/lib/pageless/web1-disk.img 16M >/dev/null

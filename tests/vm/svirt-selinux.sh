@@ -103,17 +103,7 @@ echo "# labels: $(ls -Z /usr/local/bin/pageless /usr/local/bin/pageless-qemu /et
 # What systemd's virtlogd.socket does: /run/libvirt, labelled (virtlogd_t may not create it).
 mkdir -p /run/libvirt && restorecon -R /run/libvirt
 start_libvirtd
-lvpid=$(cat /run/libvirtd.pid)
-lvcon=$(tr -d '\0' < "/proc/$lvpid/attr/current")
-case "$lvcon" in
-    *:virtd_t:*) ok libvirtd-confined "libvirtd pid $lvpid runs as $lvcon" ;;
-    *) fail libvirtd-confined "libvirtd runs as $lvcon" ;;
-esac
-secmodel=$(security_models)
-case "$secmodel" in
-    *selinux*) ok libvirt-security-driver "security models: $secmodel" ;;
-    *) fail libvirt-security-driver "libvirt does not use SELinux: models $secmodel" ;;
-esac
+check_libvirtd_confined '*:virtd_t:*' selinux
 
 prepare_vms
 start_vms
