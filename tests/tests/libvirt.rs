@@ -3,7 +3,10 @@
 //! memory in place of libvirt's `memory-backend-memfd`, the guest does disk I/O through the
 //! owner's vhost-user relay to qemu-storage-daemon, and `virsh destroy` stops the owner, which
 //! releases the memory. A domain whose owner cannot start fails `virsh start` with the hook's
-//! message.
+//! message. `virsh migrate --live` moves a pageless domain to a second libvirtd on this machine
+//! (its own network, mount and UTS namespaces): the destination's hook starts the owner on
+//! `migrate begin`, before QEMU, the source's owner stops after, and the guest runs on in the
+//! destination owner's memory.
 //!
 //! Installs `pageless` and the wrapper to /usr/local/bin and the hook to
 //! /etc/libvirt/hooks/qemu (root only). Starts `virtlogd -d` if it is not running and
