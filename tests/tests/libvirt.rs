@@ -527,6 +527,8 @@ struct Destination {
     netns: String,
     root: PathBuf,
     address: String,
+    /// Our end of the veth pair.
+    host_address: String,
     uri: String,
 }
 
@@ -539,6 +541,7 @@ impl Destination {
             netns: netns.clone(),
             root: root.to_path_buf(),
             address: format!("{subnet}.2"),
+            host_address: format!("{subnet}.1"),
             uri: format!("qemu+unix:///system?socket={}/run/libvirt/libvirt-sock", root.display()),
         };
         let ok = |program: &str, args: &[&str]| {
@@ -826,15 +829,57 @@ fn virsh_migrate_live_moves_a_pageless_domain_between_two_libvirtds() {
     );
     drop(dest);
 
-    // virsh destroy at the destination: its release hook stops the owner.
-    let out = destination.virsh(&["destroy", &vm]);
-    assert!(out.status.success(), "virsh destroy at the destination: {}", text(&out));
+    // And back: the first libvirtd is the destination now; its hook starts a new owner there,
+    // and the second one's release stops the owner it had.
+    let out = destination.virsh(&[
+        "migrate",
+        "--live",
+        &vm,
+        URI,
+        "--migrateuri",
+        &format!("tcp:{}", destination.host_address),
+        "--listen-address",
+        &destination.host_address,
+    ]);
+    assert!(out.status.success(), "virsh migrate back: {}\n{}", text(&out), context());
+    let last_back = ticks(&console).last().map_or(0, |(n, _)| *n);
+    let listed = destination.virsh(&["list", "--all", "--name"]);
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&vm), "the domain left the destination");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_alive(status.pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the destination's owner still runs after the domain left\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!dest_socket.exists(), "{} is left", dest_socket.display());
+    let back =
+        ControlClient::connect(&source_socket, "test").expect("the first host's hook started an owner");
+    let back_status = back.status().unwrap();
+    assert!(![source_owner, status.pid].contains(&back_status.pid), "a new owner serves the VM");
+    let back_qemu: u32 =
+        std::fs::read_to_string(format!("/run/libvirt/qemu/{vm}.pid")).unwrap().trim().parse().unwrap();
     assert!(
-        !process_alive(status.pid),
-        "the destination's owner still runs after virsh destroy\n{}",
-        context()
+        back_status.clients.iter().any(|c| c.pid == back_qemu && c.has_memory),
+        "the returned domain's QEMU runs on the new owner's memory"
     );
-    assert!(!dest_socket.exists());
+    let wanted = last_back + 3;
+    wait_for_line(&console, &format!("TICK {wanted} "), Duration::from_secs(60), &context);
+    let (_, token) = ticks(&console).into_iter().find(|(n, _)| *n == wanted).unwrap();
+    eprintln!(
+        "back on the first libvirtd: TICK {last_back} at the migration's end, now TICK {wanted} {token}"
+    );
+    assert!(!back.find(token.as_bytes()).unwrap().is_empty(), "{token} is not in the new owner's memory");
+    assert!(!back.find(boot_token.as_bytes()).unwrap().is_empty(), "the boot token did not come back");
+    drop(back);
+
+    // virsh destroy: the release hook stops the owner.
+    let out = virsh(&["destroy", &vm]);
+    assert!(out.status.success(), "virsh destroy {vm}: {}", text(&out));
+    assert!(!process_alive(back_status.pid), "the owner still runs after virsh destroy\n{}", context());
+    assert!(!source_socket.exists());
     drop(destination);
     drop(libvirt);
 }
