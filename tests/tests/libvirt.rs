@@ -565,7 +565,9 @@ impl Destination {
         }
 
         use std::os::unix::fs::PermissionsExt;
-        for dir in ["run", "lib", "log/qemu"] {
+        // Its own pageless config directory, as on another host (/etc/pageless is the mount point).
+        std::fs::create_dir_all("/etc/pageless").unwrap();
+        for dir in ["run", "lib", "log/qemu", "pageless/vms"] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
         for dir in ["", "run", "lib", "log"] {
@@ -584,7 +586,7 @@ impl Destination {
         let r = root.display();
         let script = format!(
             "set -e; hostname pageless-destination; mount --bind {r}/run /run; mount --bind {r}/etc /etc/libvirt; \
-             mount --bind {r}/lib /var/lib/libvirt; mount --bind {r}/log /var/log/libvirt; virtlogd -d; exec libvirtd -d"
+             mount --bind {r}/lib /var/lib/libvirt; mount --bind {r}/log /var/log/libvirt; mount --bind {r}/pageless /etc/pageless; virtlogd -d; exec libvirtd -d"
         );
         start_daemon(
             "ip",
@@ -736,18 +738,56 @@ fn virsh_migrate_live_moves_a_pageless_domain_between_two_libvirtds() {
         std::fs::read_to_string(format!("/run/libvirt/qemu/{vm}.pid")).unwrap().trim().parse().unwrap();
 
     // The migration: the destination's QEMU listens on its veth address.
-    let started = Instant::now();
-    let out = virsh(&[
+    let migrate_uri = format!("tcp:{}", destination.address);
+    let migrate = [
         "migrate",
         "--live",
         "--verbose",
         &vm,
         &destination.uri,
         "--migrateuri",
-        &format!("tcp:{}", destination.address),
+        &migrate_uri,
         "--listen-address",
         &destination.address,
-    ]);
+    ];
+
+    // A destination that cannot serve the VM (its pageless config names a missing pool) fails
+    // the migration in `migrate begin`, before anything moves: the domain runs on at the source,
+    // on the same owner.
+    let missing = format!("/nonexistent-pageless-pool-{suffix}");
+    let dest_config = destination.root.join(format!("pageless/vms/{vm}.toml"));
+    std::fs::write(&dest_config, format!("pool = \"dir:{missing}\"\n")).unwrap();
+    let out = virsh(&migrate);
+    let message = text(&out);
+    eprintln!("virsh migrate to a destination without the pool:\n{message}");
+    assert!(!out.status.success(), "the migration succeeded without an owner at the destination");
+    for expected in [
+        format!("pageless hook: the memory owner of VM \"{vm}\" (pageless serve) could not start"),
+        format!("pool directory {missing} does not exist"),
+        format!("Fix its pageless config /etc/pageless/vms/{vm}.toml and migrate the VM again (it still runs at the source)"),
+    ] {
+        assert!(message.contains(&expected), "virsh migrate's error lacks {expected:?}:\n{message}");
+    }
+    assert_eq!(String::from_utf8_lossy(&virsh(&["domstate", &vm]).stdout).trim(), "running");
+    assert_eq!(ControlClient::connect(&source_socket, "test").unwrap().owner_pid(), source_owner);
+    assert!(process_alive(source_qemu));
+    assert!(
+        !destination.run_path(&format!("pageless/{vm}.sock")).exists(),
+        "an owner runs at the destination"
+    );
+    let before_retry = ticks(&console).last().map_or(0, |(n, _)| *n);
+    wait_for_line(&console, &format!("TICK {} ", before_retry + 1), Duration::from_secs(30), &context);
+    std::fs::remove_file(&dest_config).unwrap();
+    let calls = std::fs::read_to_string(&hook_calls).unwrap();
+    let failed: Vec<&str> = calls.lines().collect();
+    assert!(
+        failed.len() == 1 && failed[0].starts_with("migrate begin rc=1 incoming= qemu= "),
+        "the failed migration's destination hook calls:\n{calls}"
+    );
+    std::fs::write(&hook_calls, "").unwrap();
+
+    let started = Instant::now();
+    let out = virsh(&migrate);
     assert!(out.status.success(), "virsh migrate: {}\n{}", text(&out), context());
     let last_before = ticks(&console).last().map_or(0, |(n, _)| *n);
     eprintln!("virsh migrate --live {vm}: {:?}, {}", started.elapsed(), text(&out).trim());
