@@ -12,7 +12,9 @@
 //! /etc/libvirt/hooks/qemu (root only). Starts `virtlogd -d` if it is not running and
 //! (re)starts `libvirtd -d` (libvirt looks for hooks at start-up); stops at the end the daemons
 //! it found stopped, and leaves running those that were running. No systemd here: the hook
-//! starts owners detached.
+//! starts owners detached. Where /dev/kvm is root's only, gives it to group `kvm` (0660) while a
+//! test runs ([`kvm_for_qemu_group`]). The migration test adds a network namespace with a veth
+//! pair, removed at its end.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -520,8 +522,8 @@ exit $rc
 
 /// A second libvirtd on this machine, a live migration's destination "host": in its own network
 /// namespace (a veth pair to ours, `address`), mount namespace (its own `/run`, `/etc/libvirt`
-/// with another `host_uuid`, `/var/lib/libvirt`, `/var/log/libvirt`: directories under `root`)
-/// and hostname, with its own virtlogd and [`RECORDING_HOOK`]. Stopped, with everything left
+/// with another `host_uuid`, `/var/lib/libvirt`, `/var/log/libvirt`, `/etc/pageless`:
+/// directories under `root`) and hostname, with its own virtlogd and [`RECORDING_HOOK`]. Stopped, with everything left
 /// in its namespace, when dropped.
 struct Destination {
     netns: String,
