@@ -76,6 +76,18 @@ fn migrate_begin_starts_the_owner_and_prepare_takes_it_over() {
     let out = hook(&config_dir, "mig", "prepare", "begin", XML);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("already has a memory owner"), "{}", stderr(&out));
+    assert!(stderr(&out).ends_with("and start the VM again\n"), "{}", stderr(&out));
+    // An incoming migration finds that owner too (not recorded for it): the destination's
+    // message says to migrate again, since the VM still runs at the source.
+    let out = hook(&config_dir, "mig", "migrate", "begin", XML);
+    assert!(!out.status.success(), "migrate begin took over an owner not started for it");
+    assert!(stderr(&out).contains("already has a memory owner"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("and migrate the VM again (it still runs at the source)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(owner_pid(&socket), Some(pid), "the running owner is left alone");
 
     let out = hook(&config_dir, "mig", "release", "end", XML);
     assert!(out.status.success(), "release: {}", stderr(&out));

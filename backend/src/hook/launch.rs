@@ -12,7 +12,7 @@ use pageless_pool::size::Size;
 use pageless_protocol::control::ControlClient;
 
 use super::config::{OwnerPlan, MAX_TIMEOUT};
-use super::{HookError, HookOptions};
+use super::{HookError, HookOptions, RETRY_MIGRATE, RETRY_START};
 use crate::context::Context;
 use crate::lock_path;
 use crate::peer::process_alive;
@@ -85,7 +85,16 @@ impl Started {
 pub(super) fn start_incoming(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookError> {
     let pid = match incoming_owner(plan, false)? {
         Some(pid) => pid,
-        None => start(options, plan)?,
+        // The VM still runs at the source: the message says to migrate again, not to start it.
+        None => start(options, plan).map_err(|e| match e {
+            HookError::OwnerFailed { vm, why, log, source_desc, .. } => {
+                HookError::OwnerFailed { vm, retry: RETRY_MIGRATE, why, log, source_desc }
+            }
+            HookError::AlreadyRunning { vm, pid, socket, .. } => {
+                HookError::AlreadyRunning { vm, retry: RETRY_MIGRATE, pid, socket }
+            }
+            other => other,
+        })?,
     };
     let marker = incoming_marker(plan);
     let staging = plan.run_dir.join(format!(".{}.incoming.new", plan.vm));
@@ -144,6 +153,7 @@ pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<u32, Hook
         }
         return Err(HookError::AlreadyRunning {
             vm: vm.clone(),
+            retry: RETRY_START,
             pid: client.owner_pid(),
             socket: socket.display().to_string(),
         });
@@ -198,6 +208,7 @@ pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<u32, Hook
         if let Some(why) = failure {
             return Err(HookError::OwnerFailed {
                 vm: vm.clone(),
+                retry: RETRY_START,
                 why,
                 log: log_tail(&log_path, log_start),
                 source_desc: plan.source_desc.clone(),
@@ -264,6 +275,7 @@ fn start_unit(
         let log = log_tail(&plan.log_path(), log_start);
         return Err(HookError::OwnerFailed {
             vm: plan.vm.clone(),
+            retry: RETRY_START,
             why: format!(
                 "starting {unit} failed ({}): {}",
                 output.status,

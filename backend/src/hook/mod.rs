@@ -49,6 +49,11 @@ use launch::{start, start_incoming, stop};
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/pageless/vms";
 /// The XML namespace of pageless's domain metadata.
 pub const XML_NAMESPACE: &str = "https://pageless.dev/xmlns/libvirt/1";
+/// What a failed `prepare`'s message tells the user to do once the cause is fixed.
+pub const RETRY_START: &str = "start the VM again";
+/// What a failed `migrate begin`'s message (the migration's destination) tells the user to do:
+/// the VM still runs at the source.
+pub const RETRY_MIGRATE: &str = "migrate the VM again (it still runs at the source)";
 /// libvirt's QEMU driver config, whose `user = "…"` QEMU runs as.
 pub const QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
 
@@ -122,14 +127,16 @@ pub enum HookError {
         /// The user name as configured.
         user: String,
     },
-    /// `prepare`: an owner already answers on the VM's socket, e.g. left over after libvirtd
-    /// died; libvirt's `release` for the failed start stops it.
+    /// `prepare` (or `migrate begin`): an owner already answers on the VM's socket, e.g. left
+    /// over after libvirtd died; libvirt's `release` for the failed start stops it.
     #[error(
-        "VM {vm:?} already has a memory owner (pid {pid}, {socket}), a leftover from an earlier run: stop it with `pageless stop --vm {vm}` if it still runs, and start the VM again"
+        "VM {vm:?} already has a memory owner (pid {pid}, {socket}), a leftover from an earlier run: stop it with `pageless stop --vm {vm}` if it still runs, and {retry}"
     )]
     AlreadyRunning {
         /// The VM.
         vm: String,
+        /// What to do then: [`RETRY_START`], or [`RETRY_MIGRATE`] on `migrate begin`.
+        retry: &'static str,
         /// The running owner's pid.
         pid: u32,
         /// Its control socket.
@@ -146,12 +153,15 @@ pub enum HookError {
         #[source]
         source: std::io::Error,
     },
-    /// `prepare`: the started owner exited, its unit stopped, `systemctl start` or
-    /// `systemd-run` failed, or it did not answer within `start_timeout` (it was then stopped).
-    #[error("the memory owner of VM {vm:?} (pageless serve) could not start: {why}. {log}\nFix {source_desc} and start the VM again.")]
+    /// `prepare` (or `migrate begin`): the started owner exited, its unit stopped,
+    /// `systemctl start` or `systemd-run` failed, or it did not answer within `start_timeout`
+    /// (it was then stopped).
+    #[error("the memory owner of VM {vm:?} (pageless serve) could not start: {why}. {log}\nFix {source_desc} and {retry}.")]
     OwnerFailed {
         /// The VM.
         vm: String,
+        /// What to do then: [`RETRY_START`], or [`RETRY_MIGRATE`] on `migrate begin`.
+        retry: &'static str,
         /// What happened to the owner.
         why: String,
         /// The end of the owner's log since this start (at most 20 lines), or a note that

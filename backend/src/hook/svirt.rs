@@ -229,6 +229,7 @@ fn vm_paths(options: &HookOptions, plan: &OwnerPlan, xml: &str) -> Result<VmPath
         .and_then(|client| Ok((client.owner_pid(), client.status()?)))
         .map_err(|e| HookError::OwnerFailed {
             vm: plan.vm.clone(),
+            retry: super::RETRY_START,
             why: format!(
                 "it does not answer on {} when the domain is labelled ({e})",
                 plan.socket().display()
