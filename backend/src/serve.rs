@@ -150,7 +150,8 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     for listener in std::iter::once(&listener).chain(relays.iter().map(|(_, l)| l)) {
         listener.set_nonblocking(true).context("make a listening socket non-blocking")?;
     }
-    let (stop_wait, stop_request) = nix::unistd::pipe().context("create a pipe")?;
+    let (stop_wait, stop_request) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create a pipe")?;
     let policy = AccessPolicy {
         owner_uid: nix::unistd::geteuid().as_raw(),
         allowed_uids: options.allow_uids.clone(),

@@ -351,7 +351,7 @@ mod tests {
     /// `count` copies of a pipe's write end, and its read end: the read end sees EOF only
     /// once every copy is closed, wherever it went — a precise leak detector.
     fn pipe_copies(count: usize) -> (std::fs::File, Vec<OwnedFd>) {
-        let (read, write) = nix::unistd::pipe().unwrap();
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let copies = (0..count).map(|_| write.try_clone().unwrap()).collect();
         nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
             .unwrap();

@@ -52,7 +52,7 @@ fn error_then_close(sock: &UnixStream) -> Option<String> {
 
 /// Copies of a pipe's write end: its read end sees EOF only when all copies are closed.
 fn pipe_copies(count: usize) -> (std::fs::File, Vec<OwnedFd>) {
-    let (read, write) = nix::unistd::pipe().unwrap();
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let copies = (0..count).map(|_| write.try_clone().unwrap()).collect();
     (read.into(), copies)
 }

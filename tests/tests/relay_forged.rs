@@ -137,8 +137,9 @@ fn relayed() -> Relayed {
 fn forged_memory_regions_never_reach_the_backend() {
     let Relayed { dir: _dir, received, owner, relay, memory, memory_id } = relayed();
 
-    // Another file: a pipe, whose read end shows whether the relay closed the forged fd.
-    let (pipe_read, pipe_write) = nix::unistd::pipe().unwrap();
+    // Another file: a pipe, whose read end shows whether the relay closed the forged fd
+    // (close-on-exec: no process another test spawns meanwhile may hold a copy).
+    let (pipe_read, pipe_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     refused(&relay, set_mem_table(&[region(SIZE, 0)], vec![pipe_write]));
     nix::fcntl::fcntl(pipe_read.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
         .unwrap();
@@ -158,7 +159,7 @@ fn forged_memory_regions_never_reach_the_backend() {
     refused(&relay, add_mem_reg(&region(SIZE + 4096, 0), vec![reopen(&memory)]));
     refused(&relay, set_mem_table(&[region(4096, u64::MAX - 100)], vec![reopen(&memory)]));
     // Two regions, the second forged: the whole table is refused.
-    let (forged, _) = nix::unistd::pipe().unwrap();
+    let (forged, _) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     refused(&relay, set_mem_table(&[region(4096, 0), region(4096, 4096)], vec![reopen(&memory), forged]));
     // Fds missing or too many.
     refused(&relay, set_mem_table(&[region(4096, 0)], vec![]));
@@ -244,7 +245,7 @@ fn rem_mem_reg_closes_its_fd_and_removes_only_added_regions() {
 
     // QEMU's REM_MEM_REG: same guest address, user address and size, mmap_offset 0, and here
     // with an fd (a pipe's write end: its read end shows when the relay closed it).
-    let (pipe_read, pipe_write) = nix::unistd::pipe().unwrap();
+    let (pipe_read, pipe_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let removal = VhostUserMemoryRegion::new(0x100000, 0x200000, 0x7f00_0010_0000, 0);
     send_message(&sock, &rem_mem_reg(&removal, vec![pipe_write])).unwrap();
     assert_eq!(ack(&sock), 0u64.to_ne_bytes(), "REM_MEM_REG forwarded and acknowledged");
