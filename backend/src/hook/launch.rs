@@ -12,7 +12,7 @@ use pageless_pool::size::Size;
 use pageless_protocol::control::ControlClient;
 
 use super::config::{OwnerPlan, MAX_TIMEOUT};
-use super::{HookError, HookOptions, RETRY_MIGRATE, RETRY_START};
+use super::{HookError, HookOptions, RETRY_MIGRATE};
 use crate::context::Context;
 use crate::lock_path;
 use crate::peer::process_alive;
@@ -85,16 +85,8 @@ impl Started {
 pub(super) fn start_incoming(options: &HookOptions, plan: &OwnerPlan) -> Result<(), HookError> {
     let pid = match incoming_owner(plan, false)? {
         Some(pid) => pid,
-        // The VM still runs at the source: the message says to migrate again, not to start it.
-        None => start(options, plan).map_err(|e| match e {
-            HookError::OwnerFailed { vm, why, log, source_desc, .. } => {
-                HookError::OwnerFailed { vm, retry: RETRY_MIGRATE, why, log, source_desc }
-            }
-            HookError::AlreadyRunning { vm, pid, socket, .. } => {
-                HookError::AlreadyRunning { vm, retry: RETRY_MIGRATE, pid, socket }
-            }
-            other => other,
-        })?,
+        // The VM still runs at the source: a failure says to migrate again, not to start it.
+        None => start(options, plan, RETRY_MIGRATE)?,
     };
     let marker = incoming_marker(plan);
     let staging = plan.run_dir.join(format!(".{}.incoming.new", plan.vm));
@@ -140,8 +132,9 @@ fn incoming_owner(plan: &OwnerPlan, take: bool) -> Result<Option<u32>, HookError
 }
 
 /// `prepare begin`: starts the owner, or takes over the one `migrate begin` started for this
-/// incoming migration. Returns the owner's pid.
-pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<u32, HookError> {
+/// incoming migration. Returns the owner's pid. A failure's message ends with `retry`
+/// ([`super::RETRY_START`], or [`RETRY_MIGRATE`] on `migrate begin`).
+pub(super) fn start(options: &HookOptions, plan: &OwnerPlan, retry: &'static str) -> Result<u32, HookError> {
     let vm = &plan.vm;
     std::fs::create_dir_all(&plan.run_dir)
         .with_context(|| format!("create the run directory {}", plan.run_dir.display()))?;
@@ -153,7 +146,7 @@ pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<u32, Hook
         }
         return Err(HookError::AlreadyRunning {
             vm: vm.clone(),
-            retry: RETRY_START,
+            retry,
             pid: client.owner_pid(),
             socket: socket.display().to_string(),
         });
@@ -174,7 +167,7 @@ pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<u32, Hook
         args.join(" ")
     );
     let mut started = if options.systemd {
-        start_unit(options, plan, &args, log_start)?
+        start_unit(options, plan, &args, log_start, retry)?
     } else {
         start_detached(options, plan, &args, log)?
     };
@@ -208,7 +201,7 @@ pub(super) fn start(options: &HookOptions, plan: &OwnerPlan) -> Result<u32, Hook
         if let Some(why) = failure {
             return Err(HookError::OwnerFailed {
                 vm: vm.clone(),
-                retry: RETRY_START,
+                retry,
                 why,
                 log: log_tail(&log_path, log_start),
                 source_desc: plan.source_desc.clone(),
@@ -250,6 +243,7 @@ fn start_unit(
     plan: &OwnerPlan,
     args: &[String],
     log_start: u64,
+    retry: &'static str,
 ) -> Result<Started, HookError> {
     let template = template_unit_name(&plan.vm);
     let (unit, output) = if unit_installed(&template) {
@@ -275,7 +269,7 @@ fn start_unit(
         let log = log_tail(&plan.log_path(), log_start);
         return Err(HookError::OwnerFailed {
             vm: plan.vm.clone(),
-            retry: RETRY_START,
+            retry,
             why: format!(
                 "starting {unit} failed ({}): {}",
                 output.status,

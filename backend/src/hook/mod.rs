@@ -224,7 +224,7 @@ pub fn run(options: &HookOptions, stdin: &mut dyn Read) -> Result<(), HookError>
     };
     match action {
         Action::Incoming => start_incoming(options, &plan),
-        Action::Start => start(options, &plan).map(drop),
+        Action::Start => start(options, &plan, RETRY_START).map(drop),
         Action::Confine => svirt::confine(options, &plan, &xml),
         Action::Stop => {
             let stopped = stop(options, &plan);

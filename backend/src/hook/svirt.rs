@@ -225,7 +225,7 @@ fn vm_paths(options: &HookOptions, plan: &OwnerPlan, xml: &str) -> Result<VmPath
     }
     programs.push(std::fs::canonicalize(&options.pageless).unwrap_or_else(|_| options.pageless.clone()));
     // The memory's file, as the running owner reports it (started on `prepare`).
-    let status = ControlClient::connect(&plan.socket(), "pageless-hook")
+    let (owner_pid, status) = ControlClient::connect(&plan.socket(), "pageless-hook")
         .and_then(|client| Ok((client.owner_pid(), client.status()?)))
         .map_err(|e| HookError::OwnerFailed {
             vm: plan.vm.clone(),
@@ -237,7 +237,6 @@ fn vm_paths(options: &HookOptions, plan: &OwnerPlan, xml: &str) -> Result<VmPath
             log: String::new(),
             source_desc: plan.source_desc.clone(),
         })?;
-    let (owner_pid, status) = status;
     Ok(VmPaths {
         programs,
         control_socket: plan.socket(),
