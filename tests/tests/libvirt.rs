@@ -76,6 +76,21 @@ fn virsh(args: &[&str]) -> Output {
     run("virsh", &all)
 }
 
+/// `virsh <what>` failed with the hook's message: VM `vm`'s owner could not start, its pool
+/// directory `missing` does not exist, fix the VM's pageless config and `retry`.
+fn assert_owner_could_not_start(out: &Output, what: &str, vm: &str, missing: &str, retry: &str) {
+    let message = text(out);
+    eprintln!("virsh {what}:\n{message}");
+    assert!(!out.status.success(), "virsh {what} succeeded without an owner");
+    for expected in [
+        format!("pageless hook: the memory owner of VM \"{vm}\" (pageless serve) could not start"),
+        format!("pool directory {missing} does not exist"),
+        format!("Fix its pageless config /etc/pageless/vms/{vm}.toml and {retry}"),
+    ] {
+        assert!(message.contains(&expected), "virsh {what}'s error lacks {expected:?}:\n{message}");
+    }
+}
+
 fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
@@ -477,16 +492,7 @@ fn libvirt_starts_and_stops_the_owner_with_the_domain() {
     libvirt.config_file(&failing, &format!("pool = \"dir:{missing}\"\n"));
     libvirt.define(&failing, &domain_xml(&failing, dir.path(), "", "", "nodisk"), dir.path());
     let out = virsh(&["start", &failing]);
-    let message = text(&out);
-    eprintln!("virsh start {failing}:\n{message}");
-    assert!(!out.status.success(), "virsh start {failing} succeeded without an owner");
-    for expected in [
-        format!("pageless hook: the memory owner of VM \"{failing}\" (pageless serve) could not start"),
-        format!("pool directory {missing} does not exist"),
-        format!("Fix its pageless config /etc/pageless/vms/{failing}.toml"),
-    ] {
-        assert!(message.contains(&expected), "virsh start's error lacks {expected:?}:\n{message}");
-    }
+    assert_owner_could_not_start(&out, &format!("start {failing}"), &failing, &missing, "start the VM again");
     let state = virsh(&["domstate", &failing]);
     assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "shut off");
     assert!(!Path::new(&format!("{RUN_DIR}/{failing}.sock")).exists());
@@ -760,16 +766,13 @@ fn virsh_migrate_live_moves_a_pageless_domain_between_two_libvirtds() {
     let dest_config = destination.root.join(format!("pageless/vms/{vm}.toml"));
     std::fs::write(&dest_config, format!("pool = \"dir:{missing}\"\n")).unwrap();
     let out = virsh(&migrate);
-    let message = text(&out);
-    eprintln!("virsh migrate to a destination without the pool:\n{message}");
-    assert!(!out.status.success(), "the migration succeeded without an owner at the destination");
-    for expected in [
-        format!("pageless hook: the memory owner of VM \"{vm}\" (pageless serve) could not start"),
-        format!("pool directory {missing} does not exist"),
-        format!("Fix its pageless config /etc/pageless/vms/{vm}.toml and migrate the VM again (it still runs at the source)"),
-    ] {
-        assert!(message.contains(&expected), "virsh migrate's error lacks {expected:?}:\n{message}");
-    }
+    assert_owner_could_not_start(
+        &out,
+        "migrate to a destination without the pool",
+        &vm,
+        &missing,
+        "migrate the VM again (it still runs at the source)",
+    );
     assert_eq!(String::from_utf8_lossy(&virsh(&["domstate", &vm]).stdout).trim(), "running");
     assert_eq!(ControlClient::connect(&source_socket, "test").unwrap().owner_pid(), source_owner);
     assert!(process_alive(source_qemu));
