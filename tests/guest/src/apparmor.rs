@@ -170,17 +170,17 @@ pub mod exit {
     pub const DENIED: i32 = 13;
 }
 
-/// One access (exactly one of the targets is set) by this process as it runs: the exit code
-/// says what happened ([`exit`]); the detail goes to stderr, which may lead nowhere.
-pub fn probe(targets: Targets) -> i32 {
-    let outcome =
-        match (targets.control.first(), targets.vhost.first(), targets.open.first(), targets.inherited) {
-            (Some(path), None, None, None) => control(path),
-            (None, Some(path), None, None) => vhost(path),
-            (None, None, Some(path), None) => open_rw(path),
-            (None, None, None, Some(fd)) => crate::selinux::inherited(fd),
-            _ => Outcome::Error("give exactly one of --control, --vhost, --open, --inherited".into()),
-        };
+/// One access (exactly one of the targets, or the file on the `inherited` fd, the fd inherited
+/// across the exec into the label under test) by this process as it runs: the exit code says
+/// what happened ([`exit`]); the detail goes to stderr, which may lead nowhere.
+pub fn probe(targets: Targets, inherited: Option<i32>) -> i32 {
+    let outcome = match (targets.control.first(), targets.vhost.first(), targets.open.first(), inherited) {
+        (Some(path), None, None, None) => control(path),
+        (None, Some(path), None, None) => vhost(path),
+        (None, None, Some(path), None) => open_rw(path),
+        (None, None, None, Some(fd)) => crate::selinux::inherited(fd),
+        _ => Outcome::Error("give exactly one of --control, --vhost, --open, --inherited".into()),
+    };
     eprintln!("probe: {outcome:?}");
     match outcome {
         Outcome::Allowed => exit::ALLOWED,
@@ -190,14 +190,16 @@ pub fn probe(targets: Targets) -> i32 {
     }
 }
 
-/// What the prober goes for.
+/// What the prober goes for (each flag repeatable).
+#[derive(clap::Args, Debug)]
 pub struct Targets {
     /// Owners' control sockets: HELLO.
+    #[arg(long)]
     pub control: Vec<PathBuf>,
     /// Relayed vhost-user sockets: GET_FEATURES.
+    #[arg(long)]
     pub vhost: Vec<PathBuf>,
     /// Files: opened read-write.
+    #[arg(long)]
     pub open: Vec<PathBuf>,
-    /// A file descriptor inherited across the exec into the label under test (`probe` only).
-    pub inherited: Option<i32>,
 }

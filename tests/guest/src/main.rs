@@ -52,12 +52,8 @@ enum Cmd {
         expect: apparmor::Expect,
         #[arg(long)]
         name: String,
-        #[arg(long)]
-        control: Vec<PathBuf>,
-        #[arg(long)]
-        vhost: Vec<PathBuf>,
-        #[arg(long)]
-        open: Vec<PathBuf>,
+        #[command(flatten)]
+        targets: apparmor::Targets,
     },
     /// One access of --control (HELLO), --vhost (GET_FEATURES), --open (read-write) or
     /// --inherited (map the file on this inherited fd read-write) by this process as it runs
@@ -65,12 +61,8 @@ enum Cmd {
     /// kernel (EACCES, or SELinux took the inherited file away), 3 refused by the owner, 1
     /// anything else.
     Probe {
-        #[arg(long)]
-        control: Vec<PathBuf>,
-        #[arg(long)]
-        vhost: Vec<PathBuf>,
-        #[arg(long)]
-        open: Vec<PathBuf>,
+        #[command(flatten)]
+        targets: apparmor::Targets,
         #[arg(long)]
         inherited: Option<i32>,
     },
@@ -300,13 +292,10 @@ fn main() {
     let mut r = util::Report::default();
     let res = match cli.cmd {
         Cmd::NumaPages { file, node, name } => numa::numa_pages(&mut r, &file, node, &name),
-        Cmd::AaProbe { profile, expect, name, control, vhost, open } => {
-            let targets = apparmor::Targets { control, vhost, open, inherited: None };
+        Cmd::AaProbe { profile, expect, name, targets } => {
             apparmor::aa_probe(&mut r, &name, &profile, expect, targets)
         }
-        Cmd::Probe { control, vhost, open, inherited } => {
-            std::process::exit(apparmor::probe(apparmor::Targets { control, vhost, open, inherited }))
-        }
+        Cmd::Probe { targets, inherited } => std::process::exit(apparmor::probe(targets, inherited)),
         Cmd::ExecInto { label, file, fd, program, args } => {
             let e = selinux::exec_into(&label, &file, fd, &program, &args);
             eprintln!("exec-into {label}: {e}");
